@@ -1,0 +1,1 @@
+"""Training engine: trainer and checkpoint I/O."""

@@ -1,0 +1,185 @@
+"""Checkpoint files: atomic saving, loading with clear errors, RNG state, compatibility.
+
+A checkpoint is a dict saved with ``torch.save``. Checkpoints meant for
+resuming should hold at least ``"config"`` (the resolved config) and
+``"num_classes"`` so that ``check_compatible`` can compare them with the
+current run. ``capture_rng_state`` returns only plain Python values and
+tensors, so a checkpoint holding it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "ARCHITECTURE_KEYS",
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "check_compatible",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit the current config."""
+
+
+# Config keys that change the shapes of the model's parameters.
+ARCHITECTURE_KEYS = (
+    "model.backbone",
+    "model.width",
+    "model.n_scales",
+    "model.input_sizes",
+    "model.apn.hidden",
+    "model.apn.pool_size",
+)
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Save ``state`` to ``path`` so that ``path`` never holds a half-written file.
+
+    The data goes to a temporary file in the same directory, is flushed to
+    disk, and then replaces ``path`` in one step. On failure the temporary
+    file is removed and any previous file at ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable where the platform allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
+                    weights_only: bool = True) -> dict:
+    """Load a checkpoint dict; raises ``CheckpointError`` naming ``path`` on any problem.
+
+    ``weights_only=True`` (torch's safe loader) accepts tensors and plain
+    Python containers and numbers; pass ``False`` only for trusted files
+    holding other objects.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # torch raises many kinds of errors for bad files
+        if not zipfile.is_zipfile(path):
+            reason = "it is not a torch.save archive (corrupt, truncated or another format?)"
+        else:
+            reason = f"{type(e).__name__}: {str(e).strip()}"
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    return state
+
+
+def capture_rng_state() -> dict:
+    """The state of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what ``capture_rng_state`` returned (missing parts are left alone).
+
+    CUDA states are restored for as many devices as both the state and this
+    machine have.
+    """
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(int(x) for x in internal), gauss_next))
+    if "numpy" in state:
+        s = state["numpy"]
+        keys = np.asarray(torch.as_tensor(s["keys"]).numpy(), dtype=np.uint32)
+        np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        for device, s in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(torch.as_tensor(s, dtype=torch.uint8).cpu(), device)
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: Mapping, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return list(node) if isinstance(node, tuple) else node
+
+
+def _show(value: Any) -> str:
+    return "nothing" if value is _MISSING else repr(value)
+
+
+def check_compatible(ckpt: Mapping[str, Any], cfg: Mapping[str, Any], num_classes: int) -> None:
+    """Raise ``CheckpointError`` unless ``ckpt`` has the architecture ``cfg`` describes.
+
+    ``ckpt`` must hold ``"config"`` (the resolved config it was trained with)
+    and ``"num_classes"``. Every mismatch is listed in the one error message.
+    """
+    if "config" not in ckpt or not isinstance(ckpt["config"], Mapping):
+        raise CheckpointError("checkpoint has no 'config' entry to check against the config")
+    mismatches = []
+    for key in ARCHITECTURE_KEYS:
+        theirs, ours = _lookup(ckpt["config"], key), _lookup(cfg, key)
+        if theirs != ours:
+            mismatches.append(f"{key}: checkpoint has {_show(theirs)}, config has {_show(ours)}")
+    theirs = ckpt.get("num_classes", _MISSING)
+    if theirs != num_classes:
+        mismatches.append(f"num_classes: checkpoint has {_show(theirs)}, "
+                          f"the dataset has {num_classes}")
+    if mismatches:
+        raise CheckpointError("checkpoint does not match the config:\n  "
+                              + "\n  ".join(mismatches))

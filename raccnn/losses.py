@@ -1,0 +1,32 @@
+"""RA-CNN losses: cross-entropy at every scale and the inter-scale pairwise ranking loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def true_class_prob(logits: Tensor, target: Tensor) -> Tensor:
+    """p_t: softmax probability of the true class, [B]."""
+    return F.softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+
+
+def rank_loss(logits_per_scale: list[Tensor], target: Tensor, margin: float = 0.05) -> Tensor:
+    """Sum over neighbouring scales (s, s+1) of the batch mean of max(0, p_t(s) - p_t(s+1) + margin).
+
+    It asks each finer scale to be more confident in the true class than the coarser one, by at
+    least ``margin``. In RA-CNN it trains the APNs (classifiers frozen), so the gradient reaching
+    p_t(s + 1) is what moves the square; p_t(s) is a fixed reference then.
+    """
+    if len(logits_per_scale) < 2:
+        raise ValueError("rank_loss needs the logits of at least two scales")
+    probs = [true_class_prob(logits, target) for logits in logits_per_scale]
+    total = probs[0].new_zeros(())
+    for coarse, fine in zip(probs[:-1], probs[1:]):
+        total = total + (coarse - fine + margin).clamp_min(0).mean()
+    return total
+
+
+def scale_ce_losses(logits_per_scale: list[Tensor], target: Tensor) -> list[Tensor]:
+    """Cross-entropy of each scale's logits (a list; the classifier phase minimises their sum)."""
+    return [F.cross_entropy(logits.float(), target) for logits in logits_per_scale]

@@ -1,0 +1,143 @@
+"""Backbones: a convolutional trunk mapping [B, 3, H, W] -> last-conv feature map [B, C, h, w].
+
+- ``vgg11`` ... ``vgg19_bn``: torchvision's VGG ``features`` trunk, kept under the same attribute
+  name so torchvision ImageNet state dicts (``features.N.weight``) load unchanged. The final
+  max-pool is kept (VGG's pool5), so the feature map is the input side / 32.
+- ``vgg_small``: the same layout with few channels, for fast CPU runs (``width`` = first stage).
+- ``timm:<name>``: any timm model through ``features_only`` (last stage).
+
+Pretrained weights never come from the network. ``pretrained=True`` reads torchvision's hub cache
+(``$TORCH_HOME/hub/checkpoints/<file>``), ``pretrained="path.pth"`` reads a local file; when the
+file is not there, ``PretrainedWeightsError`` says which file to put where.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    pass
+
+
+class VGGTrunk(nn.Module):
+    """Holds a VGG ``features`` Sequential; forward returns its output feature map."""
+
+    def __init__(self, features: nn.Sequential, out_channels: int):
+        super().__init__()
+        self.features = features
+        self.out_channels = out_channels
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def make_vgg_layers(plan, batch_norm: bool) -> nn.Sequential:
+    """Conv3x3 (+BN) + ReLU per int in ``plan``, a 2x2 max-pool per "M" (torchvision's layout)."""
+    layers, in_ch = [], 3
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+            continue
+        layers.append(nn.Conv2d(in_ch, item, 3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(item))
+        layers.append(nn.ReLU(inplace=True))
+        in_ch = item
+    return nn.Sequential(*layers)
+
+
+def vgg_small_plan(width: int = 16):
+    w = width
+    return [w, "M", 2 * w, "M", 4 * w, 4 * w, "M", 8 * w, 8 * w, "M"]
+
+
+def _torchvision_weights_enum(name: str):
+    return tvm.get_model_weights(name).IMAGENET1K_V1
+
+
+def torchvision_cache_file(name: str) -> Path:
+    """Where torchvision's hub cache keeps the ImageNet weights of ``name``."""
+    url = _torchvision_weights_enum(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def load_trunk_state(trunk: nn.Module, name: str, pretrained) -> None:
+    """Load ImageNet weights into ``trunk`` from the torchvision cache (True) or a file (str)."""
+    if pretrained is True:
+        path = torchvision_cache_file(name)
+        if not path.is_file():
+            url = _torchvision_weights_enum(name).url
+            raise PretrainedWeightsError(
+                f"model.pretrained=true needs torchvision's ImageNet weights for {name!r} at {path} "
+                f"(not found, and raccnn never downloads). On a machine with internet, download {url} "
+                f"and copy it to that path, or set model.pretrained to the file's path."
+            )
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise PretrainedWeightsError(
+                f"model.pretrained={str(pretrained)!r}: no such file. Put the ImageNet state dict of "
+                f"{name!r} there (a torchvision VGG state dict or one with 'features.N' keys)."
+            )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    trunk_state = {k: v for k, v in state.items() if k.startswith("features.")}
+    if not trunk_state:
+        raise PretrainedWeightsError(f"{path}: no 'features.*' keys; is this a VGG state dict?")
+    missing, _ = trunk.load_state_dict(trunk_state, strict=False)
+    missing = [k for k in missing if k.startswith("features.")]
+    if missing:
+        raise PretrainedWeightsError(f"{path}: does not match {name!r}; missing keys {missing[:5]}...")
+
+
+def build_backbone(name: str = "vgg_small", pretrained=False, width: int = 16) -> nn.Module:
+    """Build a trunk by name; the returned module has ``out_channels``."""
+    if name.startswith("timm:"):
+        return TimmTrunk(name[len("timm:"):], pretrained)
+    if name == "vgg_small":
+        if pretrained:
+            raise PretrainedWeightsError("vgg_small has no ImageNet weights; set model.pretrained=false")
+        plan = vgg_small_plan(width)
+        return VGGTrunk(make_vgg_layers(plan, batch_norm=True), out_channels=plan[-2])
+    if name not in TORCHVISION_VGGS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'timm:<model name>'")
+    features = getattr(tvm, name)(weights=None).features
+    trunk = VGGTrunk(features, out_channels=512)
+    if pretrained:
+        load_trunk_state(trunk, name, pretrained)
+    return trunk
+
+
+class TimmTrunk(nn.Module):
+    """Last feature map of a timm model created with ``features_only=True``."""
+
+    def __init__(self, model_name: str, pretrained=False):
+        super().__init__()
+        import timm
+
+        kwargs = {}
+        if isinstance(pretrained, str):
+            if not Path(pretrained).is_file():
+                raise PretrainedWeightsError(f"model.pretrained={pretrained!r}: no such file for timm:{model_name}")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+        elif pretrained:
+            raise PretrainedWeightsError(
+                f"timm:{model_name}: raccnn never downloads weights; set model.pretrained to a local "
+                f"weights file (timm's checkpoint for {model_name})."
+            )
+        self.body = timm.create_model(
+            model_name, pretrained=bool(pretrained), features_only=True, out_indices=(-1,), **kwargs
+        )
+        self.out_channels = self.body.feature_info.channels()[-1]
+
+    def forward(self, x):
+        return self.body(x)[-1]

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from raccnn.models import APN
+
+
+@pytest.mark.parametrize("keep_inside", [True, False])
+@pytest.mark.parametrize("bounds", [(0.1, 0.5), (0.05, 0.2), (0.3, 0.3)])
+def test_extreme_inputs_stay_in_bounds(keep_inside, bounds):
+    torch.manual_seed(0)
+    apn = APN(8, hidden=16, pool_size=2, tl_min=bounds[0], tl_max=bounds[1], keep_inside=keep_inside)
+    with torch.no_grad():  # large random weights so the sigmoid saturates in both directions
+        for p in apn.parameters():
+            p.normal_(0, 50.0)
+    feats = torch.cat([torch.randn(64, 8, 5, 5) * 1e6, torch.zeros(1, 8, 5, 5), torch.full((1, 8, 5, 5), -1e9)])
+    with torch.no_grad():
+        boxes = apn(feats)
+    assert torch.isfinite(boxes).all()
+    tl = boxes[:, 2]
+    assert (tl >= bounds[0]).all() and (tl <= bounds[1]).all()
+    # saturation reaches both bounds, so these checks are not vacuous
+    assert tl.min().item() == pytest.approx(bounds[0]) and tl.max().item() == pytest.approx(bounds[1])
+    if keep_inside:
+        assert (boxes[:, 0] - tl >= 0).all() and (boxes[:, 0] + tl <= 1).all()
+        assert (boxes[:, 1] - tl >= 0).all() and (boxes[:, 1] + tl <= 1).all()
+    else:
+        assert ((boxes[:, :2] >= 0) & (boxes[:, :2] <= 1)).all()
+
+
+def test_initial_box_is_centred_and_from_box_inverts_to_box():
+    apn = APN(4, hidden=8, pool_size=2, tl_min=0.1, tl_max=0.5)
+    box = apn(torch.randn(3, 4, 6, 6))
+    torch.testing.assert_close(box, torch.tensor([[0.5, 0.5, 0.3]]).expand(3, 3))
+    target = torch.tensor([[0.3, 0.7, 0.2], [0.5, 0.5, 0.45], [0.8, 0.2, 0.15]])
+    torch.testing.assert_close(apn.to_box(apn.from_box(target)), target)
+
+
+def test_invalid_bounds_rejected():
+    with pytest.raises(ValueError, match="tl_min"):
+        APN(4, tl_min=0.3, tl_max=0.2)
+    with pytest.raises(ValueError, match="tl_max"):
+        APN(4, tl_min=0.1, tl_max=0.6)
+
+
+def test_apn_learns_to_point_at_the_bright_cell():
+    """A few gradient steps through the box are enough to track a bright feature."""
+    torch.manual_seed(0)
+    apn = APN(1, hidden=32, pool_size=4, tl_min=0.1, tl_max=0.5)
+    opt = torch.optim.Adam(apn.parameters(), lr=1e-2)
+    cells = torch.randint(0, 4, (256, 2))
+    feats = torch.zeros(256, 1, 4, 4)
+    feats[torch.arange(256), 0, cells[:, 0], cells[:, 1]] = 1.0
+    target = torch.stack(((cells[:, 1] + 0.5) / 4, (cells[:, 0] + 0.5) / 4), dim=1).clamp(0.2, 0.8)
+    for _ in range(300):
+        loss = (apn(feats)[:, :2] - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-3

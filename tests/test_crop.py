@@ -1,0 +1,188 @@
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raccnn.models import GRAD_MODES, attention_crop, box_mask
+from raccnn.models.crop import masked_zoom
+
+
+def naive_crop(image, box, out_h, out_w, k):
+    """Independent per-pixel implementation of the crop's formulas for one image [C, H, W]."""
+    C, H, W = image.shape
+    tx, ty, tl = (float(v) for v in box)
+    sig = lambda z: 1.0 / (1.0 + math.exp(-z))
+
+    def masked(r, c):
+        if r < 0 or r >= H or c < 0 or c >= W:
+            return [0.0] * C
+        x, y = (c + 0.5) / W, (r + 0.5) / H
+        m = (sig(k * W * (x - tx + tl)) - sig(k * W * (x - tx - tl))) * (
+            sig(k * H * (y - ty + tl)) - sig(k * H * (y - ty - tl))
+        )
+        return [float(image[ch, r, c]) * m for ch in range(C)]
+
+    out = torch.zeros(C, out_h, out_w, dtype=torch.float64)
+    for i in range(out_h):
+        for j in range(out_w):
+            x = tx - tl + (j + 0.5) * 2 * tl / out_w
+            y = ty - tl + (i + 0.5) * 2 * tl / out_h
+            # continuous pixel coordinates whose integer values are pixel centres
+            px, py = x * W - 0.5, y * H - 0.5
+            c0, r0 = math.floor(px), math.floor(py)
+            fx, fy = px - c0, py - r0
+            for dr, dc, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+                v = masked(r0 + dr, c0 + dc)
+                for ch in range(C):
+                    out[ch, i, j] += w * v[ch]
+    return out
+
+
+def test_full_box_is_plain_resize_of_masked_image():
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 32, 32)
+    boxes = torch.tensor([[0.5, 0.5, 0.5]]).repeat(3, 1)
+    masked = x * box_mask(boxes, 32, 32, k=10.0)
+    down = attention_crop(x, boxes, 16)
+    ref = F.interpolate(masked, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(down, ref, atol=1e-6, rtol=1e-6)
+    same = attention_crop(x, boxes, 32)
+    torch.testing.assert_close(same, masked, atol=1e-6, rtol=1e-6)
+
+
+def test_mask_is_one_inside_zero_outside():
+    # half side 0.2625: the square's edges run through the centres of rows/columns 9 and 30
+    m = box_mask(torch.tensor([[0.5, 0.5, 0.2625]], dtype=torch.float64), 40, 40, k=10.0)[0, 0]
+    assert m[20, 20] > 0.9999 and m[11, 11] > 0.99  # inside, 2 px from the edges
+    assert m[2, 2] < 1e-6 and m[20, 38] < 1e-6  # outside
+    torch.testing.assert_close(m[9, 20].item(), 0.5, atol=1e-6, rtol=0)  # exactly on the top edge
+    torch.testing.assert_close(m[20, 30].item(), 0.5, atol=1e-6, rtol=0)  # exactly on the right edge
+    torch.testing.assert_close(m[9, 9].item(), 0.25, atol=1e-6, rtol=0)  # on a corner
+    # one pixel inside the top edge: k * H * (1 / H) = 10, the bottom edge is 20 px away
+    torch.testing.assert_close(m[10, 20].item(), torch.sigmoid(torch.tensor(10.0, dtype=torch.float64)).item(), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("out_hw", [(5, 5), (4, 7)])
+def test_random_boxes_match_naive_formulas(out_hw):
+    torch.manual_seed(1)
+    images = torch.rand(3, 2, 9, 11, dtype=torch.float64)
+    boxes = torch.tensor([[0.4, 0.6, 0.3], [0.8, 0.2, 0.35], [0.5, 0.5, 0.12]], dtype=torch.float64)
+    out = attention_crop(images, boxes, out_hw, k=10.0)
+    for b in range(3):
+        ref = naive_crop(images[b], boxes[b], *out_hw, k=10.0)
+        torch.testing.assert_close(out[b], ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_gradcheck(grad):
+    """Each mode's box gradient equals finite differences of the path it selects."""
+    torch.manual_seed(2)
+    images = torch.rand(2, 1, 6, 7, dtype=torch.float64, requires_grad=True)
+    # boxes away from pixel-grid kinks of bilinear sampling
+    boxes = torch.tensor([[0.47, 0.52, 0.31], [0.61, 0.43, 0.23]], dtype=torch.float64, requires_grad=True)
+    fixed = boxes.detach().clone()
+    selected = {
+        "mask": lambda im, bx: masked_zoom(im, bx, fixed, 4, k=2.0),
+        "grid": lambda im, bx: masked_zoom(im, fixed, bx, 4, k=2.0),
+        "both": lambda im, bx: masked_zoom(im, bx, bx, 4, k=2.0),
+    }[grad]
+    crop = lambda im, bx: attention_crop(im, bx, 4, k=2.0, grad=grad)
+    assert torch.autograd.gradcheck(crop if grad == "both" else selected, (images, boxes))
+    # attention_crop(grad=mode) gives exactly the gradient of that path (checked numerically above)
+    weights = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    got = torch.autograd.grad((crop(images, boxes) * weights).sum(), (images, boxes))
+    want = torch.autograd.grad((selected(images, boxes) * weights).sum(), (images, boxes))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_gradient_only_flows_through_selected_path(grad):
+    images = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    boxes = torch.tensor([[0.5, 0.5, 0.3]], dtype=torch.float64, requires_grad=True)
+    out = attention_crop(images, boxes, 8, grad=grad)
+    (g,) = torch.autograd.grad(out.sum(), boxes)
+    assert g.abs().sum() > 0
+    # the other modes' gradients add up to "both"
+    if grad == "both":
+        parts = []
+        for mode in ("mask", "grid"):
+            b = boxes.detach().clone().requires_grad_(True)
+            parts.append(torch.autograd.grad(attention_crop(images, b, 8, grad=mode).sum(), b)[0])
+        torch.testing.assert_close(g, parts[0] + parts[1])
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+@pytest.mark.parametrize("side", ["right", "left", "below", "above"])
+def test_gradient_moves_box_towards_bright_blob(grad, side):
+    H = W = 64
+    image = torch.zeros(1, 1, H, W)
+    # box (0.5, 0.5, 0.25) spans pixels 16..47; a bright blob straddles one edge
+    rows, cols = slice(28, 36), slice(28, 36)
+    if side == "right":
+        cols = slice(46, 54)
+    elif side == "left":
+        cols = slice(10, 18)
+    elif side == "below":
+        rows = slice(46, 54)
+    else:
+        rows = slice(10, 18)
+    image[0, 0, rows, cols] = 1.0
+    boxes = torch.tensor([[0.5, 0.5, 0.25]], requires_grad=True)
+    attention_crop(image, boxes, 32, grad=grad).sum().backward()
+    gx, gy = boxes.grad[0, 0].item(), boxes.grad[0, 1].item()
+    expected = {"right": (1, 0), "left": (-1, 0), "below": (0, 1), "above": (0, -1)}[side]
+    if expected[0]:
+        assert gx * expected[0] > 0 and abs(gx) > 10 * abs(gy)
+    else:
+        assert gy * expected[1] > 0 and abs(gy) > 10 * abs(gx)
+
+
+def test_different_boxes_get_different_gradients():
+    torch.manual_seed(3)
+    image = torch.rand(1, 3, 32, 32).repeat(2, 1, 1, 1)
+    boxes = torch.tensor([[0.4, 0.4, 0.2], [0.6, 0.55, 0.3]], requires_grad=True)
+    attention_crop(image, boxes, 16).sum().backward()
+    assert not torch.allclose(boxes.grad[0], boxes.grad[1])
+
+
+def test_bfloat16_and_dtype_preserved():
+    torch.manual_seed(4)
+    x = torch.rand(2, 3, 32, 32)
+    boxes = torch.tensor([[0.4, 0.5, 0.2], [0.5, 0.5, 0.4]])
+    ref = attention_crop(x, boxes, 16)
+    out = attention_crop(x.bfloat16(), boxes.bfloat16(), 16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    x = torch.rand(2, 3, 32, 32)
+    boxes = torch.tensor([[0.4, 0.5, 0.2], [0.5, 0.5, 0.4]])
+    torch.testing.assert_close(attention_crop(x.cuda(), boxes.cuda(), 16).cpu(), attention_crop(x, boxes, 16))
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="grad must be one of"):
+        attention_crop(torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4, grad="masks")
+    with pytest.raises(ValueError, match=r"boxes \[B, 3\]"):
+        attention_crop(torch.rand(2, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4)
+
+
+def _fwd_bwd_time(batch, repeats=3):
+    x = torch.rand(batch, 3, 112, 112)
+    boxes = torch.rand(batch, 3).mul(0.2).add(torch.tensor([0.4, 0.4, 0.2])).requires_grad_(True)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        attention_crop(x, boxes, 56).sum().backward()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def test_batch_of_64_costs_far_less_than_64_single_images():
+    _fwd_bwd_time(1)
+    single, batch64 = _fwd_bwd_time(1), _fwd_bwd_time(64)
+    assert batch64 < 0.5 * 64 * single, (single, batch64)
