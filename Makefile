@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 train-alternate: $(STAMP)
-	$(PY) tools/train_alternate.py --config $(CONFIG) $(if $(OPTS),--opts $(OPTS))
+	$(PY) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))
 
 clean-venv:
 	rm -rf $(VENV)

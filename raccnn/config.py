@@ -101,16 +101,21 @@ def _check_name(value: str) -> str | None:
     return None
 
 
-def _stage(epochs: int, lr: float) -> dict:
+OPTIMIZERS = ["sgd", "adam"]
+
+
+def _stage(epochs: int, lr: float, optimizer: str = "sgd") -> dict:
     return {
         "epochs": Field(int, epochs, min=0),
         "lr": Field(float, lr, min=0.0),
+        "optimizer": Field(str, optimizer, choices=OPTIMIZERS),
     }
 
 
-def _alternating_step(lr: float, min_delta: float) -> dict:
+def _alternating_step(lr: float, min_delta: float, optimizer: str = "sgd") -> dict:
     return {
         "lr": Field(float, lr, min=0.0),
+        "optimizer": Field(str, optimizer, choices=OPTIMIZERS),
         "min_epochs": Field(int, 1, min=0),
         "max_epochs": Field(int, 4, min=0),
         "patience": Field(int, 1, min=0),
@@ -168,17 +173,16 @@ SCHEMA: dict = {
         },
     },
     "train": {
-        "optimizer": Field(str, "sgd", choices=["sgd", "adam"]),
         "momentum": Field(float, 0.9, min=0.0, max=1.0),
         "weight_decay": Field(float, 5e-4, min=0.0),
         "log_interval": Field(int, 20, min=1),
         "pretrain_cls": _stage(epochs=8, lr=0.05),
-        "init_apn": {**_stage(epochs=3, lr=0.01), "tl": Field(float, 0.25, min=0.0, max=0.5)},
+        "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Field(float, 0.25, min=0.0, max=0.5)},
         "alternate": {
             "rounds": Field(int, 3, min=0),
             "margin": Field(float, 0.05, min=0.0),
             "cls": _alternating_step(lr=0.01, min_delta=1e-3),
-            "apn": _alternating_step(lr=0.01, min_delta=1e-4),
+            "apn": _alternating_step(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "fusion": _stage(epochs=3, lr=0.05),
     },

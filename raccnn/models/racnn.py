@@ -105,8 +105,16 @@ class RACNN(nn.Module):
             return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return attention_crop(images, abs_box, size, k=self.crop_k, grad=self.crop_grad)
 
-    def forward(self, images: Tensor, boxes: list[Tensor | None] | None = None, return_crops: bool = False):
-        """``boxes`` optionally replaces APN s's square (relative to scale s's view) by a given one."""
+    def forward(
+        self,
+        images: Tensor,
+        boxes: list[Tensor | None] | None = None,
+        return_crops: bool = False,
+        detach_boxes: bool = False,
+    ):
+        """``boxes`` optionally replaces APN s's square (relative to scale s's view) by a given one;
+        ``detach_boxes`` stops the gradient of finer scales from reaching the squares (and so the
+        APNs and, through them, the coarser scales' features)."""
         logits, feats, maps, rel_boxes, abs_boxes, crops = [], [], [], [], [], []
         abs_box = None
         for s, net in enumerate(self.scales):
@@ -120,6 +128,8 @@ class RACNN(nn.Module):
             if s + 1 < self.n_scales:
                 given = boxes[s] if boxes is not None and s < len(boxes) else None
                 rel = given if given is not None else self.apns[s](fmap)
+                if detach_boxes:
+                    rel = rel.detach()
                 parent = abs_box if abs_box is not None else full_image_boxes(len(images), rel.device, rel.dtype)
                 abs_box = compose_boxes(parent, rel)
                 rel_boxes.append(rel)

@@ -1,0 +1,382 @@
+"""Evaluation: run a model over a loader, then compute accuracy and localisation metrics.
+
+``collect_outputs`` gathers everything on the CPU; ``compute_metrics`` turns it into a dict of plain
+Python values (JSON-serialisable) with these keys (s runs over the scales, n = number of scales):
+
+    num_images, num_classes, heads
+    acc_scale{s} (s = 1..n), acc_fused{name} (name = "12", "123", ...)   top-1 accuracy in [0, 1]
+    per_class_acc      {head: {class name: accuracy or None if the class has no images}}
+    confusion_matrix   {head: K x K list of lists, rows = true class, columns = predicted}
+    hit_parts          part names whose centre defines a part hit ([] without part annotations)
+    part_hit_count     images with at least one of those parts visible (the denominator)
+    part_hit_scale{s}  (s = 2..n) fraction of them whose scale-s square contains that centre
+    iou_object_count   images with a finite object box (the denominator)
+    iou_object_scale{s} (s = 2..n) mean IoU of the scale-s square with the object box
+    abs_box_stats_scale{s}  box_stats of the scale-s square in input-image coordinates
+    rel_box_stats_scale{s}  box_stats of the APN's own output (relative to scale s-1's view),
+                            against the APN's tl bounds (present when collect_outputs recorded them)
+
+Head names are "scale1", ..., "scale{n}", "fused12", "fused123", ...; rates whose denominator is
+zero are None.
+
+Geometry: a square (tx, ty, tl) covers [tx - tl, tx + tl] x [ty - tl, ty + tl] in normalised image
+coordinates (x rightwards, y downwards, both in [0, 1]). Parts and object boxes are in input-pixel
+coordinates where pixel (r, c) has its centre at (c + 0.5, r + 0.5), so x / W and y / H convert them
+to the same normalised frame, and the square is x1 = (tx - tl) W, ..., y2 = (ty + tl) H in pixels.
+A centre exactly on the square's border counts as inside.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix
+from torch import Tensor
+from tqdm import tqdm
+
+__all__ = [
+    "CUB_HEAD_PARTS",
+    "collect_outputs",
+    "compute_metrics",
+    "box_stats",
+    "default_hit_parts",
+    "head_names",
+    "format_table",
+    "to_jsonable",
+    "write_metrics",
+]
+
+# CUB-200-2011 part names (parts/parts.txt) that lie on the bird's head: the part-hit metric of
+# the scale-2 and scale-3 squares uses the centre of those that are visible.
+CUB_HEAD_PARTS = ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the model
+
+
+@torch.no_grad()
+def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
+    parts: dict[str, list[Tensor]] = {}
+
+    def add(key: str, value) -> None:
+        parts.setdefault(key, []).append(torch.as_tensor(value).detach().cpu())
+
+    image_size = None
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+        images = batch["image"].to(device)
+        size = tuple(images.shape[-2:])
+        if image_size is not None and size != image_size:
+            raise ValueError(f"all evaluation images must have the same size, got {image_size} and {size}")
+        image_size = size
+        b = len(images)
+
+        out = model(images)
+        for s, logits in enumerate(out.logits, start=1):
+            add(f"logits_scale{s}", logits.float())
+        for name, logits in out.fused.items():
+            add(f"logits_fused{name}", logits.float())
+        for s, box in enumerate(out.abs_boxes, start=2):
+            add(f"abs_boxes_scale{s}", box.float())
+        for s, box in enumerate(out.boxes, start=2):
+            add(f"rel_boxes_scale{s}", box.float())
+
+        add("label", torch.as_tensor(batch["label"]).long())
+        box = batch.get("box")
+        add("box", torch.full((b, 4), math.nan) if box is None else torch.as_tensor(box).float())
+        p = batch.get("parts")
+        add("parts", torch.zeros(b, 0, 3) if p is None else torch.as_tensor(p).float())
+        index = batch.get("index")
+        add("index", torch.arange(b) if index is None else torch.as_tensor(index).long())
+    parts["_image_size"] = [torch.tensor(image_size if image_size is not None else (0, 0))]
+    return parts
+
+
+def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict[str, Tensor]:
+    """Run ``model`` in eval mode over ``loader`` and return CPU tensors (see the module docstring).
+
+    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}`` and
+    ``rel_boxes_scale{s}`` [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
+    ``label`` [N], ``box`` [N, 4], ``parts`` [N, P, 3], ``index`` [N], ``image_size`` [2] = (H, W).
+    The model's previous train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        parts = _run(model, loader, device, desc)
+    finally:
+        model.train(was_training)
+
+    outputs = {key: torch.cat(chunks) for key, chunks in parts.items() if key != "_image_size"}
+    outputs["image_size"] = parts["_image_size"][0]
+    apns = getattr(model, "apns", [])
+    if len(apns):
+        outputs["tl_bounds"] = torch.tensor([[float(a.tl_min), float(a.tl_max)] for a in apns], dtype=torch.float64)
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def head_names(outputs: Mapping[str, Tensor]) -> list[str]:
+    """Heads present in ``outputs`` in display order: scale1, scale2, ..., fused12, fused123, ..."""
+    scales = sorted(int(k[len("logits_scale"):]) for k in outputs if k.startswith("logits_scale"))
+    fused = sorted((k[len("logits_fused"):] for k in outputs if k.startswith("logits_fused")), key=len)
+    return [f"scale{s}" for s in scales] + [f"fused{name}" for name in fused]
+
+
+def _scales_with_boxes(outputs: Mapping[str, Tensor]) -> list[int]:
+    return sorted(int(k[len("abs_boxes_scale"):]) for k in outputs if k.startswith("abs_boxes_scale"))
+
+
+def _stat(x: Tensor, fn) -> float | None:
+    return float(fn(x)) if len(x) else None
+
+
+def box_stats(boxes: Tensor, tl_min: float | None = None, tl_max: float | None = None,
+              tol: float = 0.01) -> dict[str, Any]:
+    """Mean and std of tx, ty, tl of ``boxes`` [N, 3], and the fractions of tl near its bounds.
+
+    ``frac_at_min`` is the fraction with tl <= tl_min + tol, ``frac_at_max`` the fraction with
+    tl >= tl_max - tol. Pass the APN's bounds to detect a collapse onto one of them; without them
+    the smallest and largest observed tl are used. Stds are population stds (0 for one box).
+    """
+    boxes = torch.as_tensor(boxes).detach().double().cpu().reshape(-1, 3)
+    tl = boxes[:, 2]
+    if tl_min is None:
+        tl_min = _stat(tl, torch.min)
+    if tl_max is None:
+        tl_max = _stat(tl, torch.max)
+    stats: dict[str, Any] = {"n": len(boxes)}
+    for j, name in enumerate(("tx", "ty", "tl")):
+        stats[f"{name}_mean"] = _stat(boxes[:, j], torch.mean)
+        stats[f"{name}_std"] = _stat(boxes[:, j], lambda v: v.std(unbiased=False))
+    stats["tl_min"] = None if tl_min is None else float(tl_min)
+    stats["tl_max"] = None if tl_max is None else float(tl_max)
+    stats["frac_at_min"] = _stat(tl, lambda v: (v <= tl_min + tol).double().mean())
+    stats["frac_at_max"] = _stat(tl, lambda v: (v >= tl_max - tol).double().mean())
+    return stats
+
+
+def default_hit_parts(part_names: list[str]) -> list[str]:
+    """The CUB head parts the dataset has; all parts if it has none of them."""
+    head = [name for name in CUB_HEAD_PARTS if name in part_names]
+    return head if head else list(part_names)
+
+
+def square_to_pixels(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(tx, ty, tl) squares in normalised coordinates -> [N, 4] pixel xyxy."""
+    tx, ty, tl = boxes.double().unbind(1)
+    return torch.stack(((tx - tl) * width, (ty - tl) * height, (tx + tl) * width, (ty + tl) * height), dim=1)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise IoU of two [N, 4] xyxy box tensors."""
+    a, b = a.double(), b.double()
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    inter = w * h
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp_min(0) * (x[:, 3] - x[:, 1]).clamp_min(0)
+    union = area(a) + area(b) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def _hit_centres(parts: Tensor, part_names: list[str], hit_parts: list[str]) -> tuple[Tensor, Tensor]:
+    """Mean (x, y) of the visible hit parts per image [N, 2] (pixels) and which images have one [N]."""
+    idx = [part_names.index(name) for name in hit_parts]
+    sel = parts[:, idx].double()  # [N, h, 3]
+    visible = sel[..., 2] > 0.5
+    count = visible.sum(1)
+    total = (sel[..., :2] * visible[..., None]).sum(1)
+    has = count > 0
+    return total / count.clamp_min(1)[:, None], has
+
+
+def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
+    k = len(class_names)
+    metrics: dict[str, Any] = {"per_class_acc": {}, "confusion_matrix": {}}
+    for head in heads:
+        pred = outputs[f"logits_{head}"].argmax(1).numpy()
+        metrics[f"acc_{head}"] = float(accuracy_score(labels, pred)) if len(labels) else None
+        cm = confusion_matrix(labels, pred, labels=list(range(k)))
+        support = cm.sum(1)
+        metrics["per_class_acc"][head] = {
+            name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)
+        }
+        metrics["confusion_matrix"][head] = cm.tolist()
+    return metrics
+
+
+def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_names: list[str] | None = None,
+                    hit_parts: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, confusion matrices and localisation metrics (module docstring).
+
+    ``hit_parts`` names the parts whose visible centre the squares should contain; empty or None
+    means ``default_hit_parts(part_names)`` (the CUB head parts). Names not in ``part_names`` are
+    an error when the dataset has part annotations.
+    """
+    labels = outputs["label"].long().numpy()
+    heads = head_names(outputs)
+    metrics: dict[str, Any] = {"num_images": int(len(labels)), "num_classes": len(class_names), "heads": heads}
+    metrics.update(_accuracy_metrics(outputs, list(class_names), heads, labels))
+
+    scales = _scales_with_boxes(outputs)
+    height, width = (int(v) for v in outputs["image_size"])
+    part_names = list(part_names or [])
+    parts = outputs.get("parts")
+    has_parts = bool(part_names) and parts is not None and parts.numel() > 0
+    if has_parts and tuple(parts.shape[1:]) != (len(part_names), 3):
+        raise ValueError(f"parts have shape {tuple(parts.shape)}, expected [N, {len(part_names)}, 3] for {part_names}")
+
+    # Part hit: does the scale-s square contain the centre of the visible hit parts?
+    if has_parts:
+        hit_parts = list(hit_parts) if hit_parts else default_hit_parts(part_names)
+        unknown = [name for name in hit_parts if name not in part_names]
+        if unknown:
+            raise ValueError(f"hit_parts {unknown} are not among the dataset's parts {part_names}")
+        centres, has = _hit_centres(parts, part_names, hit_parts)
+        cx, cy = centres[has, 0] / width, centres[has, 1] / height
+    else:
+        hit_parts, has = [], torch.zeros(len(labels), dtype=torch.bool)
+    n_hit = int(has.sum())
+    metrics["hit_parts"] = hit_parts
+    metrics["part_hit_count"] = n_hit
+    for s in scales:
+        rate = None
+        if n_hit:
+            tx, ty, tl = outputs[f"abs_boxes_scale{s}"][has].double().unbind(1)
+            inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
+            rate = float(inside.double().mean())
+        metrics[f"part_hit_scale{s}"] = rate
+
+    # IoU of the scale-s square with the object box.
+    obj = outputs.get("box")
+    finite = torch.isfinite(obj).all(1) if obj is not None else torch.zeros(len(labels), dtype=torch.bool)
+    metrics["iou_object_count"] = int(finite.sum())
+    for s in scales:
+        rate = None
+        if finite.any():
+            square = square_to_pixels(outputs[f"abs_boxes_scale{s}"][finite], height, width)
+            rate = float(box_iou(square, obj[finite]).mean())
+        metrics[f"iou_object_scale{s}"] = rate
+
+    # Box statistics per APN.
+    bounds = outputs.get("tl_bounds")
+    for s in scales:
+        metrics[f"abs_box_stats_scale{s}"] = box_stats(outputs[f"abs_boxes_scale{s}"])
+        rel = outputs.get(f"rel_boxes_scale{s}")
+        if rel is not None:
+            lo, hi = (float(v) for v in bounds[s - 2]) if bounds is not None else (None, None)
+            metrics[f"rel_box_stats_scale{s}"] = box_stats(rel, lo, hi)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _head_label(head: str) -> str:
+    if head.startswith("scale"):
+        return f"scale {head[len('scale'):]}"
+    return "fused " + "+".join(head[len("fused"):])
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """Markdown table of top-1 accuracy per head, then the part-hit and IoU lines when present."""
+    heads = metrics.get("heads") or [k[len("acc_"):] for k in metrics if k.startswith("acc_")]
+    lines = ["| head | top-1 accuracy (%) |", "|---|---:|"]
+    for head in heads:
+        acc = metrics.get(f"acc_{head}")
+        lines.append(f"| {_head_label(head)} | {'n/a' if acc is None else f'{100 * acc:.2f}'} |")
+    lines.append("")
+    lines.append(f"{metrics.get('num_images', 0)} images.")
+
+    def scale_values(prefix: str, fmt) -> list[str]:
+        keys = sorted((k for k in metrics if k.startswith(prefix) and metrics[k] is not None),
+                      key=lambda k: int(k[len(prefix):]))
+        return [f"scale {k[len(prefix):]} {fmt(metrics[k])}" for k in keys]
+
+    hits = scale_values("part_hit_scale", lambda v: f"{100 * v:.2f}%")
+    if hits:
+        parts = ", ".join(metrics.get("hit_parts") or [])
+        lines.append(f"Part hit (centre of visible {parts}; {metrics['part_hit_count']} images): "
+                     + ", ".join(hits) + ".")
+    ious = scale_values("iou_object_scale", lambda v: f"{v:.3f}")
+    if ious:
+        lines.append(f"Mean IoU with the object box ({metrics['iou_object_count']} images): " + ", ".join(ious) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain Python copy of ``value``: tensors and arrays to lists, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (Tensor, np.ndarray)):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write ``metrics`` as JSON (indent 2) so that ``path`` never holds a half-written file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# A checkpoint, end to end
+
+
+def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
+                   device: str | None = None) -> tuple[dict, str]:
+    """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
+    ``metrics.json`` next to the checkpoint and returns (metrics, markdown table)."""
+    from torch.utils.data import DataLoader
+
+    from ..data.build import build_dataset, prepare_data
+    from ..models.racnn import build_racnn
+    from .checkpoint import load_checkpoint
+    from .trainer import resolve_device
+
+    ckpt = load_checkpoint(checkpoint, weights_only=False)
+    cfg = ckpt["config"]
+    dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
+    if len(dataset.classes) != ckpt["num_classes"]:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
+                              f"of {cfg['data']['root']} has {len(dataset.classes)}")
+    dev = resolve_device(device or cfg["device"])
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"]).to(dev)
+    model.load_state_dict(ckpt["model"])
+    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
+    outputs = collect_outputs(model, loader, dev, desc=f"eval {split}")
+    metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
+    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"))
+    write_metrics(metrics, os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "metrics.json"))
+    return metrics, format_table(metrics)

@@ -1,0 +1,119 @@
+"""End-to-end runs of the alternating schedule on a tiny FG-Synth (seconds each)."""
+import pytest
+import torch
+
+from raccnn.config import load_config
+from raccnn.data.build import build_datasets
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.trainer import Trainer
+
+TINY = [
+    "data.synth.classes=3", "data.synth.images_per_class=16", "data.synth.size=96", "data.resize=96",
+    "data.crop=96", "data.val_fraction=0.25", "data.batch_size=8", "model.width=4",
+    "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "model.apn.pool_size=2",
+    "train.pretrain_cls.epochs=1", "train.init_apn.epochs=1", "train.alternate.rounds=2",
+    "train.alternate.cls.max_epochs=2", "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
+    "train.fusion.epochs=1", "deterministic=true",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fgsynth"))
+
+
+def make_trainer(data_root, work_dir, extra=()):
+    cfg = load_config("experiments/configs/fgsynth_default.yaml",
+                      TINY + [f"data.root={data_root}", f"work_dir={work_dir}", *extra])
+    torch.use_deterministic_algorithms(True)
+    return Trainer(cfg, build_datasets(cfg), str(work_dir))
+
+
+def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
+    trainer = make_trainer(data_root, tmp_path)
+    apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
+    cls_before = [p.detach().clone() for p in trainer.model.classifier_parameters()]
+    trainer.run()
+    phases = [h["phase"] for h in trainer.progress.history]
+    for name in ("pretrain_cls", "init_apn", "alternate_cls[round 1]", "alternate_apn[round 1]",
+                 "alternate_cls[round 2]", "alternate_apn[round 2]", "fusion"):
+        assert name in phases
+    assert phases.index("init_apn") < phases.index("alternate_cls[round 1]") < phases.index("fusion")
+    assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apn_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(cls_before, trainer.model.classifier_parameters()))
+    last = load_checkpoint(tmp_path / "last.pt", weights_only=False)
+    assert last["progress"]["phase_index"] == len(trainer.plan)
+    assert (tmp_path / "best.pt").exists()
+    # the fused head was trained and selected on validation
+    assert load_checkpoint(tmp_path / "best.pt", weights_only=False)["phase"] == "fusion"
+
+
+def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):
+    trainer = make_trainer(data_root, tmp_path)
+    trainer.progress.phase_index = 2  # alternate_cls, round 1
+    trainer.start_phase(trainer.plan[2])
+    apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
+    trainer.train_epoch(trainer.plan[2])
+    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apn_parameters()))
+    trainer.start_phase(trainer.plan[3])  # alternate_apn: classifiers and their BN statistics frozen
+    cls_before = {k: v.clone() for k, v in trainer.model.scales.state_dict().items()}
+    trainer.train_epoch(trainer.plan[3])
+    assert all(torch.equal(cls_before[k], v) for k, v in trainer.model.scales.state_dict().items())
+
+
+def test_resume_mid_alternate_ends_with_the_same_weights(data_root, tmp_path):
+    full = make_trainer(data_root, tmp_path / "full")
+    full.run()
+    # stop at the first epoch end inside round 1's alternate_apn, then resume in a new trainer
+    stop_step = next(h["step"] for h in full.progress.history if h["phase"] == "alternate_apn[round 1]")
+    part = make_trainer(data_root, tmp_path / "part")
+    part.run(stop_after_step=stop_step)
+    ckpt = load_checkpoint(tmp_path / "part" / "last.pt", weights_only=False)
+    assert ckpt["phase"] == "alternate_apn[round 1]" and ckpt["progress"]["step"] == stop_step
+    resumed = make_trainer(data_root, tmp_path / "part")
+    resumed.resume(str(tmp_path / "part" / "last.pt"))
+    assert resumed.progress.step == stop_step
+    resumed.run()
+    assert resumed.progress.step == full.progress.step
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_checkpoint_from_another_architecture_is_refused(data_root, tmp_path):
+    trainer = make_trainer(data_root, tmp_path)
+    trainer.save("last.pt")
+    other = make_trainer(data_root, tmp_path / "other", extra=["model.width=8"])
+    with pytest.raises(CheckpointError, match="model.width"):
+        other.resume(str(tmp_path / "last.pt"))
+
+
+def test_eval_writes_every_metric_key(data_root, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    trainer = make_trainer(data_root, tmp_path)
+    trainer.run()
+    res = subprocess.run([sys.executable, "tools/eval.py", "--checkpoint", str(tmp_path / "best.pt")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "fused 1+2+3" in res.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("acc_scale1", "acc_scale2", "acc_scale3", "acc_fused12", "acc_fused123", "per_class_acc",
+                "confusion_matrix", "part_hit_scale2", "part_hit_scale3", "iou_object_scale2"):
+        assert metrics[key] is not None, key
+    assert metrics["hit_parts"] == ["crest"] and metrics["split"] == "test"
+    assert len(metrics["confusion_matrix"]["scale1"]) == 3
+    assert 0.0 <= metrics["part_hit_scale2"] <= 1.0
+
+
+def test_train_cli_reports_bad_config_key_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
+                          "--work-dir", str(tmp_path / "wd"), "--opts", "train.alternate.roundz=2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "train.alternate.roundz" in res.stderr and "rounds" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "wd").exists()

@@ -1,0 +1,80 @@
+"""Train RA-CNN with the alternating schedule, then evaluate.
+
+    python tools/train.py --config FILE [--opts key.sub=value ...] [--work-dir DIR] [--resume auto|PATH]
+                          [--eval-split test|val|none]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from raccnn.config import ConfigError, load_config, save_config
+from raccnn.data import DatasetError
+from raccnn.data.build import build_datasets
+from raccnn.engine.checkpoint import CheckpointError
+from raccnn.engine.evaluate import run_evaluation
+from raccnn.engine.trainer import Trainer
+from raccnn.models import PretrainedWeightsError
+
+
+def setup_logging(work_dir: str) -> None:
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger("raccnn")
+    root.setLevel(logging.INFO)
+    root.handlers.clear()
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(work_dir, "train.log"))):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
+    p.add_argument("--resume", default=None, help="'auto' (last.pt in the work dir, if any) or a checkpoint path")
+    p.add_argument("--eval-split", default=None, choices=["test", "val", "none"],
+                   help="split evaluated after training (default: the config's eval.split)")
+    args = p.parse_args(argv)
+
+    t0 = time.time()
+    try:
+        opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
+        cfg = load_config(args.config, opts)
+        datasets = build_datasets(cfg)
+        work_dir = cfg["work_dir"]
+        os.makedirs(work_dir, exist_ok=True)
+        setup_logging(work_dir)
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+        trainer = Trainer(cfg, datasets, work_dir)
+        resume = args.resume
+        if resume == "auto":
+            last = os.path.join(work_dir, "last.pt")
+            resume = last if os.path.exists(last) else None
+        if resume:
+            trainer.resume(resume)
+    except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    log = logging.getLogger("raccnn")
+    log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s", work_dir,
+             len(datasets["train"]), len(datasets["val"]), len(datasets["test"]), trainer.num_classes, trainer.device)
+    trainer.run()
+    log.info("training took %.1f s", time.time() - t0)
+
+    split = args.eval_split or cfg["eval"]["split"]
+    if split != "none":
+        ckpt = os.path.join(work_dir, "best.pt")
+        metrics, table = run_evaluation(ckpt, split, datasets=datasets)
+        print(table)
+        log.info("metrics written to %s", os.path.join(work_dir, "metrics.json"))
+    log.info("total %.1f s", time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
