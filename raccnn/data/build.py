@@ -1,0 +1,37 @@
+"""Datasets from a resolved config: the one place that maps ``data.*`` keys to dataset objects."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cub import CUBDataset
+from .folder import FolderDataset
+from .synthetic import ensure_fgsynth
+from .transforms import build_transforms
+
+
+def prepare_data(cfg: dict) -> Path:
+    """The dataset root; FG-Synth is generated there first when it is absent."""
+    d = cfg["data"]
+    if d["dataset"] == "fgsynth":
+        return ensure_fgsynth(d["root"], **d["synth"])
+    return Path(d["root"])
+
+
+def build_dataset(cfg: dict, split: str, root: Path | None = None):
+    """One split ("train", "val", "trainval" or "test") with its transforms (training
+    augmentation only on the train splits)."""
+    d = cfg["data"]
+    root = root if root is not None else Path(d["root"])
+    train = split in ("train", "trainval")
+    transform = build_transforms(train, d["resize"], d["crop"], flip=d["flip"])
+    kwargs = dict(split=split, transform=transform, val_fraction=d["val_fraction"], split_seed=d["split_seed"],
+                  skip_unreadable=d["skip_unreadable"])
+    if d["dataset"] == "folder":
+        return FolderDataset(root, **kwargs)
+    return CUBDataset(root, **kwargs)
+
+
+def build_datasets(cfg: dict, splits=("train", "val", "test")) -> dict:
+    """Prepare the data and open each split (all validation happens here, before training)."""
+    root = prepare_data(cfg)
+    return {split: build_dataset(cfg, split, root) for split in splits}

@@ -1,0 +1,252 @@
+"""FG-Synth: a procedurally generated fine-grained benchmark in the CUB_200_2011 layout.
+
+Every image shows one stylised "bird" (body, wing, head with eye and beak, tail, and a crest
+on top of the head) at a random position, scale, tilt and facing direction, over a cluttered
+background.  The class is decided ONLY by the fine texture inside the crest (one of
+``PATTERNS``); colours, pose, size and background are drawn independently of the class.
+
+Why a whole-image CNN at a low input size cannot solve it, while a zoom on the crest can:
+  * the crest textures have periods of 2-3 pixels at the stored resolution and all have
+    the same mean colour as the crest, so once the image is downsampled with an
+    anti-aliasing filter (e.g. 160 -> 64 px) they average to the same flat colour;
+  * cropped from the stored image and enlarged, a 2-px period becomes 4-6 px and is easy;
+  * the same textures also appear on the wing and on crest-like decoys in the background,
+    so "is texture X somewhere in the image" is not a shortcut: the network must look at
+    the crest, which always sits on top of the head, with a dark outline.
+All textures are symmetric under a horizontal flip, so flip augmentation keeps the class.
+
+Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
+``(seed, class, index within class)``.  Part boxes are written to ``parts/part_boxes.txt``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+
+DISCRIMINATIVE_PART = "crest"
+PART_NAMES = ("body", "crest", "head", "tail", "wing")  # parts.txt order, ids 1..5
+
+# name -> binary texture on integer pixel coords (x, y); all invariant to x -> -x.
+PATTERNS = {
+    "h_stripes_2": lambda x, y: y % 2 == 0,
+    "v_stripes_2": lambda x, y: x % 2 == 0,
+    "checker_1": lambda x, y: (x + y) % 2 == 0,
+    "h_stripes_3": lambda x, y: y % 3 == 0,
+    "v_stripes_3": lambda x, y: x % 3 == 0,
+    "grid_3": lambda x, y: (x % 3 == 0) | (y % 3 == 0),
+    "dots_2": lambda x, y: (x % 2 == 0) & (y % 2 == 0),
+    "dots_3": lambda x, y: (x % 3 == 0) & (y % 3 == 0),
+    "cross_hatch_3": lambda x, y: ((x + y) % 3 == 0) | ((x - y) % 3 == 0),
+    "plain": lambda x, y: np.zeros(np.broadcast(x, y).shape, dtype=bool),
+}
+PATTERN_NAMES = tuple(PATTERNS)
+
+DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5)
+STAMP = ".fgsynth_complete"
+PARAMS_FILE = "fgsynth.json"
+TEXTURE_AMPLITUDE = 0.4  # half peak-to-peak contrast of the crest texture around its mean
+
+
+# ----------------------------------------------------------------------------- drawing
+def _ellipse(xx, yy, cx, cy, a, b, angle=0.0):
+    """Boolean mask of a filled ellipse (semi-axes a, b, rotated by ``angle`` radians)."""
+    dx, dy = xx - cx, yy - cy
+    c, s = np.cos(angle), np.sin(angle)
+    u = (dx * c + dy * s) / a
+    v = (-dx * s + dy * c) / b
+    return u * u + v * v <= 1.0
+
+
+def _texture(name, xx, yy, rng):
+    """Zero-mean texture of pattern ``name`` with a random phase, as float array."""
+    ox, oy = rng.integers(0, 6, size=2)
+    m = PATTERNS[name](xx.astype(np.int64) + ox, yy.astype(np.int64) + oy).astype(np.float32)
+    # subtract the pattern's exact mean over one 6x6 tile (6 is a multiple of all periods)
+    t = np.arange(6)
+    mean = PATTERNS[name](t[None, :], t[:, None]).mean() if name != "plain" else 0.0
+    return m - np.float32(mean)
+
+
+def _paint(canvas, mask, colour):
+    canvas[mask] = colour
+
+
+def _paint_textured(canvas, mask, base, texture):
+    """Fill ``mask`` with ``base`` colour modulated by ``texture`` (same for all channels)."""
+    vals = base[None, :] + TEXTURE_AMPLITUDE * texture[mask][:, None]
+    canvas[mask] = vals
+
+
+def _mask_box(mask):
+    """XYWH box of a boolean mask (pixel edges: a single pixel at column 3 is x=3, w=1)."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())
+
+
+def _background(rng, size, xx, yy):
+    # smooth colour field: a random 4x4 grid, bilinearly enlarged
+    small = (rng.uniform(0.15, 0.85, size=(4, 4, 3)) * 255).astype(np.uint8)
+    field = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+    canvas = field.copy()
+    # clutter: random flat blobs
+    for _ in range(rng.integers(5, 10)):
+        m = _ellipse(xx, yy, *rng.uniform(0, size, 2), *rng.uniform(4, 0.15 * size, 2), rng.uniform(0, np.pi))
+        _paint(canvas, m, rng.uniform(0.1, 0.9, 3))
+    # decoys: outlined, crest-sized ellipses with a random texture from the same family
+    for _ in range(rng.integers(2, 4)):
+        cx, cy = rng.uniform(0, size, 2)
+        a, b = rng.uniform(0.06, 0.11, 2) * size
+        _paint(canvas, _ellipse(xx, yy, cx, cy, a + 1.5, b + 1.5), rng.uniform(0.0, 0.2, 3))
+        name = PATTERN_NAMES[rng.integers(len(PATTERN_NAMES))]
+        _paint_textured(canvas, _ellipse(xx, yy, cx, cy, a, b), rng.uniform(0.38, 0.62, 3), _texture(name, xx, yy, rng))
+    return canvas
+
+
+def render_image(class_index: int, rng: np.random.Generator, size: int):
+    """Draw one image. Returns (uint8 HxWx3, object box xywh, {part: (x, y, w, h)})."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = size / 160.0  # geometry below is tuned for 160 px and scales with the image
+    canvas = _background(rng, size, xx, yy)
+
+    for _attempt in range(100):
+        s = rng.uniform(0.9, 1.2) * u
+        facing = rng.choice([-1.0, 1.0])      # head on the right (+1) or left (-1)
+        tilt = rng.uniform(-0.3, 0.3)
+        cx, cy = rng.uniform(0.25, 0.75) * size, rng.uniform(0.4, 0.75) * size
+        a, b = 32 * s, 20 * s                 # body semi-axes
+        ca, sa = np.cos(tilt), np.sin(tilt)
+
+        def along(dx, dy):                     # body frame -> image (facing, tilt)
+            dx *= facing
+            return cx + dx * ca - dy * sa, cy + dx * sa + dy * ca
+
+        rh = 12 * s
+        hx, hy = along(0.8 * a, -0.75 * b)
+        masks = {
+            "body": _ellipse(xx, yy, cx, cy, a, b, tilt),
+            "tail": _ellipse(xx, yy, *along(-1.25 * a, -0.1 * b), 13 * s, 6 * s, tilt + facing * 0.35),
+            "wing": _ellipse(xx, yy, *along(-0.15 * a, 0.05 * b), 0.55 * a, 0.5 * b, tilt),
+            "head": _ellipse(xx, yy, hx, hy, rh, rh),
+        }
+        # the crest is axis-aligned (never tilted) so stripe orientation stays meaningful
+        ka, kb = 14 * s, 10 * s
+        kx, ky = hx, hy - rh - 0.55 * kb
+        crest_outline = _ellipse(xx, yy, kx, ky, ka + 1.5, kb + 1.5)
+        masks["crest"] = _ellipse(xx, yy, kx, ky, ka, kb)
+        beak = _ellipse(xx, yy, hx + facing * 1.1 * rh, hy + 0.15 * rh, 0.55 * rh, 0.25 * rh)
+        union = crest_outline | beak
+        for m in masks.values():
+            union |= m
+        border = union[0].any() | union[-1].any() | union[:, 0].any() | union[:, -1].any()
+        if not border:
+            break
+    else:
+        raise RuntimeError("could not place the object inside the image")
+
+    body_col = rng.uniform(0.1, 0.9, 3)
+    _paint(canvas, masks["tail"], body_col * rng.uniform(0.6, 0.9))
+    _paint(canvas, masks["body"], body_col)
+    wing_pattern = PATTERN_NAMES[rng.integers(len(PATTERN_NAMES))]
+    _paint_textured(canvas, masks["wing"], rng.uniform(0.38, 0.62, 3), _texture(wing_pattern, xx, yy, rng))
+    _paint(canvas, beak, rng.uniform(0.6, 1.0, 3) * np.array([1.0, 0.8, 0.2]))
+    _paint(canvas, masks["head"], rng.uniform(0.1, 0.9, 3))
+    _paint(canvas, _ellipse(xx, yy, hx + facing * 0.45 * rh, hy - 0.15 * rh, 0.18 * rh, 0.18 * rh), np.zeros(3))
+    _paint(canvas, crest_outline, rng.uniform(0.0, 0.15, 3))
+    crest_pattern = PATTERN_NAMES[class_index]
+    _paint_textured(canvas, masks["crest"], rng.uniform(0.38, 0.62, 3), _texture(crest_pattern, xx, yy, rng))
+
+    canvas += rng.normal(0.0, 0.02, canvas.shape).astype(np.float32)
+    image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    parts = {name: _mask_box(masks[name]) for name in PART_NAMES}
+    return image, _mask_box(union), parts
+
+
+# ----------------------------------------------------------------------------- dataset
+def _class_dir_name(c: int) -> str:
+    return f"{c + 1:03d}.{PATTERN_NAMES[c]}"
+
+
+def generate_fgsynth(
+    out_dir: str | Path,
+    classes: int = DEFAULTS["classes"],
+    images_per_class: int = DEFAULTS["images_per_class"],
+    size: int = DEFAULTS["size"],
+    seed: int = DEFAULTS["seed"],
+    train_fraction: float = DEFAULTS["train_fraction"],
+) -> Path:
+    """Write FG-Synth to ``out_dir/CUB_200_2011`` (replacing an earlier FG-Synth there).
+
+    Image ``j`` of class ``c`` is drawn from ``numpy.random.default_rng([seed, c, j])``; the
+    first ``round(train_fraction * images_per_class)`` images of each class form the
+    official train split, the rest the test split.  Returns the ``CUB_200_2011`` folder.
+    """
+    if not 1 <= classes <= len(PATTERN_NAMES):
+        raise ValueError(f"classes must be in 1..{len(PATTERN_NAMES)}, got {classes}")
+    n_train = int(round(train_fraction * images_per_class))
+    if images_per_class < 2 or not 1 <= n_train < images_per_class:
+        raise ValueError("need images_per_class >= 2 and at least one train and one test image per class")
+    if size < 96:
+        raise ValueError(f"size must be >= 96 px, got {size}")
+    params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
+                  train_fraction=train_fraction, version=1)
+
+    d = Path(out_dir) / "CUB_200_2011"
+    if d.exists():
+        if not (d / PARAMS_FILE).is_file():
+            raise DatasetError(f"{d} exists and is not an FG-Synth folder; refusing to overwrite it")
+        shutil.rmtree(d)
+    (d / "parts").mkdir(parents=True)
+    (d / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
+
+    lines = {k: [] for k in ("images", "split", "labels", "boxes", "locs", "pboxes")}
+    image_id = 0
+    for c in range(classes):
+        cdir = d / "images" / _class_dir_name(c)
+        cdir.mkdir(parents=True)
+        for j in range(images_per_class):
+            image_id += 1
+            rng = np.random.default_rng([seed, c, j])
+            img, box, parts = render_image(c, rng, size)
+            rel = f"{_class_dir_name(c)}/fgsynth_{c + 1:03d}_{j + 1:04d}.png"
+            Image.fromarray(img).save(d / "images" / rel, compress_level=1)
+            lines["images"].append(f"{image_id} {rel}")
+            lines["split"].append(f"{image_id} {int(j < n_train)}")
+            lines["labels"].append(f"{image_id} {c + 1}")
+            lines["boxes"].append(f"{image_id} " + " ".join(f"{v:.1f}" for v in box))
+            for k, name in enumerate(PART_NAMES, start=1):
+                x, y, w, h = parts[name]
+                lines["locs"].append(f"{image_id} {k} {x + w / 2:.1f} {y + h / 2:.1f} 1")
+                lines["pboxes"].append(f"{image_id} {k} {x:.1f} {y:.1f} {w:.1f} {h:.1f}")
+
+    def write(name, rows):
+        (d / name).write_text("\n".join(rows) + "\n")
+
+    write("images.txt", lines["images"])
+    write("train_test_split.txt", lines["split"])
+    write("image_class_labels.txt", lines["labels"])
+    write("bounding_boxes.txt", lines["boxes"])
+    write("classes.txt", [f"{c + 1} {_class_dir_name(c)}" for c in range(classes)])
+    write("parts/parts.txt", [f"{k} {n}" for k, n in enumerate(PART_NAMES, start=1)])
+    write("parts/part_locs.txt", lines["locs"])
+    write("parts/part_boxes.txt", lines["pboxes"])
+    (d / STAMP).write_text("complete\n")  # written last: marks a finished set
+    return d
+
+
+def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
+    """Return ``out_dir/CUB_200_2011``, generating it unless a complete set with the same
+    parameters is already there (checked via the stamp file written last)."""
+    d = Path(out_dir) / "CUB_200_2011"
+    wanted = dict(DEFAULTS, **kwargs)
+    if (d / STAMP).is_file() and (d / PARAMS_FILE).is_file():
+        have = json.loads((d / PARAMS_FILE).read_text())
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return d
+    return generate_fgsynth(out_dir, **wanted)
+

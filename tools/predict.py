@@ -1,0 +1,114 @@
+"""Classify images with a trained RA-CNN and save what each scale looked at.
+
+    python tools/predict.py --checkpoint work_dirs/fgsynth_default/best.pt IMAGE [IMAGE ...] [--out DIR] [--device cpu]
+
+For each image: the top-5 classes of every scale and every fusion head, with probabilities, and
+``<out>/<image stem>_crops.png``: the input with the scale-2 (red) and scale-3 (yellow) squares, then
+the zoomed crops. An image that cannot be read is reported on stderr and skipped; the exit code is
+then 1 (2 if the checkpoint itself cannot be used).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from torchvision import tv_tensors
+from torchvision.io import write_png
+
+from raccnn.data import DatasetError
+from raccnn.data.cub import load_rgb, pil_to_uint8
+from raccnn.data.transforms import build_transforms
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.trainer import resolve_device
+from raccnn.engine.visualize import crop_panel
+from raccnn.models import build_racnn
+
+TOP_K = 5
+
+
+def load_model(path: str, device: torch.device):
+    """(model in eval mode, class names, test transform) of a training checkpoint."""
+    ckpt = load_checkpoint(path, weights_only=False)
+    for key in ("model", "config", "num_classes"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry (not a raccnn training checkpoint?)")
+    cfg = ckpt["config"]
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    classes = list(ckpt.get("classes") or [f"class {k}" for k in range(ckpt["num_classes"])])
+    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
+    return model, classes, transform
+
+
+def read_image(path: str, transform) -> torch.Tensor:
+    """The model input [1, 3, H, W] for the image file ``path``; DatasetError if it cannot be read."""
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: not a file")
+    image = tv_tensors.Image(pil_to_uint8(load_rgb(path)))
+    return transform(image).as_subclass(torch.Tensor)[None]
+
+
+def top_k_line(logits: torch.Tensor, classes: list[str]) -> str:
+    probs = logits.float().softmax(dim=-1)
+    values, indices = probs.topk(min(TOP_K, len(classes)))
+    return ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(values.tolist(), indices.tolist()))
+
+
+def head_label(name: str) -> str:
+    return "fused " + "+".join(name)
+
+
+@torch.no_grad()
+def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
+    """Print the predictions for one image and write its crop panel; returns the PNG's path."""
+    images = read_image(path, transform).to(device)
+    out = model(images, return_crops=True)
+    print(path)
+    for s, logits in enumerate(out.logits, start=1):
+        print(f"  {'scale ' + str(s):<14s} {top_k_line(logits[0], classes)}")
+    for name, logits in out.fused.items():
+        print(f"  {head_label(name):<14s} {top_k_line(logits[0], classes)}")
+    for s, box in enumerate(out.abs_boxes, start=2):
+        tx, ty, tl = box[0].tolist()
+        print(f"  scale-{s} square: centre ({tx:.3f}, {ty:.3f}), half side {tl:.3f} of the input")
+    panel = crop_panel(images.cpu(), out)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    png = os.path.join(out_dir, f"{stem}_crops.png")
+    write_png(panel, png)
+    print(f"  crops: {png}")
+    return png
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="predictions", help="folder for the crop panels (default: predictions)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+
+    try:
+        device = resolve_device(args.device)
+        model, classes, transform = load_model(args.checkpoint, device)
+    except (CheckpointError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+
+    failed = 0
+    for path in args.images:
+        try:
+            predict(model, classes, transform, path, args.out, device)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
