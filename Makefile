@@ -8,7 +8,11 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= experiments/configs/fgsynth_default.yaml
 OPTS   ?=
 
-.PHONY: setup test train-alternate clean-venv
+GRID   ?= experiments/grids/full.yaml
+LOGDIR ?= work_dirs
+TB_PORT ?= 6006
+
+.PHONY: setup test train-alternate ablation ablation-quick tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +29,17 @@ test: $(STAMP)
 
 train-alternate: $(STAMP)
 	$(PY) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))
+
+# A grid of trainings compared in one table (work_dirs/ablation_<grid>/results.md); re-running resumes.
+ablation: $(STAMP)
+	$(PY) experiments/ablation.py --grid $(GRID)
+
+ablation-quick: $(STAMP)
+	$(PY) experiments/ablation.py --grid experiments/grids/quick.yaml
+
+# TensorBoard over every run under $(LOGDIR) (each work dir holds its event files), on localhost.
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host localhost --port $(TB_PORT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -82,6 +82,10 @@ VGG_BACKBONES = (
     "vgg19", "vgg19_bn", "vgg_small",
 )
 TIMM_PREFIX = "timm:"
+# The names of raccnn.attention.build_attention (kept here so that loading a config needs no torch).
+ATTENTION_TYPES = (
+    "none", "se", "cbam", "nonlocal", "ge", "ge_theta", "eca", "gc", "danet", "sagan", "bam", "parsenet",
+)
 
 
 def _check_backbone(value: str) -> str | None:
@@ -170,6 +174,20 @@ SCHEMA: dict = {
         "crop": {
             "k": Field(float, 10.0, min=0.0),
             "grad": Field(str, "mask", choices=["mask", "grid", "both"]),
+        },
+        "attention": {
+            "type": Field(str, "none", choices=ATTENTION_TYPES,
+                          help="block inserted at the end of each listed VGG stage"),
+            "stages": Field(list, [], item=int, min=1, max=5, help="VGG stages (1-based) that get a block"),
+            "identity_init": Field(bool, True, help="blocks return their input exactly at init"),
+            "kwargs": Field(dict, {}, help="extra arguments of the block, e.g. {reduction: 8}"),
+        },
+        "proposer": Field(str, "apn", choices=["apn", "center", "heatmap", "oracle"],
+                          help="what proposes each zoom square: the learned APN or a fixed rule"),
+        "proposer_cfg": {
+            "center_tl": Field(float, 0.25, min=0.0, max=0.5, help="half side of the 'center' square"),
+            "heatmap_threshold": Field(float, 0.7, min=0.0, max=1.0, help="'heatmap' threshold on the [0, 1] map"),
+            "oracle_margin": Field(float, 1.1, min=0.5, help="'oracle' square = margin x the part box's side"),
         },
     },
     "train": {

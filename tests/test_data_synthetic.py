@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raccnn.data import CUBDataset, DISCRIMINATIVE_PART, DatasetError, build_transforms, ensure_fgsynth, generate_fgsynth
-from raccnn.data.synthetic import PATTERNS
+from raccnn.data.synthetic import COARSE, FINE
 
 TINY = dict(classes=3, images_per_class=6, size=96, seed=7)
 ANNOTATIONS = [
@@ -73,10 +73,10 @@ def test_part_boxes_inside_image_and_object(tiny):
 
 def test_patterns_survive_horizontal_flip():
     # flipping x must give the same texture up to a shift (the phase is random anyway)
-    y, x = np.mgrid[0:12, 0:12]
-    for name, fn in PATTERNS.items():
+    y, x = np.mgrid[0:16, 0:16]
+    for name, fn in {**COARSE, **FINE}.items():
         m = fn(x, y)
-        assert any(np.array_equal(m[:, ::-1], fn(x + k, y)) for k in range(6)), name
+        assert any(np.array_equal(m[:, ::-1], fn(x + k, y)) for k in range(8)), name
 
 
 def test_ensure_reuses_complete_set_and_refuses_foreign_folder(tiny, tmp_path):

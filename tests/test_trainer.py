@@ -13,7 +13,7 @@ TINY = [
     "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "model.apn.pool_size=2",
     "train.pretrain_cls.epochs=1", "train.init_apn.epochs=1", "train.alternate.rounds=2",
     "train.alternate.cls.max_epochs=2", "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
-    "train.fusion.epochs=1", "deterministic=true",
+    "train.fusion.epochs=1", "train.log_interval=1", "deterministic=true",
 ]
 
 
@@ -46,6 +46,20 @@ def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
     assert (tmp_path / "best.pt").exists()
     # the fused head was trained and selected on validation
     assert load_checkpoint(tmp_path / "best.pt", weights_only=False)["phase"] == "fusion"
+    # pretraining copied scale 1's network into the other scales before they diverged
+    assert trainer.progress.history[0]["phase"] == "pretrain_cls"
+
+    # TensorBoard: every listed scalar, histogram and per-phase crop image was written
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raccnn.engine.visualize import crops_tag, histogram_tags, scalar_tags
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert set(scalar_tags(3)) <= set(tags["scalars"]), set(scalar_tags(3)) - set(tags["scalars"])
+    assert set(histogram_tags(3)) <= set(tags["histograms"])
+    assert {crops_tag(p.label) for p in trainer.plan} <= set(tags["images"])
+    assert "crops/alternate_apn_round_2" in tags["images"]
 
 
 def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):

@@ -15,7 +15,7 @@ import sys
 
 import torch
 from torchvision import tv_tensors
-from torchvision.io import write_png
+from torchvision.transforms.v2.functional import to_pil_image
 
 from raccnn.data import DatasetError
 from raccnn.data.cub import load_rgb, pil_to_uint8
@@ -79,7 +79,7 @@ def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
     panel = crop_panel(images.cpu(), out)
     stem = os.path.splitext(os.path.basename(path))[0]
     png = os.path.join(out_dir, f"{stem}_crops.png")
-    write_png(panel, png)
+    to_pil_image(panel).save(png)
     print(f"  crops: {png}")
     return png
 

@@ -14,7 +14,7 @@ import time
 from raccnn.config import ConfigError, load_config, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
-from raccnn.engine.checkpoint import CheckpointError
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.evaluate import run_evaluation
 from raccnn.engine.trainer import Trainer
 from raccnn.models import PretrainedWeightsError
@@ -28,6 +28,26 @@ def setup_logging(work_dir: str) -> None:
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(work_dir, "train.log"))):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_run(saved: dict, cfg: dict, path: str) -> None:
+    """``--resume auto`` continues only the same run: another config would mix two experiments."""
+    a, b = flatten(saved), flatten(cfg)
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
+        raise CheckpointError(f"{path} belongs to a run with another config ({shown}); choose another "
+                              f"--work-dir, or remove {os.path.dirname(path)} to start over")
 
 
 def main(argv=None) -> int:
@@ -46,14 +66,16 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, opts)
         datasets = build_datasets(cfg)
         work_dir = cfg["work_dir"]
-        os.makedirs(work_dir, exist_ok=True)
-        setup_logging(work_dir)
-        save_config(cfg, os.path.join(work_dir, "config.yaml"))
-        trainer = Trainer(cfg, datasets, work_dir)
         resume = args.resume
         if resume == "auto":
             last = os.path.join(work_dir, "last.pt")
             resume = last if os.path.exists(last) else None
+            if resume:
+                check_same_run(load_checkpoint(resume, weights_only=False)["config"], cfg, resume)
+        os.makedirs(work_dir, exist_ok=True)
+        setup_logging(work_dir)
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+        trainer = Trainer(cfg, datasets, work_dir)
         if resume:
             trainer.resume(resume)
     except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:

@@ -2,14 +2,16 @@
 
 Every image shows one stylised "bird" (body, wing, head with eye and beak, tail, and a crest
 on top of the head) at a random position, scale, tilt and facing direction, over a cluttered
-background.  The class is decided ONLY by the fine texture inside the crest (one of
+background.  The class is decided ONLY by the texture inside the crest (one of
 ``PATTERNS``); colours, pose, size and background are drawn independently of the class.
 
 Why a whole-image CNN at a low input size cannot solve it, while a zoom on the crest can:
-  * the crest textures have periods of 2-3 pixels at the stored resolution and all have
-    the same mean colour as the crest, so once the image is downsampled with an
-    anti-aliasing filter (e.g. 160 -> 64 px) they average to the same flat colour;
-  * cropped from the stored image and enlarged, a 2-px period becomes 4-6 px and is easy;
+  * a crest texture is a coarse pattern (period 8 px) plus a fine one (period 2 px), both
+    zero-mean around the crest colour; five coarse patterns times two fine ones make ten
+    classes. After an anti-aliased downsampling (160 -> 64 px) the fine layer averages to a
+    flat colour and only the coarse one is left: a whole-image network can tell the group
+    (two classes) at best;
+  * cropped from the stored image and enlarged, the 2-px period becomes 4-5 px and is easy;
   * the same textures also appear on the wing and on crest-like decoys in the background,
     so "is texture X somewhere in the image" is not a shortcut: the network must look at
     the crest, which always sits on top of the head, with a dark outline.
@@ -32,25 +34,34 @@ from .errors import DatasetError
 DISCRIMINATIVE_PART = "crest"
 PART_NAMES = ("body", "crest", "head", "tail", "wing")  # parts.txt order, ids 1..5
 
-# name -> binary texture on integer pixel coords (x, y); all invariant to x -> -x.
-PATTERNS = {
-    "h_stripes_2": lambda x, y: y % 2 == 0,
-    "v_stripes_2": lambda x, y: x % 2 == 0,
-    "checker_1": lambda x, y: (x + y) % 2 == 0,
-    "h_stripes_3": lambda x, y: y % 3 == 0,
-    "v_stripes_3": lambda x, y: x % 3 == 0,
-    "grid_3": lambda x, y: (x % 3 == 0) | (y % 3 == 0),
-    "dots_2": lambda x, y: (x % 2 == 0) & (y % 2 == 0),
-    "dots_3": lambda x, y: (x % 3 == 0) & (y % 3 == 0),
-    "cross_hatch_3": lambda x, y: ((x + y) % 3 == 0) | ((x - y) % 3 == 0),
-    "plain": lambda x, y: np.zeros(np.broadcast(x, y).shape, dtype=bool),
+# Crest textures: a class is a (coarse, fine) pair. The coarse pattern (period 8 px at 160 px,
+# about 3 px after the 64-px downsampling) survives the shrink and tells the class's group; the
+# fine pattern (period 2 px) averages away at 64 px and tells the two classes of a group apart.
+# So a whole-image network can at best pick the group (about half the classes' accuracy), it has
+# a reason to look at the crest, and a zoom on the crest resolves the rest.
+COARSE = {
+    "bands": lambda x, y: ((y // 4) % 2).astype(np.float32),
+    "columns": lambda x, y: ((x // 4) % 2).astype(np.float32),
+    "blocks": lambda x, y: ((x // 4 + y // 4) % 2).astype(np.float32),
+    "spots": lambda x, y: (((x % 8) < 4) & ((y % 8) < 4)).astype(np.float32),
+    "flat": lambda x, y: np.zeros(np.broadcast(x, y).shape, dtype=np.float32),
 }
+FINE = {
+    "lines": lambda x, y: (y % 2).astype(np.float32),
+    "bars": lambda x, y: (x % 2).astype(np.float32),
+}
+COARSE_AMPLITUDE, FINE_AMPLITUDE = 0.22, 0.28  # half peak-to-peak contrast of each layer
+TILE = 8  # a multiple of every period: the exact mean of a pattern is its mean over one tile
+
+
+# class name -> (coarse layer, fine layer); each layer is invariant to x -> -x up to a shift, and
+# each gets its own random phase, so a flipped texture is as likely as the original.
+PATTERNS = {f"{c}_{f}": (COARSE[c], FINE[f]) for c in COARSE for f in FINE}
 PATTERN_NAMES = tuple(PATTERNS)
 
 DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5)
 STAMP = ".fgsynth_complete"
 PARAMS_FILE = "fgsynth.json"
-TEXTURE_AMPLITUDE = 0.4  # half peak-to-peak contrast of the crest texture around its mean
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -64,13 +75,14 @@ def _ellipse(xx, yy, cx, cy, a, b, angle=0.0):
 
 
 def _texture(name, xx, yy, rng):
-    """Zero-mean texture of pattern ``name`` with a random phase, as float array."""
-    ox, oy = rng.integers(0, 6, size=2)
-    m = PATTERNS[name](xx.astype(np.int64) + ox, yy.astype(np.int64) + oy).astype(np.float32)
-    # subtract the pattern's exact mean over one 6x6 tile (6 is a multiple of all periods)
-    t = np.arange(6)
-    mean = PATTERNS[name](t[None, :], t[:, None]).mean() if name != "plain" else 0.0
-    return m - np.float32(mean)
+    """Zero-mean texture of pattern ``name`` (both layers, each with a random phase), float array."""
+    t = np.arange(TILE)
+    out = np.zeros(xx.shape, dtype=np.float32)
+    for layer, amplitude in zip(PATTERNS[name], (COARSE_AMPLITUDE, FINE_AMPLITUDE)):
+        ox, oy = rng.integers(0, TILE, size=2)
+        m = layer(xx.astype(np.int64) + ox, yy.astype(np.int64) + oy)
+        out += 2 * amplitude * (m - layer(t[None, :], t[:, None]).mean())
+    return out
 
 
 def _paint(canvas, mask, colour):
@@ -79,7 +91,7 @@ def _paint(canvas, mask, colour):
 
 def _paint_textured(canvas, mask, base, texture):
     """Fill ``mask`` with ``base`` colour modulated by ``texture`` (same for all channels)."""
-    vals = base[None, :] + TEXTURE_AMPLITUDE * texture[mask][:, None]
+    vals = base[None, :] + texture[mask][:, None]
     canvas[mask] = vals
 
 

@@ -77,7 +77,7 @@ def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
         image_size = size
         b = len(images)
 
-        out = model(images)
+        out = model(images, part_boxes=batch.get("part_boxes"))  # part boxes feed the oracle proposer
         for s, logits in enumerate(out.logits, start=1):
             add(f"logits_scale{s}", logits.float())
         for name, logits in out.fused.items():
@@ -362,6 +362,7 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     from ..models.racnn import build_racnn
     from .checkpoint import load_checkpoint
     from .trainer import resolve_device
+    from .visualize import part_index
 
     ckpt = load_checkpoint(checkpoint, weights_only=False)
     cfg = ckpt["config"]
@@ -374,6 +375,7 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     dev = resolve_device(device or cfg["device"])
     model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"]).to(dev)
     model.load_state_dict(ckpt["model"])
+    model.oracle_part = part_index(dataset.part_names, cfg["data"]["hit_parts"])
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
     outputs = collect_outputs(model, loader, dev, desc=f"eval {split}")
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])

@@ -1,9 +1,10 @@
 """The alternating RA-CNN schedule, as a list of named, resumable phases.
 
-    pretrain_cls    every scale's classifier on cross-entropy. Scale 1 sees whole images, scales 2+
-                    see random squares within the APN bounds (the paper starts from ImageNet and is
-                    silent here; random squares teach each zoomed scale to read any crop, so that
-                    p_t at that scale depends on where the square is, which the rank loss needs).
+    pretrain_cls    scale 1's network fine-tuned on whole images with cross-entropy, then copied
+                    into every other scale, so that all scales start from the same initialisation
+                    (the paper initialises all three from the same ImageNet VGG). The copy is also
+                    what makes init_apn meaningful for scales 2+: their last-conv responses come
+                    from a network that has learnt what to look at.
     init_apn        each APN regresses a square centred on the strongest response of its scale's
                     last conv layer (channels summed, at feature resolution), half side
                     ``train.init_apn.tl``.
@@ -13,7 +14,8 @@
                     by ``min_delta`` for ``patience`` epochs, within [min_epochs, max_epochs].
     fusion          backbones frozen: the fusion heads over the concatenated scale features.
 
-Before ``fusion`` the weights with the best validation accuracy (mean over scales) are restored;
+Before ``fusion`` the weights of the alternating epoch with the best validation accuracy (mean over
+scales) are restored;
 ``best.pt`` then holds the fused model with the best validation accuracy of the last fusion head.
 Model selection only ever looks at the validation split.
 
@@ -28,17 +30,20 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..losses import rank_loss, scale_ce_losses
 from ..models.racnn import RACNN, build_racnn, compose_boxes, fusion_name, full_image_boxes
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
 from .evaluate import box_stats, collect_outputs
+from .visualize import fixed_images, log_box_histograms, log_phase_crops, part_index
 
 log = logging.getLogger("raccnn")
 
@@ -54,9 +59,11 @@ class Phase:
 
 
 def build_plan(cfg: dict) -> list[Phase]:
-    plan = [Phase("pretrain_cls"), Phase("init_apn")]
+    """The phases in order; a non-learned proposer (model.proposer != apn) has no APN phases."""
+    learned = cfg["model"]["proposer"] == "apn"
+    plan = [Phase("pretrain_cls")] + ([Phase("init_apn")] if learned else [])
     for r in range(cfg["train"]["alternate"]["rounds"]):
-        plan += [Phase("alternate_cls", r), Phase("alternate_apn", r)]
+        plan += [Phase("alternate_cls", r)] + ([Phase("alternate_apn", r)] if learned else [])
     plan.append(Phase("fusion"))
     return plan
 
@@ -73,6 +80,8 @@ class Progress:
     bad_epochs: int = 0
     best_score: float = -1.0  # best validation accuracy before fusion (mean over scales)
     best_fused: float = -1.0  # best validation accuracy of the last fusion head
+    train_images: int = 0  # images seen by training steps, and the seconds they took (throughput)
+    train_seconds: float = 0.0
     history: list = field(default_factory=list)
 
 
@@ -92,6 +101,7 @@ class Trainer:
         self.classes = list(datasets["train"].classes)
         torch.manual_seed(cfg["seed"])
         self.model: RACNN = build_racnn(cfg, self.num_classes).to(self.device)
+        self.model.oracle_part = part_index(datasets["train"].part_names, cfg["data"]["hit_parts"])
         self.plan = build_plan(cfg)
         self.progress = Progress()
         self.datasets = datasets
@@ -104,7 +114,10 @@ class Trainer:
         self.val_loader = DataLoader(datasets["val"], batch_size=d["eval_batch_size"], num_workers=d["num_workers"])
         self.optimizer = None
         self.scheduler = None
-        self.writer = None
+        # TensorBoard event files go into the work dir, so `tensorboard --logdir work_dirs` lists runs
+        self.writer = SummaryWriter(log_dir=work_dir)
+        self.panel_batch = fixed_images(datasets["val"], n=8)  # the same images at every phase end
+        self.panel_part = part_index(datasets["val"].part_names, d["hit_parts"])
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -149,7 +162,9 @@ class Trainer:
 
     def phase_params(self, phase: Phase) -> list:
         m = self.model
-        if phase.name in ("pretrain_cls", "alternate_cls"):
+        if phase.name == "pretrain_cls":
+            return list(m.scales[0].parameters())
+        if phase.name == "alternate_cls":
             return m.classifier_parameters()
         if phase.name in ("init_apn", "alternate_apn"):
             return m.apn_parameters()
@@ -179,16 +194,14 @@ class Trainer:
     def set_modes(self, phase: Phase) -> None:
         """Frozen parts run in eval mode, so their BatchNorm statistics do not move either."""
         self.model.eval()
-        if phase.name in ("pretrain_cls", "alternate_cls"):
+        if phase.name == "pretrain_cls":
+            self.model.scales[0].train()
+        elif phase.name == "alternate_cls":
             self.model.scales.train()
         elif phase.name in ("init_apn", "alternate_apn"):
             self.model.apns.train()
         else:
             self.model.fusion.train()
-
-    def random_boxes(self, batch: int) -> list[torch.Tensor]:
-        """Uniform squares within each APN's bounds (pretraining input for scales 2+)."""
-        return [apn.to_box(torch.rand(batch, 3, device=self.device)) for apn in self.model.apns]
 
     def peak_targets(self, fmap: torch.Tensor, tl: float) -> torch.Tensor:
         """Square centred on the strongest channel-summed response, at feature resolution."""
@@ -198,38 +211,48 @@ class Trainer:
         cx, cy = (cols.float() + 0.5) / w, (rows.float() + 0.5) / h
         return torch.stack((cx, cy, torch.full_like(cx, tl)), dim=1)
 
-    def phase_loss(self, phase: Phase, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def phase_loss(self, phase: Phase, images: torch.Tensor, target: torch.Tensor, part_boxes=None):
+        """The loss a phase minimises, and the named terms to log (TensorBoard tags)."""
         m, t = self.model, self.cfg["train"]
+
+        def forward(**kwargs):  # part boxes feed the oracle proposer, other proposers ignore them
+            return m(images, part_boxes=part_boxes, **kwargs)
+
         if phase.name == "pretrain_cls":
-            out = m(images, boxes=self.random_boxes(len(images)))
-            return sum(scale_ce_losses(out.logits, target))
+            logits, _, _ = m.scales[0](m.scale_input(images, None, 0))
+            loss = F.cross_entropy(logits, target)
+            return loss, {"train/ce_scale1": loss}
         if phase.name == "init_apn":
             with torch.no_grad():  # feature maps along the APNs' current squares
-                maps = m(images).maps
+                maps = forward().maps
             loss = images.new_zeros(())
             for s, apn in enumerate(m.apns):
                 goal = apn.to_box(apn.from_box(self.peak_targets(maps[s], t["init_apn"]["tl"])))
                 loss = loss + F.mse_loss(apn(maps[s]), goal)
-            return loss
+            return loss, {"train/init_apn_mse": loss}
         if phase.name == "alternate_cls":
             # APNs frozen: their squares are fixed inputs, no gradient flows back through them
-            return sum(scale_ce_losses(m(images, detach_boxes=True).logits, target))
+            ces = scale_ce_losses(forward(detach_boxes=True).logits, target)
+            return sum(ces), {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
         if phase.name == "alternate_apn":
-            return rank_loss(m(images).logits, target, margin=t["alternate"]["margin"])
+            loss = rank_loss(forward().logits, target, margin=t["alternate"]["margin"])
+            return loss, {"train/rank": loss}
         with torch.no_grad():
-            feats = m(images).features
-        return sum(F.cross_entropy(head(torch.cat(feats[: len(name)], 1)), target) for name, head in m.fusion.items())
+            feats = forward().features
+        ces = {f"train/ce_fused{name}": F.cross_entropy(head(torch.cat(feats[: len(name)], 1)), target)
+               for name, head in m.fusion.items()}
+        return sum(ces.values()), ces
 
     def train_epoch(self, phase: Phase) -> float:
         self.set_modes(phase)
         self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + self.progress.epochs_run)
-        total, count = 0.0, 0
+        total, count, start = 0.0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"{phase.label} ep {self.progress.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
         for batch in bar:
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device, non_blocking=True)
-            loss = self.phase_loss(phase, images, target)
+            loss, terms = self.phase_loss(phase, images, target, batch.get("part_boxes"))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -238,13 +261,17 @@ class Trainer:
             total += loss.item() * len(images)
             count += len(images)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.writer and self.progress.step % self.cfg["train"]["log_interval"] == 0:
-                self.writer.add_scalar(f"train/loss_{phase.name}", loss.item(), self.progress.step)
+            if self.progress.step % self.cfg["train"]["log_interval"] == 0:
+                for tag, value in terms.items():
+                    self.writer.add_scalar(tag, value.item(), self.progress.step)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
+        self.progress.train_images += count
+        self.progress.train_seconds += time.perf_counter() - start
         return total / max(count, 1)
 
-    def validate(self) -> dict:
-        """Validation losses, accuracies and box statistics of the current model."""
+    def validate(self) -> tuple[dict, dict]:
+        """Validation losses, accuracies and box statistics of the current model, and the raw
+        outputs (``collect_outputs``)."""
         out = collect_outputs(self.model, self.val_loader, self.device, desc="val")
         label = out["label"]
         logits = [out[f"logits_scale{s + 1}"] for s in range(self.model.n_scales)]
@@ -258,22 +285,29 @@ class Trainer:
         for s in range(2, self.model.n_scales + 1):
             stats = box_stats(out[f"rel_boxes_scale{s}"], a["tl_min"], a["tl_max"])
             res.update({f"apn{s - 1}_{k}": v for k, v in stats.items()})
-        return res
+        return res, out
 
-    def log_validation(self, phase: Phase, train_loss: float, val: dict) -> None:
+    def log_validation(self, phase: Phase, train_loss: float, val: dict, out: dict) -> None:
         p = self.progress
         accs = " ".join(f"{k[4:]}={v:.3f}" for k, v in val.items() if k.startswith("acc_"))
         log.info("%s epoch %d: train loss %.4f | val ce %.4f rank %.4f | %s", phase.label, p.epoch, train_loss,
                  val["ce"], val.get("rank", float("nan")), accs)
         for s in range(1, self.model.n_scales):
-            log.info("  apn%d boxes: tl %.3f±%.3f, centre (%.3f, %.3f), at tl_min %.0f%%, at tl_max %.0f%%", s,
-                     val[f"apn{s}_tl_mean"], val[f"apn{s}_tl_std"], val[f"apn{s}_tx_mean"], val[f"apn{s}_ty_mean"],
+            log.info("  apn%d boxes: tl %.3f±%.3f, centre (%.3f±%.3f, %.3f±%.3f), at tl_min %.0f%%, at tl_max %.0f%%",
+                     s, val[f"apn{s}_tl_mean"], val[f"apn{s}_tl_std"], val[f"apn{s}_tx_mean"], val[f"apn{s}_tx_std"],
+                     val[f"apn{s}_ty_mean"], val[f"apn{s}_ty_std"],
                      100 * val[f"apn{s}_frac_at_min"], 100 * val[f"apn{s}_frac_at_max"])
-        if self.writer:
-            for k, v in val.items():
-                self.writer.add_scalar(f"val/{k}", v, p.step)
-            self.writer.add_scalar("schedule/phase_index", p.phase_index, p.step)
-            self.writer.add_scalar("schedule/round", phase.round + 1, p.step)
+        w = self.writer
+        for k, v in val.items():
+            if k.startswith("apn"):  # "apn1_tl_mean" -> "apn1/tl_mean"
+                apn, stat = k.split("_", 1)
+                if stat in ("tl_mean", "tl_std", "tx_mean", "ty_mean", "frac_at_min", "frac_at_max"):
+                    w.add_scalar(f"{apn}/{stat}", v, p.step)
+            else:
+                w.add_scalar(f"val/{k}", v, p.step)
+        w.add_scalar("schedule/phase_index", p.phase_index, p.step)
+        w.add_scalar("schedule/round", phase.round + 1 if phase.name.startswith("alternate") else 0, p.step)
+        log_box_histograms(w, [out[f"rel_boxes_scale{s}"] for s in range(2, self.model.n_scales + 1)], p.step)
 
     def phase_done(self, phase: Phase, val: dict) -> bool:
         """Epoch caps, and for the alternating sub-phases the plateau of their own val loss."""
@@ -291,14 +325,15 @@ class Trainer:
         return p.epoch >= a["min_epochs"] and p.bad_epochs >= a["patience"]
 
     def select(self, phase: Phase, val: dict) -> None:
-        """Keep best.pt: best mean scale accuracy before fusion, best fused accuracy in fusion."""
+        """Keep best.pt: among the alternating rounds, the best mean scale accuracy; during fusion,
+        the best accuracy of the last fusion head (fusion starts from the former)."""
         p = self.progress
         if phase.name == "fusion":
             score = val[f"acc_fused{fusion_name(self.model.n_scales)}"] if self.model.fusion else val["acc_scale1"]
             if score > p.best_fused:
                 p.best_fused = score
                 self.save("best.pt")
-        elif phase.name != "init_apn":
+        elif phase.name.startswith("alternate"):
             score = sum(val[f"acc_scale{s + 1}"] for s in range(self.model.n_scales)) / self.model.n_scales
             if score > p.best_score:
                 p.best_score = score
@@ -322,12 +357,16 @@ class Trainer:
                 train_loss = self.train_epoch(phase)
                 p.epoch += 1
                 p.epochs_run += 1
-                val = self.validate()
-                self.log_validation(phase, train_loss, val)
+                val, out = self.validate()
+                self.log_validation(phase, train_loss, val, out)
                 p.history.append({"phase": phase.label, "epoch": p.epoch, "step": p.step, "train_loss": train_loss, **val})
                 done = self.phase_done(phase, val)
                 self.select(phase, val)
             if done:
+                log_phase_crops(self.writer, self.model, self.panel_batch, phase.label, p.step, self.panel_part)
+                if phase.name == "pretrain_cls":
+                    for net in self.model.scales[1:]:
+                        net.load_state_dict(self.model.scales[0].state_dict())
                 p.phase_index += 1
                 p.epoch, p.best_loss, p.bad_epochs = 0, math.inf, 0
                 self.optimizer = self.scheduler = None
@@ -335,4 +374,5 @@ class Trainer:
             if stop_after_step is not None and p.step >= stop_after_step:
                 log.info("stopping at step %d as asked", p.step)
                 return
+        self.writer.flush()
         log.info("schedule finished after %d steps", p.step)

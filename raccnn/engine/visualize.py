@@ -39,7 +39,7 @@ __all__ = [
     "square_to_xyxy",
     "crop_panel",
     "model_panel",
-    "hit_part_index",
+    "part_index",
     "fixed_images",
     "log_crops",
     "log_box_histograms",
@@ -69,6 +69,8 @@ TAG_TEMPLATES = {
     "scalars": (
         "train/ce_scale{s}",  # cross-entropy of each scale (classifier phases)
         "train/rank",  # rank loss (APN phases)
+        "train/init_apn_mse",  # APN regression onto the strongest-response squares (init_apn)
+        "train/ce_fused{name}",  # cross-entropy of each fusion head (fusion)
         "train/lr",
         "val/acc_scale{s}",
         "val/acc_fused{name}",
@@ -212,7 +214,7 @@ def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_box
     return make_grid(flat, nrow=n_scales, padding=2, pad_value=255)
 
 
-def hit_part_index(part_names: Sequence[str], hit_parts: Sequence[str] | None) -> int | None:
+def part_index(part_names: Sequence[str], hit_parts: Sequence[str] | None) -> int | None:
     """Index of the first of ``hit_parts`` among ``part_names`` (None if absent)."""
     for name in hit_parts or ():
         if name in part_names:
@@ -229,7 +231,7 @@ def model_panel(model, batch: dict, hit_part: int | None = None, device=None) ->
     try:
         device = device or next(model.parameters()).device
         images = batch["image"].to(device)
-        out = model(images, return_crops=True)
+        out = model(images, return_crops=True, part_boxes=batch.get("part_boxes"))
     finally:
         model.train(was_training)
     return crop_panel(images.cpu(), out, batch.get("part_boxes"), batch.get("box"), hit_part)

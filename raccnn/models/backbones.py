@@ -1,8 +1,9 @@
 """Backbones: a convolutional trunk mapping [B, 3, H, W] -> last-conv feature map [B, C, h, w].
 
 - ``vgg11`` ... ``vgg19_bn``: torchvision's VGG ``features`` trunk, kept under the same attribute
-  name so torchvision ImageNet state dicts (``features.N.weight``) load unchanged. The final
-  max-pool is kept (VGG's pool5), so the feature map is the input side / 32.
+  name so torchvision ImageNet state dicts (``features.N.weight``) load unchanged. The trunk
+  returns the last conv block's output (conv5_4 for VGG-19: the layer RA-CNN's APN and its
+  initialisation read), i.e. ``features`` without its final max-pool, at input side / 16.
 - ``vgg_small``: the same layout with few channels, for fast CPU runs (``width`` = first stage).
 - ``timm:<name>``: any timm model through ``features_only`` (last stage).
 
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from ..attention.placement import insert_attention
+
 TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
 
@@ -28,15 +31,22 @@ class PretrainedWeightsError(FileNotFoundError):
 
 
 class VGGTrunk(nn.Module):
-    """Holds a VGG ``features`` Sequential; forward returns its output feature map."""
+    """Holds a VGG ``features`` Sequential; forward returns the last conv block's output.
+
+    The final max-pool stays in ``features`` (it has no parameters, and attention placement finds
+    stages by their pools) but is not applied: at a 64-px input it would leave a 4x4 map, too
+    coarse to locate a part that covers a few percent of the image.
+    """
 
     def __init__(self, features: nn.Sequential, out_channels: int):
         super().__init__()
         self.features = features
         self.out_channels = out_channels
+        self.skip_last = isinstance(features[-1], nn.MaxPool2d)
 
     def forward(self, x):
-        return self.features(x)
+        layers = self.features[:-1] if self.skip_last else self.features
+        return layers(x)
 
 
 def make_vgg_layers(plan, batch_norm: bool) -> nn.Sequential:
@@ -99,8 +109,21 @@ def load_trunk_state(trunk: nn.Module, name: str, pretrained) -> None:
         raise PretrainedWeightsError(f"{path}: does not match {name!r}; missing keys {missing[:5]}...")
 
 
-def build_backbone(name: str = "vgg_small", pretrained=False, width: int = 16) -> nn.Module:
-    """Build a trunk by name; the returned module has ``out_channels``."""
+def build_backbone(name: str = "vgg_small", pretrained=False, width: int = 16, attention=None) -> nn.Module:
+    """Build a trunk by name; the returned module has ``out_channels``.
+
+    ``attention`` (``model.attention``: ``type``, ``stages``, ``identity_init``, ``kwargs``) inserts
+    attention blocks at the end of VGG stages after the pretrained weights are loaded (see
+    ``raccnn.attention.placement``); the trunk's own parameter names do not change.
+    """
+    trunk = _build_trunk(name, pretrained, width)
+    if attention:
+        insert_attention(trunk, attention.get("type", "none"), attention.get("stages", ()),
+                         attention.get("identity_init", True), **dict(attention.get("kwargs") or {}))
+    return trunk
+
+
+def _build_trunk(name: str, pretrained, width: int) -> nn.Module:
     if name.startswith("timm:"):
         return TimmTrunk(name[len("timm:"):], pretrained)
     if name == "vgg_small":

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .apn import APN
 from .backbones import build_backbone
 from .crop import attention_crop
+from .proposers import CenterProposer, HeatmapProposer, OracleProposer, part_squares
 
 
 @dataclass
@@ -80,6 +81,9 @@ class RACNN(nn.Module):
         apn: dict | None = None,
         crop_k: float = 10.0,
         crop_grad: str = "mask",
+        attention: dict | None = None,
+        proposer: str = "apn",
+        proposer_cfg: dict | None = None,
     ):
         super().__init__()
         input_sizes = [int(s) for s in input_sizes]
@@ -87,15 +91,38 @@ class RACNN(nn.Module):
             raise ValueError(f"input_sizes has {len(input_sizes)} entries for n_scales={n_scales}")
         self.num_classes, self.n_scales, self.input_sizes = num_classes, n_scales, input_sizes
         self.crop_k, self.crop_grad = float(crop_k), crop_grad
-        trunk = build_backbone(backbone, pretrained=pretrained, width=width)
+        trunk = build_backbone(backbone, pretrained=pretrained, width=width, attention=attention)
         self.scales = nn.ModuleList(
             ScaleNet(trunk if s == 0 else copy.deepcopy(trunk), num_classes, dropout) for s in range(n_scales)
         )
         channels = trunk.out_channels
-        self.apns = nn.ModuleList(APN(channels, **(apn or {})) for _ in range(n_scales - 1))
+        self.proposer, self.proposer_cfg = proposer, dict(proposer_cfg or {})
+        self.oracle_part: int | None = None  # index of the part the oracle zooms on (set by the caller)
+        self.apns = nn.ModuleList(self.make_proposer(channels, apn or {}) for _ in range(n_scales - 1))
         self.fusion = nn.ModuleDict(
             {fusion_name(n): nn.Linear(n * channels, num_classes) for n in range(2, n_scales + 1)}
         )
+
+    def make_proposer(self, channels: int, apn: dict) -> nn.Module:
+        bounds = {k: apn[k] for k in ("tl_min", "tl_max", "keep_inside") if k in apn}
+        if self.proposer == "apn":
+            return APN(channels, **apn)
+        if self.proposer == "center":
+            return CenterProposer(tl=self.proposer_cfg.get("center_tl", 0.25), **bounds)
+        if self.proposer == "heatmap":
+            return HeatmapProposer(threshold=self.proposer_cfg.get("heatmap_threshold", 0.7), **bounds)
+        if self.proposer == "oracle":
+            return OracleProposer(**bounds)
+        raise ValueError(f"unknown proposer {self.proposer!r}; choose apn, center, heatmap or oracle")
+
+    def oracle_boxes(self, images: Tensor, part_boxes: Tensor | None) -> list[Tensor]:
+        """The oracle's squares: the part's square for scale 2, the same view for deeper scales."""
+        if part_boxes is None or self.oracle_part is None:
+            raise RuntimeError("the oracle proposer needs part_boxes and model.oracle_part (a dataset with part boxes)")
+        first = part_squares(part_boxes.to(images.device), self.oracle_part, *images.shape[-2:],
+                             margin=self.proposer_cfg.get("oracle_margin", 1.1))
+        keep = torch.tensor([[0.5, 0.5, 0.5]], device=images.device).expand(len(images), 3)
+        return [p.clamp(first if s == 0 else keep) for s, p in enumerate(self.apns)]
 
     def scale_input(self, images: Tensor, abs_box: Tensor | None, s: int) -> Tensor:
         size = self.input_sizes[s]
@@ -111,10 +138,14 @@ class RACNN(nn.Module):
         boxes: list[Tensor | None] | None = None,
         return_crops: bool = False,
         detach_boxes: bool = False,
+        part_boxes: Tensor | None = None,
     ):
         """``boxes`` optionally replaces APN s's square (relative to scale s's view) by a given one;
         ``detach_boxes`` stops the gradient of finer scales from reaching the squares (and so the
-        APNs and, through them, the coarser scales' features)."""
+        APNs and, through them, the coarser scales' features). ``part_boxes`` [B, P, 4] (xyxy
+        pixels) feed the oracle proposer and are ignored otherwise."""
+        if self.proposer == "oracle" and boxes is None:
+            boxes = self.oracle_boxes(images, part_boxes)
         logits, feats, maps, rel_boxes, abs_boxes, crops = [], [], [], [], [], []
         abs_box = None
         for s, net in enumerate(self.scales):
@@ -162,4 +193,7 @@ def build_racnn(cfg: dict, num_classes: int) -> RACNN:
         apn=dict(m["apn"]),
         crop_k=m["crop"]["k"],
         crop_grad=m["crop"]["grad"],
+        attention=m.get("attention"),
+        proposer=m.get("proposer", "apn"),
+        proposer_cfg=m.get("proposer_cfg"),
     )

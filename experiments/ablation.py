@@ -1,0 +1,182 @@
+"""Run a grid of RA-CNN trainings (attention types x placements x proposers x seeds) with the same
+schedule and collect one results table.
+
+    python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--dry-run]
+
+A grid file names the base config, shared overrides, seeds, and one or more blocks of axes; each
+block contributes the cartesian product of its axes (label -> config overrides):
+
+    config: experiments/configs/fgsynth_default.yaml
+    opts: {train.alternate.rounds: 2}
+    seeds: [0, 1]
+    blocks:
+      - attention: {none: {}, se: {model.attention.type: se, model.attention.stages: [3, 4]}}
+        proposer: {apn: {model.proposer: apn}}
+      - proposer: {center: {model.proposer: center}}
+
+Every run trains with tools/train.py in its own work dir (<out>/<row>/seed<k>) and is evaluated on
+the test split; a run whose metrics.json exists is skipped, so re-running the command resumes the
+grid. Writes <out>/results.csv, <out>/results.md (mean ± std over seeds per row) and TensorBoard
+hparams under <out>/hparams. Parameters and forward FLOPs (torch.utils.flop_counter, one image)
+are those of the model each row builds; images/s is measured during its training.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from raccnn.config import ConfigError, load_config
+from raccnn.engine.checkpoint import load_checkpoint
+from raccnn.models import build_racnn
+
+METRICS = ("acc_scale1", "acc_scale2", "acc_scale3", "acc_fused123", "part_hit_scale2")
+GRID_KEYS = {"config", "opts", "seeds", "blocks"}
+
+
+def load_grid(path: str) -> dict:
+    grid = yaml.safe_load(Path(path).read_text())
+    if not isinstance(grid, dict) or "config" not in grid or "blocks" not in grid:
+        raise ConfigError(f"{path}: a grid needs 'config' and 'blocks' (see experiments/ablation.py)")
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS)}")
+    grid.setdefault("opts", {})
+    grid.setdefault("seeds", [0])
+    return grid
+
+
+def expand_rows(grid: dict) -> list[tuple[str, dict]]:
+    """(row name, overrides) for every row of every block, in order, without duplicates."""
+    rows: dict[str, dict] = {}
+    for block in grid["blocks"]:
+        axes = list(block.items())
+        for choice in itertools.product(*[list(values.items()) for _, values in axes]):
+            name = ",".join(f"{axis}={label}" for (axis, _), (label, _) in zip(axes, choice))
+            overrides = {}
+            for _, (_, opts) in zip(axes, choice):
+                overrides.update(opts or {})
+            rows.setdefault(name, overrides)
+    return list(rows.items())
+
+
+def to_opts(overrides: dict) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def row_dir(out: Path, name: str) -> Path:
+    return out / name.replace("=", "-").replace(",", "__").replace("@", "at")
+
+
+def model_cost(cfg: dict, num_classes: int) -> tuple[int, float]:
+    """Parameters and forward FLOPs of one image (oracle rows need part boxes: use the centre)."""
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), num_classes).eval()
+    size = cfg["data"]["crop"]
+    x = torch.zeros(1, 3, size, size)
+    boxes = [torch.tensor([[0.5, 0.5, 0.25]])] * (model.n_scales - 1) if model.proposer == "oracle" else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, boxes=boxes)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
+
+
+def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
+    metrics_path = work_dir / "metrics.json"
+    if not metrics_path.exists():
+        cmd = [sys.executable, "tools/train.py", "--config", config, "--work-dir", str(work_dir),
+               "--resume", "auto", "--eval-split", "test", "--opts", *opts]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if os.environ.get("RACCNN_QUIET") else None)
+    metrics = json.loads(metrics_path.read_text())
+    progress = load_checkpoint(work_dir / "last.pt", weights_only=False)["progress"]
+    metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
+    return metrics
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", required=True)
+    p.add_argument("--out", default=None, help="default: work_dirs/ablation_<grid file stem>")
+    p.add_argument("--dry-run", action="store_true", help="validate every row's config and list the runs")
+    args = p.parse_args(argv)
+
+    try:
+        grid = load_grid(args.grid)
+        rows = expand_rows(grid)
+        shared = to_opts(grid["opts"])
+        # every row's config is validated before anything trains
+        configs = {name: load_config(grid["config"], shared + to_opts(ov)) for name, ov in rows}
+    except (ConfigError, OSError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"work_dirs/ablation_{Path(args.grid).stem}")
+    print(f"{len(rows)} rows x {len(grid['seeds'])} seeds -> {out}")
+    if args.dry_run:
+        for name, _ in rows:
+            print(" ", name)
+        return 0
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    results = []
+    for name, overrides in rows:
+        per_seed = []
+        for seed in grid["seeds"]:
+            opts = shared + to_opts(overrides) + [f"seed={seed}"]
+            per_seed.append(run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}"))
+        params, flops = model_cost(configs[name], per_seed[0]["num_classes"])
+        row = {"row": name, "seeds": len(per_seed), "params": params, "gflops": flops / 1e9,
+               "images_per_s": statistics.fmean(m["images_per_s"] for m in per_seed)}
+        for key in METRICS:
+            row[key], row[key + "_std"] = mean_std([m.get(key) for m in per_seed])
+        results.append(row)
+        with SummaryWriter(log_dir=str(out / "hparams" / row_dir(Path(""), name))) as w:
+            hparams = dict(kv.split("=", 1) for kv in name.split(","))
+            w.add_hparams(hparams, {f"hparam/{k}": row[k] for k in METRICS if row[k] == row[k]}, run_name=".")
+
+    write_results(out, results)
+    print((out / "results.md").read_text())
+    return 0
+
+
+def write_results(out: Path, results: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(results[0]))
+        writer.writeheader()
+        writer.writerows(results)
+
+    def pct(row, key):
+        m, s = row[key], row[key + "_std"]
+        return "n/a" if m != m else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+    lines = ["| row | scale 1 | scale 2 | scale 3 | fused 1+2+3 | part hit s2 | params (M) | GFLOPs | img/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['row']} | {pct(r, 'acc_scale1')} | {pct(r, 'acc_scale2')} | {pct(r, 'acc_scale3')} | "
+                     f"{pct(r, 'acc_fused123')} | {pct(r, 'part_hit_scale2')} | {r['params'] / 1e6:.2f} | "
+                     f"{r['gflops']:.3f} | {r['images_per_s']:.0f} |")
+    seeds = results[0]["seeds"]
+    lines.append("")
+    lines.append(f"Test-split accuracy and part hit in %, mean ± std over {seeds} seed(s).")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

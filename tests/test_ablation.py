@@ -1,0 +1,56 @@
+"""The ablation runner on a 2-row grid of tiny runs."""
+import csv
+import subprocess
+import sys
+
+import yaml
+
+from test_trainer import TINY
+
+
+def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
+    opts = dict(o.split("=", 1) for o in TINY)
+    opts = {k: yaml.safe_load(v) for k, v in opts.items()}
+    opts.update({"data.root": str(tmp_path / "data"), "train.alternate.rounds": 1})
+    grid = {
+        "config": "experiments/configs/fgsynth_default.yaml",
+        "opts": opts,
+        "seeds": [0],
+        "blocks": [{"attention": {"none": {"model.attention.type": "none"},
+                                  "se@3": {"model.attention.type": "se", "model.attention.stages": [3]}},
+                    "proposer": {"apn": {"model.proposer": "apn"}}}],
+    }
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.count("tools/train.py") == 2
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["row"] for r in rows] == ["attention=none,proposer=apn", "attention=se@3,proposer=apn"]
+    for column in ("acc_scale1", "acc_scale2", "acc_scale3", "acc_fused123", "part_hit_scale2",
+                   "acc_scale1_std", "params", "gflops", "images_per_s"):
+        assert all(r[column] != "" for r in rows), column
+    assert float(rows[1]["params"]) > float(rows[0]["params"])  # the SE blocks add parameters
+    assert float(rows[0]["images_per_s"]) > 0 and float(rows[0]["gflops"]) > 0
+    md = (out / "results.md").read_text()
+    assert "| attention=se@3,proposer=apn |" in md and "part hit s2" in md
+    assert list((out / "hparams").rglob("events.out.tfevents*"))
+
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "tools/train.py" not in again.stdout  # finished rows are skipped
+
+
+def test_bad_grid_row_fails_before_training(tmp_path):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({
+        "config": "experiments/configs/fgsynth_default.yaml",
+        "blocks": [{"attention": {"bad": {"model.attention.type": "sex"}}}],
+    }))
+    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert res.returncode == 2 and "model.attention.type" in res.stderr and "se" in res.stderr
+    assert not (tmp_path / "out").exists()

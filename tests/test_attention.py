@@ -1,0 +1,286 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs as tv_vgg_plans
+from torchvision.models.vgg import make_layers as tv_make_vgg_layers
+
+from raccnn import config as config_module
+from raccnn.attention import ATTENTION_TYPES, build_attention, insert_attention
+from raccnn.attention.cbam import SpatialGate
+from raccnn.attention.danet import channel_affinity
+from raccnn.attention.eca import eca_kernel_size
+from raccnn.attention.placement import ReLUThenAttention, stage_ends
+from raccnn.config import resolve_config
+from raccnn.models import RACNN, build_backbone, build_racnn
+
+C = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread avoids thread contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+BLOCKS = [name for name in ATTENTION_TYPES if name != "none"]
+
+# Parameters that receive a non-zero gradient at init with identity_init=True (the zeroed last
+# layer, or the blending scalar), as each block's docstring states.
+TRAINABLE_AT_INIT = {
+    "se": ["fc2.weight", "fc2.bias"],
+    "cbam": ["channel.fc2.weight", "channel.fc2.bias", "spatial.bn.weight", "spatial.bn.bias"],
+    "nonlocal": ["bn.weight", "bn.bias"],
+    "ge": ["gamma"],
+    "ge_theta": ["gather.7.weight", "gather.7.bias"],  # last BatchNorm of the 3 gather steps (extent 8)
+    "eca": ["conv.weight"],
+    "gc": ["mlp_add.fc2.weight", "mlp_add.fc2.bias"],
+    "danet": ["position.value.weight", "position.value.bias", "beta"],
+    "sagan": ["v.weight"],
+    "bam": ["channel.3.weight", "channel.3.bias", "spatial.9.weight", "spatial.9.bias"],
+    "parsenet": ["proj.weight", "proj.bias"],
+}
+# Blocks whose paper already initialises them to the identity (a zero last layer or zero
+# residual scale): identity_init=False, which keeps the paper's init, is the identity too.
+PAPER_INIT_IS_IDENTITY = {"nonlocal", "gc", "danet", "sagan"}
+
+
+def test_factory_names_match_the_config_choices():
+    assert set(ATTENTION_TYPES) == set(config_module.ATTENTION_TYPES)
+    assert set(TRAINABLE_AT_INIT) == set(BLOCKS)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid types: none, se, cbam"):
+        build_attention("sex", C)
+    with pytest.raises(ValueError, match="bad keyword"):
+        build_attention("se", C, nonsense=1)
+
+
+@pytest.mark.parametrize("name", ATTENTION_TYPES)
+def test_shape_preserved(name):
+    torch.manual_seed(0)
+    for identity_init in (True, False):
+        block = build_attention(name, C, identity_init=identity_init)
+        for hw in ((8, 8), (7, 9), (1, 1)):
+            x = torch.randn(2, C, *hw)
+            assert block(x).shape == x.shape, (identity_init, hw)
+
+
+@pytest.mark.parametrize("name", ATTENTION_TYPES)
+def test_identity_at_init(name):
+    torch.manual_seed(0)
+    block = build_attention(name, C)
+    x = torch.randn(2, C, 7, 9) * 3
+    assert (block(x) - x).abs().max() == 0
+    block.eval()
+    assert (block(x) - x).abs().max() == 0
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_last_layer_gets_gradient_at_init(name):
+    torch.manual_seed(0)
+    block = build_attention(name, C)
+    x = torch.randn(2, C, 7, 9, requires_grad=True)
+    (block(x) * torch.randn(2, C, 7, 9)).sum().backward()
+    params = dict(block.named_parameters())
+    for pname in TRAINABLE_AT_INIT[name]:
+        assert params[pname].grad is not None and params[pname].grad.abs().max() > 0, pname
+    assert x.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_paper_init(name):
+    torch.manual_seed(0)
+    block = build_attention(name, C, identity_init=False)
+    x = torch.randn(2, C, 7, 9)
+    diff = (block(x) - x).abs().max()
+    if name in PAPER_INIT_IS_IDENTITY:
+        assert diff == 0
+    else:
+        assert diff > 1e-3
+
+
+# ---------------------------------------------------------------- hand-checked equations
+
+
+def test_se_gate_by_hand():
+    block = build_attention("se", 4, reduction=2, identity_init=False)
+    with torch.no_grad():
+        block.fc1.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1]]).view(2, 4, 1, 1))
+        block.fc1.bias.zero_()
+        block.fc2.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, -1]]).view(4, 2, 1, 1))
+        block.fc2.bias.copy_(torch.tensor([0.0, 0, 0, 1]))
+    x = torch.tensor([1.0, 2, 3, -4]).view(1, 4, 1, 1).expand(1, 4, 3, 3)
+    # hidden = relu([1, -4]) = [1, 0]; logits = [1, 0, 1, 1]
+    expected = torch.tensor([1 / (1 + math.exp(-1)), 0.5, 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(-1))])
+    torch.testing.assert_close(block(x) / x, expected.view(1, 4, 1, 1).expand(1, 4, 3, 3))
+
+
+def test_cbam_spatial_map_by_hand():
+    gate = SpatialGate(identity_init=False).eval()
+    with torch.no_grad():
+        gate.conv.weight.zero_()
+        gate.conv.weight[0, 0, 3, 3] = 1.0  # centre tap on the channel mean
+        gate.conv.weight[0, 1, 3, 3] = 2.0  # centre tap on the channel max
+    x = torch.tensor([[1.0, -2.0], [0.0, 3.0], [2.0, -1.0]]).view(1, 3, 1, 2)
+    # column 0: mean 1, max 2 -> 5; column 1: mean 0, max 3 -> 6; BN eval: / sqrt(1 + 1e-5)
+    z = torch.tensor([5.0, 6.0]) / math.sqrt(1 + 1e-5)
+    torch.testing.assert_close(gate(x), torch.sigmoid(z).view(1, 1, 1, 2))
+
+
+def test_nonlocal_softmax_by_hand():
+    block = build_attention("nonlocal", 2, sub_sample=False, identity_init=False)
+    with torch.no_grad():
+        block.theta.weight.copy_(torch.tensor([[1.0, 0.0]]).view(1, 2, 1, 1))
+        block.phi.weight.copy_(torch.tensor([[0.0, 1.0]]).view(1, 2, 1, 1))
+        block.theta.bias.zero_()
+        block.phi.bias.zero_()
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0]]).view(1, 2, 1, 2)  # θ = [1, 2], φ = [0, 1]
+    e = math.e
+    expected = torch.tensor([[1 / (1 + e), e / (1 + e)], [1 / (1 + e**2), e**2 / (1 + e**2)]])
+    torch.testing.assert_close(block.affinity(x), expected.unsqueeze(0))
+
+
+def test_nonlocal_inner_width_and_subsampling():
+    block = build_attention("nonlocal", 16)
+    assert block.theta.out_channels == block.phi.out_channels == block.g.out_channels == 8
+    f = block.affinity(torch.randn(2, 16, 7, 9))
+    assert f.shape == (2, 63, 4 * 5)  # φ max-pooled 2x2 (ceil mode)
+    torch.testing.assert_close(f.sum(-1), torch.ones(2, 63))
+    assert build_attention("nonlocal", 16, sub_sample=False).affinity(torch.randn(1, 16, 7, 9)).shape == (1, 63, 63)
+
+
+def test_danet_channel_affinity_by_hand():
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]]).view(1, 2, 1, 2)  # A₁ = [1, 0], A₂ = [1, 1]
+    # A Aᵀ = [[1, 1], [1, 2]], softmax over each row
+    e = math.e
+    expected = torch.tensor([[0.5, 0.5], [1 / (1 + e), e / (1 + e)]])
+    torch.testing.assert_close(channel_affinity(x), expected.unsqueeze(0))
+
+
+@pytest.mark.parametrize("channels,k", [(4, 1), (16, 3), (32, 3), (64, 3), (128, 5), (256, 5), (512, 5), (1024, 5)])
+def test_eca_kernel_size_from_channels(channels, k):
+    assert eca_kernel_size(channels) == k
+    assert build_attention("eca", channels).conv.kernel_size == (k,)
+
+
+def test_eca_convolves_over_channels():
+    block = build_attention("eca", 64, identity_init=False)
+    with torch.no_grad():
+        block.conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 3))
+    x = torch.randn(1, 64, 5, 5)
+    gap = x.mean(dim=(2, 3)).flatten()
+    shifted = torch.cat((torch.zeros(1), gap[:-1]))  # tap 0 reads the previous channel
+    torch.testing.assert_close(block(x) / x, torch.sigmoid(shifted).view(1, 64, 1, 1).expand_as(x))
+
+
+def test_bam_dilated_spatial_branch():
+    block = build_attention("bam", 64)
+    dilated = [m for m in block.spatial if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(dilated) == 2
+    assert all(m.dilation == (4, 4) and m.padding == (4, 4) for m in dilated)
+    assert block.spatial[0].out_channels == 64 // 16
+    assert block.logits(torch.randn(2, 64, 7, 9)).shape == (2, 64, 7, 9)
+
+
+def test_gather_excite_extent():
+    block = build_attention("ge", 8, extent=2, identity_init=False)
+    x = torch.arange(9.0).view(1, 1, 3, 3).expand(1, 8, 3, 3)
+    gathered = block.gathered(x)[0, 0]
+    # 2x2 windows with stride 2; border windows average only what they cover
+    torch.testing.assert_close(gathered, torch.tensor([[2.0, 3.5], [6.5, 8.0]]))
+    theta = build_attention("ge", 8, extent=4, param=True)
+    assert sum(isinstance(m, nn.Conv2d) for m in theta.gather) == 2
+    with pytest.raises(ValueError, match="power of two"):
+        build_attention("ge_theta", 8, extent=3)
+
+
+# ---------------------------------------------------------------- placement
+
+
+def small_trunk():
+    torch.manual_seed(0)
+    return build_backbone("vgg_small", width=4)
+
+
+def test_stage_ends_of_torchvision_vgg19():
+    with torch.device("meta"):  # layout only, no weights needed
+        features = tv_make_vgg_layers(tv_vgg_plans["E"])
+        bn = tv_make_vgg_layers(tv_vgg_plans["E"], batch_norm=True)
+    assert [i for i, _ in stage_ends(features)] == [3, 8, 17, 26, 35]
+    assert [c for _, c in stage_ends(features)] == [64, 128, 256, 512, 512]
+    assert [i for i, _ in stage_ends(bn)] == [5, 12, 25, 38, 51]
+
+
+def test_trunk_parameter_names_unchanged():
+    plain = small_trunk()
+    trunk = insert_attention(small_trunk(), "cbam", [1, 4])
+    names, plain_names = set(trunk.state_dict()), set(plain.state_dict())
+    assert plain_names <= names
+    assert all(".attn." in n for n in names - plain_names)
+    ends = [i for i, _ in stage_ends(plain.features)]
+    assert isinstance(trunk.features[ends[0]], ReLUThenAttention)
+    assert isinstance(trunk.features[ends[3]], ReLUThenAttention)
+    assert len(trunk.features) == len(plain.features)
+
+
+def test_unknown_type_and_stage():
+    with pytest.raises(ValueError, match="valid types"):
+        insert_attention(small_trunk(), "sex", [1])
+    with pytest.raises(ValueError, match=r"valid stages: \[1, 2, 3, 4\]"):
+        insert_attention(small_trunk(), "se", [5])
+    with pytest.raises(ValueError, match="VGG trunks"):
+        insert_attention(nn.Sequential(nn.Conv2d(3, 4, 3)), "se", [1])
+
+
+@pytest.mark.parametrize("name", ATTENTION_TYPES)
+def test_every_block_in_a_trunk(name):
+    trunk = insert_attention(small_trunk(), name, [2, 3, 4])
+    x = torch.randn(2, 3, 32, 32)
+    assert trunk(x).shape == small_trunk()(x).shape == (2, 32, 4, 4)  # conv output before the last pool
+
+
+def test_torchvision_state_dict_loads_and_features_are_unchanged(tmp_path):
+    torch.manual_seed(0)
+    reference = tv_make_vgg_layers(tv_vgg_plans["A"])  # torchvision's VGG-11 features
+    path = tmp_path / "vgg11.pth"
+    torch.save({f"features.{k}": v for k, v in reference.state_dict().items()}, path)
+    attention = {"type": "cbam", "stages": [2, 5], "identity_init": True, "kwargs": {"reduction": 8}}
+    trunk = build_backbone("vgg11", pretrained=str(path), attention=attention)
+    assert [i for i, _ in stage_ends(trunk.features)] == [1, 4, 9, 14, 19]
+    assert trunk.features[4].attn.channel.fc1.out_channels == 128 // 8
+    torch.testing.assert_close(trunk.features[0].weight, reference[0].weight)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(trunk.eval()(x), reference.eval()[:-1](x))  # identity at init; no pool5
+
+
+def test_racnn_with_attention_from_config():
+    cfg = resolve_config({"model": {
+        "backbone": "vgg_small", "width": 4, "input_sizes": [32, 32, 32],
+        "apn": {"hidden": 8, "pool_size": 1},
+        "attention": {"type": "se", "stages": [3, 4], "kwargs": {"reduction": 4}},
+    }})
+    torch.manual_seed(0)
+    model = build_racnn(cfg, num_classes=5)
+    first, second = (net.backbone for net in model.scales[:2])
+    s0, s1 = first.state_dict(), second.state_dict()
+    assert any(".attn." in k for k in s0) and set(s0) == set(s1)
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)  # every scale starts equal
+    ends = [i for i, _ in stage_ends(first.features)]
+    assert first.features[ends[2]].attn is not second.features[ends[2]].attn
+    out = model(torch.randn(2, 3, 32, 32))
+    assert all(logits.shape == (2, 5) for logits in out.logits)
+
+
+def test_racnn_without_attention_is_unchanged():
+    torch.manual_seed(0)
+    plain = RACNN(num_classes=5, backbone="vgg_small", width=4, input_sizes=[32, 24, 24])
+    torch.manual_seed(0)
+    none = RACNN(num_classes=5, backbone="vgg_small", width=4, input_sizes=[32, 24, 24],
+                 attention={"type": "none", "stages": [1, 2]})
+    assert set(plain.state_dict()) == set(none.state_dict())

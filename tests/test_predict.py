@@ -1,0 +1,94 @@
+"""tools/predict.py on a tiny checkpoint: predictions, crop panels, unreadable images."""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raccnn.config import load_config
+from raccnn.engine.checkpoint import save_checkpoint
+from raccnn.models import build_racnn
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["alpha", "beta", "gamma"]
+TINY = ["data.resize=96", "data.crop=96", "model.width=4", "model.input_sizes=[32,32,32]",
+        "model.apn.hidden=16", "model.apn.pool_size=2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = load_config(str(REPO / "experiments/configs/fgsynth_default.yaml"), TINY)
+    model = build_racnn(cfg, num_classes=3)  # a vgg_small of width 4 seeing 32-pixel inputs at every scale
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "num_classes": 3, "classes": CLASSES,
+                           "phase": "fusion"})
+    return path
+
+
+def random_image(path: Path, mode: str, size=(120, 100)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path)
+    return path
+
+
+def run_predict(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools/predict.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_an_unreadable_image_is_reported_and_the_others_still_run(checkpoint, tmp_path):
+    good = random_image(tmp_path / "bird.png", "RGB")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\x00garbage, not a JPEG\xff" * 20)
+    out = tmp_path / "out"
+    res = run_predict("--checkpoint", checkpoint, good, bad, "--out", out, "--device", "cpu")
+
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and str(bad) in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert str(good) in res.stdout and str(bad) not in res.stdout
+    for head in ("scale 1", "scale 2", "scale 3", "fused 1+2", "fused 1+2+3"):
+        assert head in res.stdout
+    assert sum(name in res.stdout for name in CLASSES) == 3  # top-5 of 3 classes lists all of them
+    assert sorted(p.name for p in out.iterdir()) == ["bird_crops.png"]
+    panel = Image.open(out / "bird_crops.png")
+    assert panel.mode == "RGB" and panel.height == 96 + 4 and panel.width == 3 * (96 + 2) + 2
+
+
+@pytest.fixture(scope="module")
+def predict():
+    """tools/predict.py as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location("predict_cli", REPO / "tools/predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grayscale_cmyk_and_palette_images(predict, checkpoint, tmp_path, capsys):
+    images = [random_image(tmp_path / "grey.jpg", "L"), random_image(tmp_path / "cmyk.jpg", "CMYK"),
+              random_image(tmp_path / "palette.png", "P", size=(60, 200))]
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(checkpoint), *map(str, images), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert sorted(p.name for p in out.iterdir()) == ["cmyk_crops.png", "grey_crops.png", "palette_crops.png"]
+    # probabilities of the top classes are printed and sum to one over the 3 classes
+    line = next(l for l in printed.out.splitlines() if l.strip().startswith("scale 1"))
+    pairs = re.findall(r"(\w+) (\d\.\d+)", line)
+    assert sorted(name for name, _ in pairs) == CLASSES
+    assert abs(sum(float(p) for _, p in pairs) - 1) < 2e-3
+
+
+def test_missing_checkpoint_and_missing_image(predict, checkpoint, tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tmp_path / "nope.pt"), str(tmp_path / "x.png")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    missing = tmp_path / "missing.png"
+    assert predict.main(["--checkpoint", str(checkpoint), str(missing), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file"
