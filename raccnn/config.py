@@ -20,11 +20,12 @@ import copy
 import difflib
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
+
+from .fileio import atomic_open
 
 __all__ = [
     "ConfigError",
@@ -427,21 +428,9 @@ def default_config(name: str = "default") -> dict:
 
 def save_config(cfg: Mapping, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML, atomically (temporary file, then ``os.replace``)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     text = yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _plain(value: Any) -> Any:

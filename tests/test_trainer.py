@@ -131,3 +131,40 @@ def test_train_cli_reports_bad_config_key_before_any_work(tmp_path):
     assert res.returncode == 2
     assert "train.alternate.roundz" in res.stderr and "rounds" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "wd").exists()
+
+
+def test_paper_config_without_data_or_weights_says_what_to_put_where(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "tools/train.py", "--config", "experiments/configs/cub200_vgg19.yaml",
+            "--work-dir", str(tmp_path / "wd")]
+    res = subprocess.run(base + ["--opts", f"data.root={tmp_path / 'nodata'}"], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "CUB_200_2011/images.txt" in res.stderr and "CUB_200_2011.tgz" in res.stderr
+
+    # with a (tiny, CUB-format) dataset present, the missing ImageNet weights are named next
+    from raccnn.data.synthetic import generate_fgsynth
+
+    generate_fgsynth(tmp_path / "cub", classes=2, images_per_class=4, size=96)
+    env = dict(__import__("os").environ, TORCH_HOME=str(tmp_path / "torch"))
+    res = subprocess.run(base + ["--opts", f"data.root={tmp_path / 'cub'}", "data.resize=96", "data.crop=96",
+                                 "data.val_fraction=0.5", "data.num_workers=0"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "vgg19-dcbb9e9d.pth" in res.stderr and str(tmp_path / "torch") in res.stderr
+
+
+def test_resume_auto_refuses_a_work_dir_of_another_config(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    trainer = make_trainer(data_root, tmp_path / "wd")
+    trainer.save("last.pt")
+    before = (tmp_path / "wd" / "last.pt").read_bytes()
+    cmd = [sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
+           "--work-dir", str(tmp_path / "wd"), "--resume", "auto",
+           "--opts", *TINY, f"data.root={data_root}", "train.fusion.epochs=2"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2 and "train.fusion.epochs: 1 -> 2" in res.stderr
+    assert (tmp_path / "wd" / "last.pt").read_bytes() == before  # nothing already written is lost

@@ -20,24 +20,18 @@ from torchvision.transforms.v2.functional import to_pil_image
 from raccnn.data import DatasetError
 from raccnn.data.cub import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
-from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.checkpoint import CheckpointError
+from raccnn.engine.evaluate import load_trained_model
 from raccnn.engine.trainer import resolve_device
 from raccnn.engine.visualize import crop_panel
-from raccnn.models import build_racnn
 
 TOP_K = 5
 
 
 def load_model(path: str, device: torch.device):
     """(model in eval mode, class names, test transform) of a training checkpoint."""
-    ckpt = load_checkpoint(path, weights_only=False)
-    for key in ("model", "config", "num_classes"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint {path} has no {key!r} entry (not a raccnn training checkpoint?)")
+    model, ckpt = load_trained_model(path, device)
     cfg = ckpt["config"]
-    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
     classes = list(ckpt.get("classes") or [f"class {k}" for k in range(ckpt["num_classes"])])
     transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
     return model, classes, transform

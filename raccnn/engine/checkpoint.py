@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_open
 
 __all__ = [
     "CheckpointError",
@@ -51,35 +52,8 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     disk, and then replaces ``path`` in one step. On failure the temporary
     file is removed and any previous file at ``path`` is left as it was.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable where the platform allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_open(path, "wb") as f:
+        torch.save(dict(state), f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",

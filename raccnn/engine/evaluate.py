@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import sys
 from typing import Any, Iterable, Mapping
 
@@ -39,6 +38,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import Tensor
 from tqdm import tqdm
+
+from ..fileio import atomic_open
 
 __all__ = [
     "CUB_HEAD_PARTS",
@@ -332,24 +333,31 @@ def to_jsonable(value: Any) -> Any:
 def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write ``metrics`` as JSON (indent 2) so that ``path`` never holds a half-written file."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
+        f.write("\n")
 
 
 # --------------------------------------------------------------------------------------------
 # A checkpoint, end to end
+
+
+def load_trained_model(checkpoint: str | os.PathLike, device=None):
+    """(model in eval mode on ``device``, checkpoint dict) of a raccnn training checkpoint; the
+    model is built from the checkpoint's own config (no pretrained weights are read)."""
+    from ..models.racnn import build_racnn
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .trainer import resolve_device
+
+    ckpt = load_checkpoint(checkpoint, weights_only=False)
+    missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{checkpoint}: no {missing} entries (not a raccnn training checkpoint?)")
+    cfg = ckpt["config"]
+    dev = resolve_device(device or cfg["device"])
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(dev).eval(), ckpt
 
 
 def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
@@ -359,25 +367,18 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     from torch.utils.data import DataLoader
 
     from ..data.build import build_dataset, prepare_data
-    from ..models.racnn import build_racnn
-    from .checkpoint import load_checkpoint
-    from .trainer import resolve_device
+    from .checkpoint import CheckpointError
     from .visualize import part_index
 
-    ckpt = load_checkpoint(checkpoint, weights_only=False)
+    model, ckpt = load_trained_model(checkpoint, device)
     cfg = ckpt["config"]
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
     if len(dataset.classes) != ckpt["num_classes"]:
-        from .checkpoint import CheckpointError
-
         raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
                               f"of {cfg['data']['root']} has {len(dataset.classes)}")
-    dev = resolve_device(device or cfg["device"])
-    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"]).to(dev)
-    model.load_state_dict(ckpt["model"])
     model.oracle_part = part_index(dataset.part_names, cfg["data"]["hit_parts"])
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
-    outputs = collect_outputs(model, loader, dev, desc=f"eval {split}")
+    outputs = collect_outputs(model, loader, next(model.parameters()).device, desc=f"eval {split}")
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"))
     write_metrics(metrics, os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "metrics.json"))

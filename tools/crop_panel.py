@@ -1,0 +1,48 @@
+"""Save the crop panel of a checkpoint on fixed images of a split (what TensorBoard shows per phase).
+
+    python tools/crop_panel.py --checkpoint work_dirs/fgsynth_default/best.pt [--split test] [--n 6] [--out FILE.png]
+
+Rows: the scale-1 input with the scale-2 (red) and scale-3 (yellow) squares and the ground-truth
+part (green) and object (blue) boxes, the scale-2 crop with the scale-3 square, the scale-3 crop.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchvision.transforms.v2.functional import to_pil_image
+
+from raccnn.data import DatasetError
+from raccnn.data.build import build_dataset, prepare_data
+from raccnn.engine.checkpoint import CheckpointError
+from raccnn.engine.evaluate import load_trained_model
+from raccnn.engine.visualize import fixed_images, model_panel, part_index
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--n", type=int, default=6, help="number of images (rows)")
+    p.add_argument("--out", default=None, help="default: crop_panel_<split>.png next to the checkpoint")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+    try:
+        model, ckpt = load_trained_model(args.checkpoint, args.device)
+        cfg = ckpt["config"]
+        dataset = build_dataset(cfg, args.split, prepare_data(cfg))
+    except (CheckpointError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    hit = part_index(dataset.part_names, cfg["data"]["hit_parts"])
+    model.oracle_part = hit
+    panel = model_panel(model, fixed_images(dataset, args.n), hit)
+    out = args.out or str(Path(args.checkpoint).with_name(f"crop_panel_{args.split}.png"))
+    to_pil_image(panel).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
