@@ -27,6 +27,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -56,18 +57,19 @@ def load_grid(path: str) -> dict:
     return grid
 
 
-def expand_rows(grid: dict) -> list[tuple[str, dict]]:
-    """(row name, overrides) for every row of every block, in order, without duplicates."""
-    rows: dict[str, dict] = {}
+def expand_rows(grid: dict) -> list[tuple[str, dict, dict]]:
+    """(row name, {axis: label}, overrides) for every row of every block, in order, without
+    duplicates."""
+    rows: dict[str, tuple[dict, dict]] = {}
     for block in grid["blocks"]:
-        axes = list(block.items())
-        for choice in itertools.product(*[list(values.items()) for _, values in axes]):
-            name = ",".join(f"{axis}={label}" for (axis, _), (label, _) in zip(axes, choice))
+        axes = list(block)
+        for choice in itertools.product(*[list(block[axis].items()) for axis in axes]):
+            labels = {axis: str(label) for axis, (label, _) in zip(axes, choice)}
             overrides = {}
-            for _, (_, opts) in zip(axes, choice):
+            for _, opts in choice:
                 overrides.update(opts or {})
-            rows.setdefault(name, overrides)
-    return list(rows.items())
+            rows.setdefault(",".join(f"{a}={v}" for a, v in labels.items()), (labels, overrides))
+    return [(name, labels, overrides) for name, (labels, overrides) in rows.items()]
 
 
 def to_opts(overrides: dict) -> list[str]:
@@ -75,7 +77,8 @@ def to_opts(overrides: dict) -> list[str]:
 
 
 def row_dir(out: Path, name: str) -> Path:
-    return out / name.replace("=", "-").replace(",", "__").replace("@", "at")
+    """A folder name for a row: characters other than letters, digits and ._+- become '_'."""
+    return out / re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
 def model_cost(cfg: dict, num_classes: int) -> tuple[int, float]:
@@ -121,21 +124,21 @@ def main(argv=None) -> int:
         rows = expand_rows(grid)
         shared = to_opts(grid["opts"])
         # every row's config is validated before anything trains
-        configs = {name: load_config(grid["config"], shared + to_opts(ov)) for name, ov in rows}
+        configs = {name: load_config(grid["config"], shared + to_opts(ov)) for name, _, ov in rows}
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"work_dirs/ablation_{Path(args.grid).stem}")
     print(f"{len(rows)} rows x {len(grid['seeds'])} seeds -> {out}")
     if args.dry_run:
-        for name, _ in rows:
+        for name, _, _ in rows:
             print(" ", name)
         return 0
 
     from torch.utils.tensorboard import SummaryWriter
 
     results = []
-    for name, overrides in rows:
+    for name, labels, overrides in rows:
         per_seed = []
         for seed in grid["seeds"]:
             opts = shared + to_opts(overrides) + [f"seed={seed}"]
@@ -146,9 +149,8 @@ def main(argv=None) -> int:
         for key in METRICS:
             row[key], row[key + "_std"] = mean_std([m.get(key) for m in per_seed])
         results.append(row)
-        with SummaryWriter(log_dir=str(out / "hparams" / row_dir(Path(""), name))) as w:
-            hparams = dict(kv.split("=", 1) for kv in name.split(","))
-            w.add_hparams(hparams, {f"hparam/{k}": row[k] for k in METRICS if row[k] == row[k]}, run_name=".")
+        with SummaryWriter(log_dir=str(row_dir(out / "hparams", name))) as w:
+            w.add_hparams(labels, {f"hparam/{k}": row[k] for k in METRICS if row[k] == row[k]}, run_name=".")
 
     write_results(out, results)
     print((out / "results.md").read_text())

@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="as data.val_fraction of fgsynth_default.yaml")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-aliasing-check", action="store_true", help="skip run (c)")
     args = p.parse_args()

@@ -100,6 +100,9 @@ class Trainer:
         self.num_classes = len(datasets["train"].classes)
         self.classes = list(datasets["train"].classes)
         torch.manual_seed(cfg["seed"])
+        if cfg["deterministic"]:
+            # on CUDA the backward of grid_sample / interpolate has no deterministic kernel: warn there
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         self.model: RACNN = build_racnn(cfg, self.num_classes).to(self.device)
         self.model.oracle_part = part_index(datasets["train"].part_names, cfg["data"]["hit_parts"])
         self.plan = build_plan(cfg)
