@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
         cfg = load_config(args.config, opts)
         datasets = build_datasets(cfg)
+        data_seconds = time.time() - t0
         work_dir = cfg["work_dir"]
         resume = args.resume
         if resume == "auto":
@@ -83,8 +84,9 @@ def main(argv=None) -> int:
         return 2
 
     log = logging.getLogger("raccnn")
-    log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s", work_dir,
-             len(datasets["train"]), len(datasets["val"]), len(datasets["test"]), trainer.num_classes, trainer.device)
+    log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s; data ready in %.1f s",
+             work_dir, len(datasets["train"]), len(datasets["val"]), len(datasets["test"]), trainer.num_classes,
+             trainer.device, data_seconds)
     trainer.run()
     log.info("training took %.1f s", time.time() - t0)
 
