@@ -37,7 +37,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from raccnn.config import ConfigError, load_config
+from raccnn.config import ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.models import build_racnn
 
@@ -93,12 +93,20 @@ def model_cost(cfg: dict, num_classes: int) -> tuple[int, float]:
 
 
 def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
+    """Train and test one run, unless its work dir already holds the test metrics of this config."""
     metrics_path = work_dir / "metrics.json"
-    if not metrics_path.exists():
+    if metrics_path.exists():
+        saved = load_config(work_dir / "config.yaml")
+        diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name",))
+        if diff:
+            raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
+    else:
         cmd = [sys.executable, "tools/train.py", "--config", config, "--work-dir", str(work_dir),
                "--resume", "auto", "--eval-split", "test", "--opts", *opts]
         print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if os.environ.get("RACCNN_QUIET") else None)
+        res = subprocess.run(cmd, stdout=subprocess.DEVNULL if os.environ.get("RACCNN_QUIET") else None)
+        if res.returncode != 0:
+            raise ConfigError(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
     metrics = json.loads(metrics_path.read_text())
     progress = load_checkpoint(work_dir / "last.pt", weights_only=False)["progress"]
     metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
@@ -125,6 +133,9 @@ def main(argv=None) -> int:
         shared = to_opts(grid["opts"])
         # every row's config is validated before anything trains
         configs = {name: load_config(grid["config"], shared + to_opts(ov)) for name, _, ov in rows}
+        folders = [row_dir(Path(""), name) for name, _, _ in rows]
+        if len(set(folders)) != len(folders):
+            raise ConfigError(f"{args.grid}: two rows map to the same folder name; rename their labels")
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -142,7 +153,11 @@ def main(argv=None) -> int:
         per_seed = []
         for seed in grid["seeds"]:
             opts = shared + to_opts(overrides) + [f"seed={seed}"]
-            per_seed.append(run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}"))
+            try:
+                per_seed.append(run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}"))
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         params, flops = model_cost(configs[name], per_seed[0]["num_classes"])
         row = {"row": name, "seeds": len(per_seed), "params": params, "gflops": flops / 1e9,
                "images_per_s": statistics.fmean(m["images_per_s"] for m in per_seed)}

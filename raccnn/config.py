@@ -37,6 +37,7 @@ __all__ = [
     "resolve_config",
     "default_config",
     "save_config",
+    "config_diff",
     "parse_cli_opts",
 ]
 
@@ -161,7 +162,7 @@ SCHEMA: dict = {
         "width": Field(int, 16, min=1, help="channels of vgg_small's first stage"),
         "pretrained": Field((bool, str), False,
                             help="true: torchvision weights; a string: local weights file"),
-        "n_scales": Field(int, 3, min=1, max=5),
+        "n_scales": Field(int, 3, min=2, max=5, help="RA-CNN needs a scale to zoom from and one to zoom into"),
         "input_sizes": Field(list, [64, 64, 64], item=int, min=8,
                              help="one input size per scale"),
         "dropout": Field(float, 0.0, min=0.0, max=1.0),
@@ -203,7 +204,7 @@ SCHEMA: dict = {
             "cls": _alternating_step(lr=0.01, min_delta=1e-3),
             "apn": _alternating_step(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
-        "fusion": _stage(epochs=3, lr=0.05),
+        "fusion": {**_stage(epochs=3, lr=0.05), "epochs": Field(int, 3, min=1, help="best.pt is a fused model")},
     },
     "eval": {
         "split": Field(str, "test", choices=["val", "test"]),
@@ -424,6 +425,22 @@ def resolve_config(cfg: Mapping, name: str = "default") -> dict:
 def default_config(name: str = "default") -> dict:
     """The config made of schema defaults only."""
     return resolve_config({}, name=name)
+
+
+def config_diff(a: Mapping, b: Mapping, ignore: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every leaf that differs, keys in ``ignore`` aside."""
+    def flat(cfg: Mapping, prefix: str = "") -> dict:
+        out = {}
+        for key, value in cfg.items():
+            if isinstance(value, Mapping) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys())
+            if k not in ignore and fa.get(k) != fb.get(k)]
 
 
 def save_config(cfg: Mapping, path: str | os.PathLike) -> None:

@@ -357,3 +357,12 @@ def test_save_config_keeps_old_file_on_failure(tmp_path, monkeypatch):
         save_config({**default_config(), "seed": 5}, out)
     assert out.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_racnn_needs_two_scales_and_a_trained_fusion_head(tmp_path):
+    from raccnn.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.n_scales"):
+        load_config("experiments/configs/fgsynth_default.yaml", ["model.n_scales=1", "model.input_sizes=[64]"])
+    with pytest.raises(ConfigError, match="train.fusion.epochs"):
+        load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.epochs=0"])

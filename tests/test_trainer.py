@@ -167,3 +167,36 @@ def test_resume_auto_refuses_a_work_dir_of_another_config(data_root, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 2 and "train.fusion.epochs: 1 -> 2" in res.stderr
     assert (tmp_path / "wd" / "last.pt").read_bytes() == before  # nothing already written is lost
+
+
+def test_fresh_start_in_a_used_work_dir_is_refused(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    trainer = make_trainer(data_root, tmp_path / "wd")
+    trainer.save("last.pt")
+    cmd = [sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
+           "--work-dir", str(tmp_path / "wd"), "--opts", *TINY, f"data.root={data_root}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2 and "already holds a run" in res.stderr and "--resume auto" in res.stderr
+
+
+def test_oracle_without_a_hit_part_is_a_config_error(data_root, tmp_path):
+    from raccnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.proposer: 'oracle' needs data.hit_parts"):
+        make_trainer(data_root, tmp_path, extra=["model.proposer=oracle", "data.hit_parts=[]"])
+
+
+def test_eval_on_val_keeps_the_test_metrics(data_root, tmp_path):
+    import json
+
+    from raccnn.engine.evaluate import run_evaluation
+
+    trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=1"])
+    trainer.run()
+    test, _ = run_evaluation(tmp_path / "best.pt", "test")
+    val, _ = run_evaluation(tmp_path / "best.pt", "val")
+    assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "test"
+    assert json.loads((tmp_path / "metrics_val.json").read_text())["num_images"] == val["num_images"]
+    assert test["num_images"] != val["num_images"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torchvision.transforms.v2.functional import to_pil_image
 
+from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.data.build import build_dataset, prepare_data
 from raccnn.engine.checkpoint import CheckpointError
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         model, ckpt = load_trained_model(args.checkpoint, args.device)
         cfg = ckpt["config"]
         dataset = build_dataset(cfg, args.split, prepare_data(cfg))
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     hit = part_index(dataset.part_names, cfg["data"]["hit_parts"])

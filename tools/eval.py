@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.engine.checkpoint import CheckpointError
 from raccnn.engine.evaluate import run_evaluation
@@ -20,7 +21,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device)
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(table)

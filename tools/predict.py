@@ -17,6 +17,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import to_pil_image
 
+from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.data.cub import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         model, classes, transform = load_model(args.checkpoint, device)
-    except (CheckpointError, RuntimeError) as exc:
+    except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from raccnn.config import ConfigError, load_config, save_config
+from raccnn.config import ConfigError, config_diff, load_config, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
@@ -30,22 +30,12 @@ def setup_logging(work_dir: str) -> None:
         root.addHandler(handler)
 
 
-def flatten(cfg: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_run(saved: dict, cfg: dict, path: str) -> None:
-    """``--resume auto`` continues only the same run: another config would mix two experiments."""
-    a, b = flatten(saved), flatten(cfg)
-    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    """A resumed run continues the same experiment: another config would mix two of them (and can
+    change the phase plan the checkpoint's position refers to)."""
+    diff = config_diff(saved, cfg, ignore=("work_dir",))
     if diff:
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
         raise CheckpointError(f"{path} belongs to a run with another config ({shown}); choose another "
                               f"--work-dir, or remove {os.path.dirname(path)} to start over")
 
@@ -67,18 +57,21 @@ def main(argv=None) -> int:
         datasets = build_datasets(cfg)
         data_seconds = time.time() - t0
         work_dir = cfg["work_dir"]
+        last = os.path.join(work_dir, "last.pt")
         resume = args.resume
         if resume == "auto":
-            last = os.path.join(work_dir, "last.pt")
             resume = last if os.path.exists(last) else None
-            if resume:
-                check_same_run(load_checkpoint(resume, weights_only=False)["config"], cfg, resume)
+        elif resume is None and os.path.exists(last):
+            raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
+                                  f"or choose another --work-dir")
+        if resume:
+            check_same_run(load_checkpoint(resume, weights_only=False)["config"], cfg, resume)
         os.makedirs(work_dir, exist_ok=True)
         setup_logging(work_dir)
-        save_config(cfg, os.path.join(work_dir, "config.yaml"))
         trainer = Trainer(cfg, datasets, work_dir)
         if resume:
             trainer.resume(resume)
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
     except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,10 +85,13 @@ def main(argv=None) -> int:
 
     split = args.eval_split or cfg["eval"]["split"]
     if split != "none":
-        ckpt = os.path.join(work_dir, "best.pt")
-        metrics, table = run_evaluation(ckpt, split, datasets=datasets)
+        try:
+            metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), split, datasets=datasets)
+        except (CheckpointError, DatasetError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(table)
-        log.info("metrics written to %s", os.path.join(work_dir, "metrics.json"))
+        log.info("metrics written to %s", metrics["path"])
     log.info("total %.1f s", time.time() - t0)
     return 0
 

@@ -363,7 +363,8 @@ def load_trained_model(checkpoint: str | os.PathLike, device=None):
 def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
                    device: str | None = None) -> tuple[dict, str]:
     """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
-    ``metrics.json`` next to the checkpoint and returns (metrics, markdown table)."""
+    ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
+    (metrics, markdown table)."""
     from torch.utils.data import DataLoader
 
     from ..data.build import build_dataset, prepare_data
@@ -380,6 +381,9 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
     outputs = collect_outputs(model, loader, next(model.parameters()).device, desc=f"eval {split}")
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"))
-    write_metrics(metrics, os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "metrics.json"))
+    # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
+    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
+    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
+    write_metrics(metrics, path)
     return metrics, format_table(metrics)

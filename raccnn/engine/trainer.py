@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..losses import rank_loss, scale_ce_losses
 from ..models.racnn import RACNN, build_racnn, compose_boxes, fusion_name, full_image_boxes
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
@@ -89,7 +90,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but no CUDA device is available (set device=cpu or auto)")
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available (set device=cpu or auto)")
     return torch.device(name)
 
 
@@ -105,6 +106,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         self.model: RACNN = build_racnn(cfg, self.num_classes).to(self.device)
         self.model.oracle_part = part_index(datasets["train"].part_names, cfg["data"]["hit_parts"])
+        if self.model.proposer == "oracle" and self.model.oracle_part is None:
+            raise ConfigError(f"model.proposer: 'oracle' needs data.hit_parts to name a part of the dataset "
+                              f"(parts: {list(datasets['train'].part_names)}), got {cfg['data']['hit_parts']}")
         self.plan = build_plan(cfg)
         self.progress = Progress()
         self.datasets = datasets
@@ -151,6 +155,9 @@ class Trainer:
             if ckpt["scheduler"] is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng_state(ckpt["rng"])
+        # drop TensorBoard points written after this checkpoint by the interrupted run
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=self.work_dir, purge_step=self.progress.step + 1)
         log.info("resumed from %s at %s, epoch %d, step %d", path, ckpt["phase"], self.progress.epoch, self.progress.step)
 
     # ---------------------------------------------------------------- phases
@@ -376,6 +383,7 @@ class Trainer:
             self.save("last.pt")
             if stop_after_step is not None and p.step >= stop_after_step:
                 log.info("stopping at step %d as asked", p.step)
+                self.writer.flush()
                 return
-        self.writer.flush()
+        self.writer.close()
         log.info("schedule finished after %d steps", p.step)
