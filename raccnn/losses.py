@@ -1,7 +1,6 @@
 """RA-CNN losses: cross-entropy at every scale and the inter-scale pairwise ranking loss."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

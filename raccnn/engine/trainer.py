@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError
 from ..losses import rank_loss, scale_ce_losses
-from ..models.racnn import RACNN, build_racnn, compose_boxes, fusion_name, full_image_boxes
+from ..models.racnn import RACNN, build_racnn, fusion_name
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
 from .evaluate import box_stats, collect_outputs
 from .visualize import fixed_images, log_box_histograms, log_phase_crops, part_index
@@ -111,7 +111,6 @@ class Trainer:
                               f"(parts: {list(datasets['train'].part_names)}), got {cfg['data']['hit_parts']}")
         self.plan = build_plan(cfg)
         self.progress = Progress()
-        self.datasets = datasets
         self.sample_gen = torch.Generator()
         d = cfg["data"]
         self.train_loader = DataLoader(

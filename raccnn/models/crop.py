@@ -22,7 +22,6 @@ over images, no custom autograd function (autograd differentiates the formulas e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 GRAD_MODES = ("mask", "grid", "both")
