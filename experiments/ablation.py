@@ -40,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from raccnn.config import ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.models import build_racnn
+from raccnn.models.racnn import fusion_names
 
-METRICS = ("acc_scale1", "acc_scale2", "acc_scale3", "acc_fused123", "part_hit_scale2")
 GRID_KEYS = {"config", "opts", "seeds", "blocks"}
 
 
@@ -92,6 +92,15 @@ def model_cost(cfg: dict, num_classes: int) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
 
 
+class RunFailed(Exception):
+    """A training run of the grid ended with an error."""
+
+
+def row_metrics(n_scales: int) -> list[str]:
+    """The metrics a row reports: every scale, the fusion head over all scales, the scale-2 part hit."""
+    return [f"acc_scale{s}" for s in range(1, n_scales + 1)] + [f"acc_fused{fusion_names(n_scales)[-1]}", "part_hit_scale2"]
+
+
 def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
     """Train and test one run, unless its work dir already holds the test metrics of this config."""
     metrics_path = work_dir / "metrics.json"
@@ -106,7 +115,7 @@ def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
         print("$", " ".join(cmd), flush=True)
         res = subprocess.run(cmd, stdout=subprocess.DEVNULL if os.environ.get("RACCNN_QUIET") else None)
         if res.returncode != 0:
-            raise ConfigError(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
+            raise RunFailed(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
     metrics = json.loads(metrics_path.read_text())
     progress = load_checkpoint(work_dir / "last.pt", weights_only=False)["progress"]
     metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
@@ -148,50 +157,61 @@ def main(argv=None) -> int:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    results = []
+    results, failed = [], 0
     for name, labels, overrides in rows:
-        per_seed = []
+        per_seed, errors = [], []
         for seed in grid["seeds"]:
             opts = shared + to_opts(overrides) + [f"seed={seed}"]
             try:
                 per_seed.append(run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}"))
-            except ConfigError as exc:
+            except (RunFailed, ConfigError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
-                return 1
-        params, flops = model_cost(configs[name], per_seed[0]["num_classes"])
-        row = {"row": name, "seeds": len(per_seed), "params": params, "gflops": flops / 1e9,
-               "images_per_s": statistics.fmean(m["images_per_s"] for m in per_seed)}
-        for key in METRICS:
-            row[key], row[key + "_std"] = mean_std([m.get(key) for m in per_seed])
+                errors.append(f"seed {seed}")
+        row = {"row": name, "seeds": len(per_seed), "failed": ", ".join(errors)}
+        failed += bool(errors)
+        if per_seed:
+            params, flops = model_cost(configs[name], per_seed[0]["num_classes"])
+            row.update(params=params, gflops=flops / 1e9,
+                       images_per_s=statistics.fmean(m["images_per_s"] for m in per_seed))
+            metrics = row_metrics(configs[name]["model"]["n_scales"])
+            for key in metrics:
+                row[key], row[key + "_std"] = mean_std([m.get(key) for m in per_seed])
+            row["acc_fused_all"], row["acc_fused_all_std"] = row[metrics[-2]], row[metrics[-2] + "_std"]
+            with SummaryWriter(log_dir=str(row_dir(out / "hparams", name))) as w:
+                w.add_hparams(labels, {f"hparam/{k}": row[k] for k in metrics if row[k] == row[k]}, run_name=".")
         results.append(row)
-        with SummaryWriter(log_dir=str(row_dir(out / "hparams", name))) as w:
-            w.add_hparams(labels, {f"hparam/{k}": row[k] for k in METRICS if row[k] == row[k]}, run_name=".")
 
     write_results(out, results)
     print((out / "results.md").read_text())
-    return 0
+    return 1 if failed else 0
 
 
 def write_results(out: Path, results: list[dict]) -> None:
+    """results.csv (every key of every row) and results.md; rows may have different numbers of
+    scales (a missing scale shows as n/a) and a row with failed runs says which."""
     out.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in results for k in r))
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(results)
 
     def pct(row, key):
-        m, s = row[key], row[key + "_std"]
+        m, s = row.get(key, float("nan")), row.get(key + "_std", float("nan"))
         return "n/a" if m != m else f"{100 * m:.1f} ± {100 * s:.1f}"
 
-    lines = ["| row | scale 1 | scale 2 | scale 3 | fused 1+2+3 | part hit s2 | params (M) | GFLOPs | img/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    n = max((int(k[len("acc_scale"):]) for r in results for k in r if re.fullmatch(r"acc_scale\d+", k)), default=0)
+    scales = [f"acc_scale{s}" for s in range(1, n + 1)]
+    lines = ["| row | " + " | ".join(f"scale {s}" for s in range(1, n + 1)) + " | fused (all) | part hit s2 | "
+             "params (M) | GFLOPs | img/s | failed runs |", "|---|" + "---:|" * (n + 5) + "---|"]
     for r in results:
-        lines.append(f"| {r['row']} | {pct(r, 'acc_scale1')} | {pct(r, 'acc_scale2')} | {pct(r, 'acc_scale3')} | "
-                     f"{pct(r, 'acc_fused123')} | {pct(r, 'part_hit_scale2')} | {r['params'] / 1e6:.2f} | "
-                     f"{r['gflops']:.3f} | {r['images_per_s']:.0f} |")
-    seeds = results[0]["seeds"]
+        cost = (f"{r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.0f}" if "params" in r
+                else "n/a | n/a | n/a")
+        lines.append(f"| {r['row']} | " + " | ".join(pct(r, k) for k in scales + ["acc_fused_all", "part_hit_scale2"])
+                     + f" | {cost} | {r['failed'] or '-'} |")
     lines.append("")
-    lines.append(f"Test-split accuracy and part hit in %, mean ± std over {seeds} seed(s).")
+    lines.append(f"Test-split accuracy and part hit in %, mean ± std over the seeds that finished "
+                 f"({max(r['seeds'] for r in results)} per row at most); a failed run's log is in its work dir.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 

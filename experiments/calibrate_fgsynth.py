@@ -24,9 +24,9 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from raccnn.data import CUBDataset, DISCRIMINATIVE_PART, IMAGENET_MEAN, IMAGENET_STD, ensure_fgsynth
-from raccnn.data.cub import load_rgb
-from raccnn.data.transforms import oracle_square
+from raccnn.data.images import load_rgb
 from raccnn.models.backbones import build_backbone
+from raccnn.models.boxes import part_squares
 
 
 def load_split(root: Path, split: str, val_fraction: float, split_seed: int):
@@ -57,9 +57,11 @@ def whole_inputs(images: torch.Tensor, size: int, antialias: bool = True) -> tor
 
 def oracle_inputs(images: torch.Tensor, boxes: torch.Tensor, size: int, margin: float) -> torch.Tensor:
     x = normalise(images)
+    height, width = images.shape[-2:]
+    scale = torch.tensor([width, height, min(width, height)])
     out = []
-    for img, box in zip(x, boxes):
-        cx, cy, half = oracle_square(box.tolist(), margin)
+    for img, square in zip(x, part_squares(boxes[:, None], 0, height, width, margin).double() * scale):
+        cx, cy, half = square.tolist()
         top, left, side = round(cy - half), round(cx - half), max(1, round(2 * half))
         # resized_crop pads with zeros where the square leaves the image
         out.append(TF.resized_crop(img, top, left, side, side, [size, size], antialias=True))

@@ -5,7 +5,7 @@ import sys
 
 import yaml
 
-from test_trainer import TINY
+from conftest import TINY
 
 
 def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):

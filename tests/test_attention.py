@@ -2,17 +2,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs as tv_vgg_plans
 from torchvision.models.vgg import make_layers as tv_make_vgg_layers
 
-from raccnn import config as config_module
 from raccnn.attention import ATTENTION_TYPES, build_attention, insert_attention
-from raccnn.attention.cbam import SpatialGate
 from raccnn.attention.danet import channel_affinity
 from raccnn.attention.eca import eca_kernel_size
 from raccnn.attention.placement import ReLUThenAttention, stage_ends
-from raccnn.config import resolve_config
+from raccnn.config import SCHEMA, resolve_config
 from raccnn.models import RACNN, build_backbone, build_racnn
 
 C = 32
@@ -32,7 +31,7 @@ BLOCKS = [name for name in ATTENTION_TYPES if name != "none"]
 # layer, or the blending scalar), as each block's docstring states.
 TRAINABLE_AT_INIT = {
     "se": ["fc2.weight", "fc2.bias"],
-    "cbam": ["channel.fc2.weight", "channel.fc2.bias", "spatial.bn.weight", "spatial.bn.bias"],
+    "cbam": ["channel.fc2.weight", "channel.fc2.bias", "spatial.conv.bn.weight", "spatial.conv.bn.bias"],
     "nonlocal": ["bn.weight", "bn.bias"],
     "ge": ["gamma"],
     "ge_theta": ["gather.7.weight", "gather.7.bias"],  # last BatchNorm of the 3 gather steps (extent 8)
@@ -48,8 +47,8 @@ TRAINABLE_AT_INIT = {
 PAPER_INIT_IS_IDENTITY = {"nonlocal", "gc", "danet", "sagan"}
 
 
-def test_factory_names_match_the_config_choices():
-    assert set(ATTENTION_TYPES) == set(config_module.ATTENTION_TYPES)
+def test_config_choices_are_the_factory_names():
+    assert SCHEMA["model"]["attention"]["type"].choices is ATTENTION_TYPES
     assert set(TRAINABLE_AT_INIT) == set(BLOCKS)
 
 
@@ -121,15 +120,42 @@ def test_se_gate_by_hand():
 
 
 def test_cbam_spatial_map_by_hand():
-    gate = SpatialGate(identity_init=False).eval()
+    block = build_attention("cbam", 3, reduction=3, identity_init=False).eval()
+    spatial = block.spatial
     with torch.no_grad():
-        gate.conv.weight.zero_()
-        gate.conv.weight[0, 0, 3, 3] = 1.0  # centre tap on the channel mean
-        gate.conv.weight[0, 1, 3, 3] = 2.0  # centre tap on the channel max
+        spatial.conv.conv.weight.zero_()
+        spatial.conv.conv.weight[0, 0, 3, 3] = 1.0  # centre tap on the channel mean
+        spatial.conv.conv.weight[0, 1, 3, 3] = 2.0  # centre tap on the channel max
     x = torch.tensor([[1.0, -2.0], [0.0, 3.0], [2.0, -1.0]]).view(1, 3, 1, 2)
     # column 0: mean 1, max 2 -> 5; column 1: mean 0, max 3 -> 6; BN eval: / sqrt(1 + 1e-5)
     z = torch.tensor([5.0, 6.0]) / math.sqrt(1 + 1e-5)
-    torch.testing.assert_close(gate(x), torch.sigmoid(z).view(1, 1, 1, 2))
+    torch.testing.assert_close(spatial(x), x * torch.sigmoid(z).view(1, 1, 1, 2))
+
+
+@pytest.mark.parametrize("identity_init", [False, True])
+def test_cbam_is_the_papers_equations(identity_init):
+    """timm's CbamModule, as built, against CBAM written out: channel map with a shared biased MLP
+    over the average- and max-pooled descriptors, then a bias-free 7x7 conv + BN spatial map."""
+    torch.manual_seed(0)
+    block = build_attention("cbam", 32, reduction=4, identity_init=identity_init).eval()
+    with torch.no_grad():  # random values everywhere, also where identity_init put zeros
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        bn = block.spatial.conv.bn
+        bn.running_mean.fill_(0.2)
+        bn.running_var.fill_(1.7)
+    g = (lambda z: 2 * torch.sigmoid(z)) if identity_init else torch.sigmoid
+    x = torch.randn(2, 32, 9, 7)
+    c = block.channel
+    mlp = lambda v: c.fc2.weight[:, :, 0, 0] @ torch.relu(c.fc1.weight[:, :, 0, 0] @ v + c.fc1.bias) + c.fc2.bias
+    mc = torch.stack([g(mlp(xb.mean((1, 2))) + mlp(xb.amax((1, 2)))) for xb in x])  # [B, C]
+    assert c.fc1.bias is not None and c.fc1.weight.shape[0] == 8  # MLP biases on, hidden C / r
+    x1 = x * mc[:, :, None, None]
+    conv = block.spatial.conv.conv
+    assert conv.bias is None and conv.kernel_size == (7, 7)
+    z = F.conv2d(torch.cat((x1.mean(1, keepdim=True), x1.amax(1, keepdim=True)), 1), conv.weight, padding=3)
+    z = (z - 0.2) / math.sqrt(1.7 + bn.eps) * bn.weight + bn.bias
+    torch.testing.assert_close(block(x), x1 * g(z), rtol=1e-5, atol=1e-5)
 
 
 def test_nonlocal_softmax_by_hand():

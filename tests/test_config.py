@@ -6,7 +6,7 @@ import yaml
 from raccnn.config import (
     SCHEMA,
     ConfigError,
-    Field,
+    Key,
     default_config,
     load_config,
     parse_cli_opts,
@@ -76,18 +76,6 @@ def test_explicit_name_and_work_dir_are_kept(tmp_path):
     assert cfg["name"] == "run1" and cfg["work_dir"] == "/tmp/elsewhere"
     path = write(tmp_path / "y.yaml", "name: run2\n")
     assert load_config(path)["work_dir"] == "work_dirs/run2"
-
-
-def test_delete_replaces_base_dict(tmp_path):
-    write(tmp_path / "base.yaml", "model: {apn: {hidden: 64, pool_size: 2}}\n")
-    child = write(tmp_path / "child.yaml", """
-        _base_: base.yaml
-        model:
-          apn: {_delete_: true, hidden: 32}
-    """)
-    cfg = load_config(child)
-    assert cfg["model"]["apn"]["hidden"] == 32
-    assert cfg["model"]["apn"]["pool_size"] == 4  # base value dropped, schema default back
 
 
 def test_bases_merge_in_order(tmp_path):
@@ -294,9 +282,9 @@ def test_errors_are_deterministic(tmp_path):
     assert all(error_of(path) == first for _ in range(3))
 
 
-def test_delete_must_be_bool(tmp_path):
-    path = write(tmp_path / "x.yaml", "model: {_delete_: maybe}\n")
-    with pytest.raises(ConfigError, match=r"model\._delete_ must be true or false"):
+def test_a_base_mapping_cannot_be_replaced_whole(tmp_path):
+    path = write(tmp_path / "x.yaml", "model: {_delete_: true}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model\._delete_'"):
         load_config(path)
 
 
@@ -305,8 +293,8 @@ def test_delete_must_be_bool(tmp_path):
 
 def test_new_fields_and_free_form_dicts(monkeypatch, tmp_path):
     model = dict(SCHEMA["model"])
-    model["attention_kwargs"] = Field(dict, {})
-    model["strides"] = Field(list, [1, 2], item=int, length=2)
+    model["attention_kwargs"] = Key({})
+    model["strides"] = Key([1, 2], length=2)
     monkeypatch.setitem(SCHEMA, "model", model)
 
     cfg = default_config()
@@ -366,3 +354,57 @@ def test_racnn_needs_two_scales_and_a_trained_fusion_head(tmp_path):
         load_config("experiments/configs/fgsynth_default.yaml", ["model.n_scales=1", "model.input_sizes=[64]"])
     with pytest.raises(ConfigError, match="train.fusion.epochs"):
         load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.epochs=0"])
+
+
+# ----------------------------------------------------------------- the schema's limits are the real ones
+
+
+@pytest.mark.parametrize("opt, expected", [
+    ("data.synth.classes=12", "data.synth.classes: 12 is above the maximum 10"),
+    ("data.synth.size=64", "data.synth.size: 64 is below the minimum 96"),
+    ("data.synth.images_per_class=2", "data.synth.images_per_class: 2 is below the minimum 3"),
+    ("data.val_fraction=0", "data.val_fraction: 0 must be > 0"),
+    ("model.input_sizes=[64,8,64]", "model.input_sizes [64, 8, 64]: vgg16 needs inputs of at least 16 px"),
+    ("model.attention.type=se", None),
+    ("model.attention.stages=[5]", "model.attention.stages [5]: vgg_small has 4 stages"),
+    ("model.attention.kwargs={bogus: 1}", "model.attention.kwargs: attention type 'se': bad keyword"),
+    ("model.proposer=oracle", "model.proposer: 'oracle' needs data.hit_parts"),
+])
+def test_values_that_cannot_run_are_refused(opt, expected):
+    base = ["data.hit_parts=[]", "model.attention.type=se", "model.attention.stages=[2]"]
+    if opt.startswith("model.input_sizes"):
+        base.append("model.backbone=vgg16")
+    if expected is None:
+        load_config("experiments/configs/fgsynth_default.yaml", base + [opt])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config("experiments/configs/fgsynth_default.yaml", base + [opt])
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_the_smallest_accepted_fgsynth_opens_every_split(tmp_path):
+    from raccnn.data.build import build_datasets
+
+    s = SCHEMA["data"]["synth"]
+    cfg = load_config("experiments/configs/fgsynth_default.yaml", [
+        f"data.root={tmp_path}", f"data.synth.classes={s['classes'].min}",
+        f"data.synth.images_per_class={s['images_per_class'].min}", f"data.synth.size={s['size'].min}",
+        "data.resize=96", "data.crop=96", "data.val_fraction=0.01"])
+    data = build_datasets(cfg)
+    assert all(len(data[split]) > 0 for split in ("train", "val", "test"))
+    with pytest.raises(ValueError, match="images_per_class"):  # the generator's limit is the same number
+        from raccnn.data.synthetic import generate_fgsynth
+        generate_fgsynth(tmp_path / "less", classes=2, images_per_class=s["images_per_class"].min - 1, size=96)
+
+
+def test_names_and_defaults_come_from_where_they_live():
+    from raccnn.models import APN, BACKBONES, GRAD_MODES, PROPOSERS
+    from raccnn.models.proposers import CenterProposer, HeatmapProposer, OracleProposer
+
+    m = SCHEMA["model"]
+    assert m["proposer"].choices == list(PROPOSERS) and m["crop"]["grad"].choices is GRAD_MODES
+    assert [m["proposer_cfg"][k].default for k in ("center_tl", "heatmap_threshold", "oracle_margin")] == [
+        CenterProposer().tl, HeatmapProposer().threshold, OracleProposer().margin]
+    apn = APN(8)
+    assert (m["apn"]["tl_min"].default, m["apn"]["tl_max"].default) == (apn.tl_min, apn.tl_max)
+    assert all(load_config("experiments/configs/fgsynth_default.yaml", [f"model.backbone={b}"]) for b in BACKBONES)

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
+from raccnn.engine.inference import collect_outputs
 from raccnn.engine.evaluate import (
     CUB_HEAD_PARTS,
     box_stats,
-    collect_outputs,
     compute_metrics,
     default_hit_parts,
     format_table,

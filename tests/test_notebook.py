@@ -6,6 +6,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import torch
+from conftest import TINY_DATA, TINY_MODEL
 
 from raccnn.config import load_config
 from raccnn.engine.checkpoint import save_checkpoint
@@ -13,11 +14,7 @@ from raccnn.models import build_racnn
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "inspect_crops.ipynb"
-TINY = [
-    "data.synth.classes=3", "data.synth.images_per_class=16", "data.synth.size=96", "data.resize=96",
-    "data.crop=96", "data.val_fraction=0.25", "model.width=4", "model.input_sizes=[32,32,32]",
-    "model.apn.hidden=16", "model.apn.pool_size=2",
-]
+TINY = TINY_DATA + TINY_MODEL
 
 
 def test_notebook_is_stored_without_outputs():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL as TINY
 from PIL import Image
 
 from raccnn.config import load_config
@@ -16,8 +17,6 @@ from raccnn.models import build_racnn
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["alpha", "beta", "gamma"]
-TINY = ["data.resize=96", "data.crop=96", "model.width=4", "model.input_sizes=[32,32,32]",
-        "model.apn.hidden=16", "model.apn.pool_size=2"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from raccnn.models import RACNN
-from raccnn.models.proposers import CenterProposer, HeatmapProposer, clamp_squares, part_squares
+from raccnn.models.boxes import clamp_squares, part_squares
+from raccnn.models.proposers import CenterProposer, HeatmapProposer
 
 
 def test_center_proposer_is_the_centred_square():
@@ -34,8 +35,8 @@ def test_part_squares_and_missing_boxes():
 
 def test_oracle_racnn_crops_the_part():
     model = RACNN(3, backbone="vgg_small", width=4, n_scales=3, input_sizes=[32, 32, 32],
-                  apn=dict(tl_min=0.05, tl_max=0.5), proposer="oracle", proposer_cfg={"oracle_margin": 1.0})
-    model.oracle_part = 1
+                  apn=dict(tl_min=0.05, tl_max=0.5), proposer="oracle", proposer_cfg={"oracle_margin": 1.0},
+                  oracle_part=1)
     images = torch.rand(2, 3, 64, 64)
     part_boxes = torch.zeros(2, 2, 4)
     part_boxes[:, 1] = torch.tensor([16.0, 16.0, 32.0, 32.0])
@@ -49,7 +50,7 @@ def test_oracle_racnn_crops_the_part():
 @pytest.mark.parametrize("proposer", ["center", "heatmap"])
 def test_fixed_proposers_have_no_parameters_and_build_no_apn_phases(proposer):
     from raccnn.config import load_config
-    from raccnn.engine.trainer import build_plan
+    from raccnn.engine.phases import build_plan
 
     model = RACNN(3, backbone="vgg_small", width=4, input_sizes=[32, 32, 32], proposer=proposer)
     assert model.apn_parameters() == []

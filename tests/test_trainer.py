@@ -1,31 +1,9 @@
 """End-to-end runs of the alternating schedule on a tiny FG-Synth (seconds each)."""
 import pytest
 import torch
+from conftest import TINY, make_trainer
 
-from raccnn.config import load_config
-from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
-from raccnn.engine.trainer import Trainer
-
-TINY = [
-    "data.synth.classes=3", "data.synth.images_per_class=16", "data.synth.size=96", "data.resize=96",
-    "data.crop=96", "data.val_fraction=0.25", "data.batch_size=8", "model.width=4",
-    "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "model.apn.pool_size=2",
-    "train.pretrain_cls.epochs=1", "train.init_apn.epochs=1", "train.alternate.rounds=2",
-    "train.alternate.cls.max_epochs=2", "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
-    "train.fusion.epochs=1", "train.log_interval=1", "deterministic=true",
-]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("fgsynth"))
-
-
-def make_trainer(data_root, work_dir, extra=()):
-    cfg = load_config("experiments/configs/fgsynth_default.yaml",
-                      TINY + [f"data.root={data_root}", f"work_dir={work_dir}", *extra])
-    return Trainer(cfg, build_datasets(cfg), str(work_dir))
 
 
 def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
@@ -64,6 +42,7 @@ def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
 def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path)
     trainer.progress.phase_index = 2  # alternate_cls, round 1
+    assert trainer.plan[2].label == "alternate_cls[round 1]" and trainer.plan[3].label == "alternate_apn[round 1]"
     trainer.start_phase(trainer.plan[2])
     apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
     trainer.train_epoch(trainer.plan[2])
@@ -186,12 +165,14 @@ def test_oracle_without_a_hit_part_is_a_config_error(data_root, tmp_path):
 
     with pytest.raises(ConfigError, match="model.proposer: 'oracle' needs data.hit_parts"):
         make_trainer(data_root, tmp_path, extra=["model.proposer=oracle", "data.hit_parts=[]"])
+    with pytest.raises(ConfigError, match=r"model.proposer: 'oracle' needs data.hit_parts .*parts: \['body'"):
+        make_trainer(data_root, tmp_path, extra=["model.proposer=oracle", "data.hit_parts=[beak]"])
 
 
 def test_eval_on_val_keeps_the_test_metrics(data_root, tmp_path):
     import json
 
-    from raccnn.engine.evaluate import run_evaluation
+    from raccnn.engine.inference import run_evaluation
 
     trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=1"])
     trainer.run()

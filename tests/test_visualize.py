@@ -6,6 +6,7 @@ from raccnn.config import load_config
 from raccnn.data.build import build_datasets
 from raccnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from raccnn.engine import visualize as V
+from raccnn.models.proposers import part_index
 from raccnn.models.racnn import RACNN, RACNNOutput, compose_boxes
 
 SIZE = 64  # images and crops of the synthetic panels below
@@ -129,8 +130,8 @@ def test_fixed_images_are_the_same_every_call(tiny_data):
     train = tiny_data["train"]
     assert torch.equal(V.fixed_images(train, n=3)["image"], V.fixed_images(train, n=3)["image"])
     assert len(V.fixed_images(val, n=1000)["index"]) == len(val)
-    assert V.part_index(val.part_names, ["crest"]) == val.part_names.index("crest")
-    assert V.part_index(val.part_names, ["nothing"]) is None
+    assert part_index(val.part_names, ["crest"]) == val.part_names.index("crest")
+    assert part_index(val.part_names, ["nothing"]) is None
 
 
 def test_tag_lists():

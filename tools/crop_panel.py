@@ -16,9 +16,10 @@ from torchvision.transforms.v2.functional import to_pil_image
 from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.data.build import build_dataset, prepare_data
-from raccnn.engine.checkpoint import CheckpointError
-from raccnn.engine.evaluate import load_trained_model
-from raccnn.engine.visualize import fixed_images, model_panel, part_index
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.inference import load_trained_model
+from raccnn.engine.visualize import fixed_images, model_panel
+from raccnn.models.proposers import part_index
 
 
 def main(argv=None) -> int:
@@ -30,14 +31,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     args = p.parse_args(argv)
     try:
-        model, ckpt = load_trained_model(args.checkpoint, args.device)
-        cfg = ckpt["config"]
+        cfg = load_checkpoint(args.checkpoint, weights_only=False).get("config")
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{args.checkpoint}: no 'config' entry (not a raccnn training checkpoint?)")
         dataset = build_dataset(cfg, args.split, prepare_data(cfg))
+        model, _ = load_trained_model(args.checkpoint, args.device, dataset.part_names)
     except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     hit = part_index(dataset.part_names, cfg["data"]["hit_parts"])
-    model.oracle_part = hit
     panel = model_panel(model, fixed_images(dataset, args.n), hit)
     out = args.out or str(Path(args.checkpoint).with_name(f"crop_panel_{args.split}.png"))
     to_pil_image(panel).save(out)

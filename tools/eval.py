@@ -10,7 +10,7 @@ import sys
 from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.engine.checkpoint import CheckpointError
-from raccnn.engine.evaluate import run_evaluation
+from raccnn.engine.inference import run_evaluation
 
 
 def main(argv=None) -> int:

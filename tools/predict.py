@@ -19,11 +19,12 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from raccnn.config import ConfigError
 from raccnn.data import DatasetError
-from raccnn.data.cub import load_rgb, pil_to_uint8
+from raccnn.data.images import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
 from raccnn.engine.checkpoint import CheckpointError
-from raccnn.engine.evaluate import load_trained_model
-from raccnn.engine.trainer import resolve_device
+from raccnn.device import resolve_device
+from raccnn.engine.evaluate import head_label
+from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import crop_panel
 
 TOP_K = 5
@@ -54,10 +55,6 @@ def top_k_line(logits: torch.Tensor, classes: list[str]) -> str:
     return ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(values.tolist(), indices.tolist()))
 
 
-def head_label(name: str) -> str:
-    return "fused " + "+".join(name)
-
-
 @torch.no_grad()
 def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
     """Print the predictions for one image and write its crop panel; returns the PNG's path."""
@@ -67,7 +64,7 @@ def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
     for s, logits in enumerate(out.logits, start=1):
         print(f"  {'scale ' + str(s):<14s} {top_k_line(logits[0], classes)}")
     for name, logits in out.fused.items():
-        print(f"  {head_label(name):<14s} {top_k_line(logits[0], classes)}")
+        print(f"  {head_label('fused' + name):<14s} {top_k_line(logits[0], classes)}")
     for s, box in enumerate(out.abs_boxes, start=2):
         tx, ty, tl = box[0].tolist()
         print(f"  scale-{s} square: centre ({tx:.3f}, {ty:.3f}), half side {tl:.3f} of the input")

@@ -15,7 +15,7 @@ from raccnn.config import ConfigError, config_diff, load_config, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
-from raccnn.engine.evaluate import run_evaluation
+from raccnn.engine.inference import run_evaluation
 from raccnn.engine.trainer import Trainer
 from raccnn.models import PretrainedWeightsError
 
@@ -65,7 +65,10 @@ def main(argv=None) -> int:
             raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
                                   f"or choose another --work-dir")
         if resume:
-            check_same_run(load_checkpoint(resume, weights_only=False)["config"], cfg, resume)
+            saved = load_checkpoint(resume, weights_only=False).get("config")
+            if not isinstance(saved, dict):
+                raise CheckpointError(f"{resume}: no 'config' entry (not a raccnn training checkpoint?)")
+            check_same_run(saved, cfg, resume)
         os.makedirs(work_dir, exist_ok=True)
         setup_logging(work_dir)
         trainer = Trainer(cfg, datasets, work_dir)

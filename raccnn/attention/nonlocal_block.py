@@ -13,6 +13,16 @@ from torch import Tensor, nn
 from .gate import zero_
 
 
+def subsample(t: Tensor, on: bool = True) -> Tensor:
+    """2×2 max-pool (ceil mode, so odd and 1-pixel sizes work) when ``on``."""
+    return F.max_pool2d(t, 2, 2, ceil_mode=True) if on else t
+
+
+def softmax_affinity(query: Tensor, key: Tensor) -> Tensor:
+    """softmax over j of qᵢᵀ kⱼ for query [B, C', H, W] and key [B, C', h, w] maps: [B, H·W, h·w]."""
+    return torch.softmax(query.flatten(2).transpose(1, 2) @ key.flatten(2), dim=-1)
+
+
 class NonLocal(nn.Module):
     """z = BN(W_z y) + x,  yᵢ = Σⱼ softmax_j(θ(xᵢ)ᵀ φ(xⱼ)) g(xⱼ).
 
@@ -39,18 +49,13 @@ class NonLocal(nn.Module):
         self.bn = nn.BatchNorm2d(channels) if norm else nn.Identity()
         zero_(self.bn if norm else self.w_z)
 
-    def _pool(self, t: Tensor) -> Tensor:
-        return F.max_pool2d(t, 2, 2, ceil_mode=True) if self.sub_sample else t
-
     def affinity(self, x: Tensor) -> Tensor:
         """f = softmax over j of θ(xᵢ)ᵀ φ(xⱼ): [B, N, M], N = H·W, M = positions of φ."""
-        theta = self.theta(x).flatten(2)  # [B, C', N]
-        phi = self._pool(self.phi(x)).flatten(2)  # [B, C', M]
-        return torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
+        return softmax_affinity(self.theta(x), subsample(self.phi(x), self.sub_sample))
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        g = self._pool(self.g(x)).flatten(2)  # [B, C', M]
+        g = subsample(self.g(x), self.sub_sample).flatten(2)  # [B, C', M]
         y = (self.affinity(x) @ g.transpose(1, 2)).transpose(1, 2)  # [B, C', N]
         y = y.reshape(b, self.inner, h, w)
         return x + self.bn(self.w_z(y))

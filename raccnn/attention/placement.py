@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import ATTENTION_TYPES, build_attention
+from .create import ATTENTION_TYPES, build_attention
 
 
 class ReLUThenAttention(nn.Module):

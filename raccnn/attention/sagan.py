@@ -7,10 +7,10 @@ normalisation of the convs is a GAN-training device and is not applied here.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .gate import zero_
+from .nonlocal_block import softmax_affinity, subsample
 
 
 class SelfAttention(nn.Module):
@@ -38,17 +38,12 @@ class SelfAttention(nn.Module):
         if identity_init:
             zero_(self.v)
 
-    def _pool(self, t: Tensor) -> Tensor:
-        return F.max_pool2d(t, 2, 2, ceil_mode=True) if self.sub_sample else t
-
     def attention(self, x: Tensor) -> Tensor:
         """β: [B, N, M], row j = softmax over the (pooled) positions i."""
-        f = self.f(x).flatten(2)  # [B, C', N]
-        g = self._pool(self.g(x)).flatten(2)  # [B, C', M]
-        return torch.softmax(f.transpose(1, 2) @ g, dim=-1)
+        return softmax_affinity(self.f(x), subsample(self.g(x), self.sub_sample))
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, hgt, wid = x.shape
-        h = self._pool(self.h(x)).flatten(2)  # [B, C/2, M]
+        h = subsample(self.h(x), self.sub_sample).flatten(2)  # [B, C/2, M]
         o = (h @ self.attention(x).transpose(1, 2)).reshape(b, -1, hgt, wid)
         return x + self.gamma * self.v(o)

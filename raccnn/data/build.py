@@ -9,6 +9,9 @@ from .synthetic import ensure_fgsynth
 from .transforms import build_transforms
 
 
+DATASETS = ("fgsynth", "cub", "folder")
+
+
 def prepare_data(cfg: dict) -> Path:
     """The dataset root; FG-Synth is generated there first when it is absent."""
     d = cfg["data"]

@@ -16,7 +16,6 @@ download fails before training starts, with a :class:`DatasetError` naming the c
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
-from .splits import stratified_split
+from .images import drop_unreadable, load_rgb, pil_to_uint8
+from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample
 
-log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test", "trainval")
 REQUIRED_FILES = (
     "images.txt",
     "train_test_split.txt",
@@ -41,23 +36,6 @@ REQUIRED_FILES = (
     "image_class_labels.txt",
     "bounding_boxes.txt",
 )
-
-
-# ----------------------------------------------------------------------------- images
-def load_rgb(path: Path) -> Image.Image:
-    """Decode any PIL-readable file (grayscale, CMYK, palette, PNG named .jpg...) as RGB."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # force the full decode so truncated files fail here
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot decode image {path}: {exc}") from exc
-
-
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    return TF.pil_to_tensor(img)  # [3, H, W] uint8
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -158,17 +136,8 @@ class CUBDataset(torch.utils.data.Dataset):
     converts to float and normalises, keeping the stored size.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Callable | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        skip_unreadable: bool = False,
-    ):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
+                 val_fraction: float = 0.1, split_seed: int = 0, skip_unreadable: bool = False):
         self.root = resolve_cub_dir(root)
         self.split = split
         self.transform = transform if transform is not None else build_transforms(False, None, None)
@@ -178,23 +147,10 @@ class CUBDataset(torch.utils.data.Dataset):
 
         # official train -> train / val by a seeded stratified rule; official test untouched
         train_pool = [r for r in records if r.is_train]
-        tr, va = stratified_split([r.label for r in train_pool], val_fraction, split_seed)
-        chosen = {
-            "train": [train_pool[i] for i in tr],
-            "val": [train_pool[i] for i in va],
-            "trainval": train_pool,
-            "test": [r for r in records if not r.is_train],
-        }[split]
-
+        chosen = choose_split(split, train_pool, [r for r in records if not r.is_train], lambda r: r.label,
+                              val_fraction, split_seed)
         if skip_unreadable:
-            kept = []
-            for r in chosen:
-                try:
-                    load_rgb(r.path)
-                    kept.append(r)
-                except DatasetError as exc:
-                    log.warning("dropping unreadable image: %s", exc)
-            chosen = kept
+            chosen = drop_unreadable(chosen, lambda r: r.path)
         if not chosen:
             raise DatasetError(
                 f"split {split!r} of {self.root} is empty "

@@ -14,18 +14,15 @@ keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .cub import SPLITS, load_rgb, pil_to_uint8
 from .errors import DatasetError
-from .splits import stratified_split
+from .images import drop_unreadable, load_rgb, pil_to_uint8
+from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample
-
-log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TEST_SPLIT_SEED = 0
@@ -57,18 +54,9 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], li
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        transform: Callable | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        test_fraction: float = 0.2,
-        skip_unreadable: bool = False,
-    ):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
+                 val_fraction: float = 0.1, split_seed: int = 0, test_fraction: float = 0.2,
+                 skip_unreadable: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(
@@ -91,22 +79,9 @@ class FolderDataset(torch.utils.data.Dataset):
             pool = [everything[i] for i in rest]
             test = [everything[i] for i in te]
 
-        tr, va = stratified_split([l for _, l in pool], val_fraction, split_seed)
-        chosen = {
-            "train": [pool[i] for i in tr],
-            "val": [pool[i] for i in va],
-            "trainval": pool,
-            "test": test,
-        }[split]
+        chosen = choose_split(split, pool, test, lambda item: item[1], val_fraction, split_seed)
         if skip_unreadable:
-            kept = []
-            for item in chosen:
-                try:
-                    load_rgb(item[0])
-                    kept.append(item)
-                except DatasetError as exc:
-                    log.warning("dropping unreadable image: %s", exc)
-            chosen = kept
+            chosen = drop_unreadable(chosen, lambda item: item[0])
         if not chosen:
             raise DatasetError(f"split {split!r} of {self.root} ({self.layout}) is empty")
         self.samples = chosen

@@ -5,9 +5,12 @@ test split is never touched during model selection.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
+
+SPLITS = ("train", "val", "test", "trainval")
+T = TypeVar("T")
 
 
 def stratified_split(
@@ -44,3 +47,13 @@ def stratified_split(
         val.extend(members[mask].tolist())
         train.extend(members[~mask].tolist())
     return sorted(train), sorted(val)
+
+
+def choose_split(split: str, pool: Sequence[T], test: Sequence[T], label_of: Callable[[T], int],
+                 val_fraction: float, seed: int) -> list[T]:
+    """The items of ``split``: ``train`` and ``val`` are carved from the training ``pool`` by
+    ``stratified_split``, ``trainval`` is the whole pool, ``test`` the official test items."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    tr, va = stratified_split([label_of(x) for x in pool], val_fraction, seed)
+    return {"train": [pool[i] for i in tr], "val": [pool[i] for i in va], "trainval": list(pool), "test": list(test)}[split]

@@ -60,6 +60,11 @@ PATTERNS = {f"{c}_{f}": (COARSE[c], FINE[f]) for c in COARSE for f in FINE}
 PATTERN_NAMES = tuple(PATTERNS)
 
 DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5)
+MAX_CLASSES = len(PATTERN_NAMES)
+MIN_SIZE = 96  # the bird's geometry needs it to fit inside the image
+# With the default train_fraction 0.5, three images per class leave two training images, one of
+# which the stratified split can move to validation.
+MIN_IMAGES_PER_CLASS = 3
 STAMP = ".fgsynth_complete"
 PARAMS_FILE = "fgsynth.json"
 
@@ -198,13 +203,14 @@ def generate_fgsynth(
     first ``round(train_fraction * images_per_class)`` images of each class form the
     official train split, the rest the test split.  Returns the ``CUB_200_2011`` folder.
     """
-    if not 1 <= classes <= len(PATTERN_NAMES):
-        raise ValueError(f"classes must be in 1..{len(PATTERN_NAMES)}, got {classes}")
+    if not 1 <= classes <= MAX_CLASSES:
+        raise ValueError(f"classes must be in 1..{MAX_CLASSES}, got {classes}")
     n_train = int(round(train_fraction * images_per_class))
-    if images_per_class < 2 or not 1 <= n_train < images_per_class:
-        raise ValueError("need images_per_class >= 2 and at least one train and one test image per class")
-    if size < 96:
-        raise ValueError(f"size must be >= 96 px, got {size}")
+    if images_per_class < MIN_IMAGES_PER_CLASS or not 2 <= n_train < images_per_class:
+        raise ValueError(f"need images_per_class >= {MIN_IMAGES_PER_CLASS}, two train images and one test image "
+                         f"per class, got {images_per_class} images of which {n_train} train")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} px, got {size}")
     params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                   train_fraction=train_fraction, version=1)
 

@@ -1,7 +1,7 @@
-"""Evaluation: run a model over a loader, then compute accuracy and localisation metrics.
+"""Metrics: accuracy and localisation from a model's collected outputs.
 
-``collect_outputs`` gathers everything on the CPU; ``compute_metrics`` turns it into a dict of plain
-Python values (JSON-serialisable) with these keys (s runs over the scales, n = number of scales):
+``raccnn.engine.inference.collect_outputs`` gathers a model's outputs on the CPU;
+``compute_metrics`` turns them into a dict of plain Python values (JSON-serialisable) with these keys (s runs over the scales, n = number of scales):
 
     num_images, num_classes, heads
     acc_scale{s} (s = 1..n), acc_fused{name} (name = "12", "123", ...)   top-1 accuracy in [0, 1]
@@ -30,96 +30,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import Tensor
-from tqdm import tqdm
 
 from ..fileio import atomic_open
-
-__all__ = [
-    "CUB_HEAD_PARTS",
-    "collect_outputs",
-    "compute_metrics",
-    "box_stats",
-    "default_hit_parts",
-    "head_names",
-    "format_table",
-    "to_jsonable",
-    "write_metrics",
-]
+from ..models.boxes import square_to_xyxy
 
 # CUB-200-2011 part names (parts/parts.txt) that lie on the bird's head: the part-hit metric of
 # the scale-2 and scale-3 squares uses the centre of those that are visible.
 CUB_HEAD_PARTS = ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat")
-
-
-# --------------------------------------------------------------------------------------------
-# Running the model
-
-
-@torch.no_grad()
-def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
-    parts: dict[str, list[Tensor]] = {}
-
-    def add(key: str, value) -> None:
-        parts.setdefault(key, []).append(torch.as_tensor(value).detach().cpu())
-
-    image_size = None
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-        images = batch["image"].to(device)
-        size = tuple(images.shape[-2:])
-        if image_size is not None and size != image_size:
-            raise ValueError(f"all evaluation images must have the same size, got {image_size} and {size}")
-        image_size = size
-        b = len(images)
-
-        out = model(images, part_boxes=batch.get("part_boxes"))  # part boxes feed the oracle proposer
-        for s, logits in enumerate(out.logits, start=1):
-            add(f"logits_scale{s}", logits.float())
-        for name, logits in out.fused.items():
-            add(f"logits_fused{name}", logits.float())
-        for s, box in enumerate(out.abs_boxes, start=2):
-            add(f"abs_boxes_scale{s}", box.float())
-        for s, box in enumerate(out.boxes, start=2):
-            add(f"rel_boxes_scale{s}", box.float())
-
-        add("label", torch.as_tensor(batch["label"]).long())
-        box = batch.get("box")
-        add("box", torch.full((b, 4), math.nan) if box is None else torch.as_tensor(box).float())
-        p = batch.get("parts")
-        add("parts", torch.zeros(b, 0, 3) if p is None else torch.as_tensor(p).float())
-        index = batch.get("index")
-        add("index", torch.arange(b) if index is None else torch.as_tensor(index).long())
-    parts["_image_size"] = [torch.tensor(image_size if image_size is not None else (0, 0))]
-    return parts
-
-
-def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict[str, Tensor]:
-    """Run ``model`` in eval mode over ``loader`` and return CPU tensors (see the module docstring).
-
-    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}`` and
-    ``rel_boxes_scale{s}`` [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
-    ``label`` [N], ``box`` [N, 4], ``parts`` [N, P, 3], ``index`` [N], ``image_size`` [2] = (H, W).
-    The model's previous train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        parts = _run(model, loader, device, desc)
-    finally:
-        model.train(was_training)
-
-    outputs = {key: torch.cat(chunks) for key, chunks in parts.items() if key != "_image_size"}
-    outputs["image_size"] = parts["_image_size"][0]
-    apns = getattr(model, "apns", [])
-    if len(apns):
-        outputs["tl_bounds"] = torch.tensor([[float(a.tl_min), float(a.tl_max)] for a in apns], dtype=torch.float64)
-    return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,12 +95,6 @@ def default_hit_parts(part_names: list[str]) -> list[str]:
     return head if head else list(part_names)
 
 
-def square_to_pixels(boxes: Tensor, height: int, width: int) -> Tensor:
-    """(tx, ty, tl) squares in normalised coordinates -> [N, 4] pixel xyxy."""
-    tx, ty, tl = boxes.double().unbind(1)
-    return torch.stack(((tx - tl) * width, (ty - tl) * height, (tx + tl) * width, (ty + tl) * height), dim=1)
-
-
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise IoU of two [N, 4] xyxy box tensors."""
     a, b = a.double(), b.double()
@@ -200,12 +117,18 @@ def _hit_centres(parts: Tensor, part_names: list[str], hit_parts: list[str]) -> 
     return total / count.clamp_min(1)[:, None], has
 
 
+def accuracies(outputs: Mapping[str, Tensor]) -> dict[str, float | None]:
+    """Top-1 accuracy of every head: {"acc_scale1": ..., "acc_fused12": ..., ...} (None without images)."""
+    labels = outputs["label"].long().numpy()
+    return {f"acc_{head}": float(accuracy_score(labels, outputs[f"logits_{head}"].argmax(1).numpy()))
+            if len(labels) else None for head in head_names(outputs)}
+
+
 def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
     k = len(class_names)
-    metrics: dict[str, Any] = {"per_class_acc": {}, "confusion_matrix": {}}
+    metrics: dict[str, Any] = {"per_class_acc": {}, "confusion_matrix": {}, **accuracies(outputs)}
     for head in heads:
         pred = outputs[f"logits_{head}"].argmax(1).numpy()
-        metrics[f"acc_{head}"] = float(accuracy_score(labels, pred)) if len(labels) else None
         cm = confusion_matrix(labels, pred, labels=list(range(k)))
         support = cm.sum(1)
         metrics["per_class_acc"][head] = {
@@ -264,7 +187,7 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     for s in scales:
         rate = None
         if finite.any():
-            square = square_to_pixels(outputs[f"abs_boxes_scale{s}"][finite], height, width)
+            square = square_to_xyxy(outputs[f"abs_boxes_scale{s}"][finite].double(), height, width)
             rate = float(box_iou(square, obj[finite]).mean())
         metrics[f"iou_object_scale{s}"] = rate
 
@@ -283,7 +206,8 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
 # Reporting
 
 
-def _head_label(head: str) -> str:
+def head_label(head: str) -> str:
+    """Display name of a head: "scale2" -> "scale 2", "fused123" -> "fused 1+2+3"."""
     if head.startswith("scale"):
         return f"scale {head[len('scale'):]}"
     return "fused " + "+".join(head[len("fused"):])
@@ -295,7 +219,7 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     lines = ["| head | top-1 accuracy (%) |", "|---|---:|"]
     for head in heads:
         acc = metrics.get(f"acc_{head}")
-        lines.append(f"| {_head_label(head)} | {'n/a' if acc is None else f'{100 * acc:.2f}'} |")
+        lines.append(f"| {head_label(head)} | {'n/a' if acc is None else f'{100 * acc:.2f}'} |")
     lines.append("")
     lines.append(f"{metrics.get('num_images', 0)} images.")
 
@@ -336,54 +260,3 @@ def write_metrics(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(to_jsonable(metrics), f, indent=2, allow_nan=False)
         f.write("\n")
-
-
-# --------------------------------------------------------------------------------------------
-# A checkpoint, end to end
-
-
-def load_trained_model(checkpoint: str | os.PathLike, device=None):
-    """(model in eval mode on ``device``, checkpoint dict) of a raccnn training checkpoint; the
-    model is built from the checkpoint's own config (no pretrained weights are read)."""
-    from ..models.racnn import build_racnn
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .trainer import resolve_device
-
-    ckpt = load_checkpoint(checkpoint, weights_only=False)
-    missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{checkpoint}: no {missing} entries (not a raccnn training checkpoint?)")
-    cfg = ckpt["config"]
-    dev = resolve_device(device or cfg["device"])
-    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(dev).eval(), ckpt
-
-
-def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
-                   device: str | None = None) -> tuple[dict, str]:
-    """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
-    ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
-    (metrics, markdown table)."""
-    from torch.utils.data import DataLoader
-
-    from ..data.build import build_dataset, prepare_data
-    from .checkpoint import CheckpointError
-    from .visualize import part_index
-
-    model, ckpt = load_trained_model(checkpoint, device)
-    cfg = ckpt["config"]
-    dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
-    if len(dataset.classes) != ckpt["num_classes"]:
-        raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
-                              f"of {cfg['data']['root']} has {len(dataset.classes)}")
-    model.oracle_part = part_index(dataset.part_names, cfg["data"]["hit_parts"])
-    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
-    outputs = collect_outputs(model, loader, next(model.parameters()).device, desc=f"eval {split}")
-    metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
-    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
-    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
-    write_metrics(metrics, path)
-    return metrics, format_table(metrics)

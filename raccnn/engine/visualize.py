@@ -6,6 +6,8 @@ uint8 image with a row per input image:
     scale-1 input + the scale-2 and scale-3 squares (and ground-truth part / object boxes)
     | scale-2 crop + the scale-3 square (in scale-2 crop coordinates) | scale-3 crop
 
+(and so on for models with more scales).
+
 Every tile has the same height; boxes are drawn with ``torchvision.utils.draw_bounding_boxes`` in the
 colours of ``BOX_COLOURS`` (described by ``LEGEND``), and the tiles are laid out with ``make_grid``.
 
@@ -27,30 +29,15 @@ from torch.utils.data import default_collate
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-__all__ = [
-    "BOX_COLOURS",
-    "LEGEND",
-    "TAG_TEMPLATES",
-    "scalar_tags",
-    "histogram_tags",
-    "crops_tag",
-    "denormalize",
-    "square_to_xyxy",
-    "crop_panel",
-    "model_panel",
-    "part_index",
-    "fixed_images",
-    "log_crops",
-    "log_box_histograms",
-    "log_phase_crops",
-    "text_histogram",
-]
+from ..models.boxes import square_to_xyxy
+from ..models.racnn import fusion_names
 
 # RGB colours of the drawn boxes; the legend below names them.
 BOX_COLOURS = {
     "scale2": (255, 0, 0),  # red: the square scale 2 zooms into
     "scale3": (255, 255, 0),  # yellow: the square scale 3 zooms into
+    "scale4": (255, 0, 255),  # magenta, scale 4 (models with more than three scales)
+    "scale5": (0, 255, 255),  # cyan, scale 5
     "part": (0, 255, 0),  # green: ground-truth box of the discriminative part
     "object": (0, 128, 255),  # blue: ground-truth object box
 }
@@ -90,17 +77,13 @@ TAG_TEMPLATES = {
 }
 
 
-def _fusion_names(n_scales: int) -> list[str]:
-    return ["".join(str(i) for i in range(1, n + 1)) for n in range(2, n_scales + 1)]
-
-
 def _expand(template: str, n_scales: int) -> list[str]:
     if "{s}" in template:
         return [template.format(s=s) for s in range(1, n_scales + 1)]
     if "{apn}" in template:
         return [template.format(apn=a) for a in range(1, n_scales)]
     if "{name}" in template:
-        return [template.format(name=name) for name in _fusion_names(n_scales)]
+        return [template.format(name=name) for name in fusion_names(n_scales)]
     return [template]
 
 
@@ -129,12 +112,6 @@ def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequ
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return ((images * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def square_to_xyxy(abs_boxes: Tensor, height: int, width: int) -> Tensor:
-    """(tx, ty, tl) squares [N, 3] in normalised coordinates -> [N, 4] pixel xyxy (float)."""
-    tx, ty, tl = abs_boxes.detach().float().cpu().unbind(-1)
-    return torch.stack(((tx - tl) * width, (ty - tl) * height, (tx + tl) * width, (ty + tl) * height), dim=-1)
 
 
 def _draw(tile: Tensor, boxes: Tensor, colour: tuple, line: int) -> Tensor:
@@ -174,13 +151,13 @@ def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_box
     ``return_crops=True``. ``part_boxes`` [B, 4] or [B, P, 4] and ``object_boxes`` [B, 4] are pixel
     xyxy in ``images`` (NaN rows are skipped); with [B, P, 4], ``hit_part_index`` selects the part
     to draw (None: all parts). Tiles are resized to ``height`` (default: H) and padded to a common
-    width. Works for 1, 2 or 3 scales.
+    width. Works for up to 5 scales (one colour per scale in ``BOX_COLOURS``).
     """
     if out.crops is None:
         raise ValueError("crop_panel needs the crops: run the model with return_crops=True")
     n_scales = len(out.crops)
-    if n_scales > 3:
-        raise ValueError(f"crop_panel draws at most 3 scales, the output has {n_scales}")
+    if f"scale{n_scales}" not in BOX_COLOURS and n_scales > 1:
+        raise ValueError(f"crop_panel has box colours for at most 5 scales, the output has {n_scales}")
     B, _, H, W = images.shape
     height = height or H
 
@@ -198,28 +175,20 @@ def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_box
                 parts = parts[hit_part_index : hit_part_index + 1]
             tile = _draw(tile, parts * torch.tensor([sx, sy, sx, sy]), BOX_COLOURS["part"], line)
         for s, box in enumerate(out.abs_boxes, start=2):
-            tile = _draw(tile, square_to_xyxy(box[b : b + 1], th, tw), BOX_COLOURS[f"scale{s}"], line)
+            tile = _draw(tile, square_to_xyxy(box[b : b + 1].float().cpu(), th, tw), BOX_COLOURS[f"scale{s}"], line)
         tiles = [tile]
         # scales 2..n: the zoomed crop, with the next scale's square relative to this crop
         for s in range(1, n_scales):
             tile = _resize(denormalize(out.crops[s][b : b + 1])[0], height)
             if s + 1 < n_scales:
                 th, tw = tile.shape[-2:]
-                tile = _draw(tile, square_to_xyxy(out.boxes[s][b : b + 1], th, tw), BOX_COLOURS[f"scale{s + 2}"], line)
+                tile = _draw(tile, square_to_xyxy(out.boxes[s][b : b + 1].float().cpu(), th, tw), BOX_COLOURS[f"scale{s + 2}"], line)
             tiles.append(tile)
         rows.append(tiles)
 
     width = max(t.shape[-1] for tiles in rows for t in tiles)
     flat = [_pad_to_width(t, width) for tiles in rows for t in tiles]
     return make_grid(flat, nrow=n_scales, padding=2, pad_value=255)
-
-
-def part_index(part_names: Sequence[str], hit_parts: Sequence[str] | None) -> int | None:
-    """Index of the first of ``hit_parts`` among ``part_names`` (None if absent)."""
-    for name in hit_parts or ():
-        if name in part_names:
-            return list(part_names).index(name)
-    return None
 
 
 @torch.no_grad()

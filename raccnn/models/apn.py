@@ -21,7 +21,20 @@ so a drift to either bound is visible.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+TL_MIN, TL_MAX = 0.1, 0.5  # default bounds of every proposer's half side
+
+
+def peak_targets(fmap: Tensor, tl: float) -> Tensor:
+    """Squares (tx, ty, tl) centred on the strongest channel-summed response of ``fmap`` [B, C, h, w]
+    (at feature resolution), half side ``tl``: the APN's initialisation targets (RA-CNN, Sec. 3.4)."""
+    b, _, h, w = fmap.shape
+    flat = fmap.sum(dim=1).flatten(1).argmax(dim=1)
+    rows, cols = torch.div(flat, w, rounding_mode="floor"), flat % w
+    cx, cy = (cols.float() + 0.5) / w, (rows.float() + 0.5) / h
+    return torch.stack((cx, cy, torch.full_like(cx, tl)), dim=1)
 
 
 class APN(nn.Module):
@@ -30,8 +43,8 @@ class APN(nn.Module):
         in_channels: int,
         hidden: int = 256,
         pool_size: int = 4,
-        tl_min: float = 0.1,
-        tl_max: float = 0.5,
+        tl_min: float = TL_MIN,
+        tl_max: float = TL_MAX,
         keep_inside: bool = True,
     ):
         super().__init__()
@@ -72,3 +85,9 @@ class APN(nn.Module):
 
     def forward(self, feats: Tensor) -> Tensor:
         return self.to_box(torch.sigmoid(self.raw(feats)))
+
+    def init_loss(self, fmap: Tensor, tl: float) -> Tensor:
+        """MSE between this APN's squares and the ``peak_targets`` of ``fmap`` (clipped into the
+        APN's bounds, so a target it cannot reach does not pull its sigmoid into saturation)."""
+        goal = self.to_box(self.from_box(peak_targets(fmap, tl)))
+        return F.mse_loss(self(fmap), goal)

@@ -13,17 +13,20 @@ file is not there, ``PretrainedWeightsError`` says which file to put where.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models.vgg import make_layers
 
 from ..attention.placement import insert_attention
 
 TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
+TIMM_PREFIX = "timm:"  # any timm model: "timm:<model name>"
 
 
 class PretrainedWeightsError(FileNotFoundError):
@@ -49,24 +52,33 @@ class VGGTrunk(nn.Module):
         return layers(x)
 
 
-def make_vgg_layers(plan, batch_norm: bool) -> nn.Sequential:
-    """Conv3x3 (+BN) + ReLU per int in ``plan``, a 2x2 max-pool per "M" (torchvision's layout)."""
-    layers, in_ch = [], 3
-    for item in plan:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-            continue
-        layers.append(nn.Conv2d(in_ch, item, 3, padding=1))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(item))
-        layers.append(nn.ReLU(inplace=True))
-        in_ch = item
-    return nn.Sequential(*layers)
-
-
 def vgg_small_plan(width: int = 16):
     w = width
     return [w, "M", 2 * w, "M", 4 * w, 4 * w, "M", 8 * w, 8 * w, "M"]
+
+
+def check_backbone_name(name: str) -> str | None:
+    """Why ``name`` names no backbone, or None when it does."""
+    if name in BACKBONES:
+        return None
+    if name.startswith(TIMM_PREFIX):
+        return None if name[len(TIMM_PREFIX):].strip() else f"'{name}' names no timm model (write 'timm:<model name>')"
+    close = difflib.get_close_matches(name, BACKBONES, n=1, cutoff=0.6)
+    return f"'{name}' is not one of {list(BACKBONES)} nor 'timm:<model name>'" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
+def vgg_stages(name: str) -> int:
+    """Stages (max-pools) of a VGG trunk, where attention blocks can go; 0 for timm models."""
+    if name == "vgg_small":
+        return vgg_small_plan().count("M")
+    return 5 if name in TORCHVISION_VGGS else 0
+
+
+def min_input_size(name: str) -> int:
+    """The smallest input side that still leaves a 1x1 last-conv map: a VGG trunk applies all its
+    max-pools but the last (4 for torchvision's VGGs, 3 for vgg_small); timm models are taken at 32."""
+    stages = vgg_stages(name)
+    return 2 ** (stages - 1) if stages else 32
 
 
 def _torchvision_weights_enum(name: str):
@@ -124,13 +136,13 @@ def build_backbone(name: str = "vgg_small", pretrained=False, width: int = 16, a
 
 
 def _build_trunk(name: str, pretrained, width: int) -> nn.Module:
-    if name.startswith("timm:"):
-        return TimmTrunk(name[len("timm:"):], pretrained)
+    if name.startswith(TIMM_PREFIX):
+        return TimmTrunk(name[len(TIMM_PREFIX):], pretrained)
     if name == "vgg_small":
         if pretrained:
             raise PretrainedWeightsError("vgg_small has no ImageNet weights; set model.pretrained=false")
         plan = vgg_small_plan(width)
-        return VGGTrunk(make_vgg_layers(plan, batch_norm=True), out_channels=plan[-2])
+        return VGGTrunk(make_layers(plan, batch_norm=True), out_channels=plan[-2])
     if name not in TORCHVISION_VGGS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'timm:<model name>'")
     features = getattr(tvm, name)(weights=None).features

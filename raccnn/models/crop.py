@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 GRAD_MODES = ("mask", "grid", "both")
+K_DEFAULT = 10.0  # mask steepness per input pixel, as in every public port
 
 
-def box_mask(boxes: Tensor, height: int, width: int, k: float = 10.0) -> Tensor:
+def box_mask(boxes: Tensor, height: int, width: int, k: float = K_DEFAULT) -> Tensor:
     """Logistic box mask M at every pixel centre, shape [B, 1, H, W], dtype of ``boxes``."""
     tx, ty, tl = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3]
     xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
@@ -54,7 +55,7 @@ def attention_crop(
     images: Tensor,
     boxes: Tensor,
     out_size: int | tuple[int, int],
-    k: float = 10.0,
+    k: float = K_DEFAULT,
     grad: str = "mask",
 ) -> Tensor:
     """Crop the square ``boxes`` [B, 3] = (tx, ty, tl) out of ``images`` [B, C, H, W] and zoom it
@@ -71,7 +72,7 @@ def attention_crop(
     return masked_zoom(images, mask_boxes, grid_boxes, out_size, k)
 
 
-def masked_zoom(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size, k: float = 10.0) -> Tensor:
+def masked_zoom(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size, k: float = K_DEFAULT) -> Tensor:
     """The crop with separate boxes for the mask and for the sampling grid (equal in the forward).
 
     Exactly ``grid_sample(images * box_mask(mask_boxes), sampling_grid(grid_boxes))`` (bilinear,

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .apn import APN
 from .backbones import build_backbone
-from .crop import attention_crop
-from .proposers import CenterProposer, HeatmapProposer, OracleProposer, part_squares
+from .boxes import compose_boxes, full_image_boxes
+from .crop import K_DEFAULT, attention_crop
+from .proposers import PROPOSER_OPTIONS, PROPOSERS, part_index
 
 
 @dataclass
@@ -38,19 +38,9 @@ class RACNNOutput:
     crops: list[Tensor] | None = None  # n_scales x [B, 3, S, S], each scale's input (on request)
 
 
-def compose_boxes(parent: Tensor, child: Tensor) -> Tensor:
-    """Express ``child`` (relative to the ``parent`` square's view) in the parent's own coordinates."""
-    side = 2 * parent[:, 2:3]
-    origin = parent[:, :2] - parent[:, 2:3]
-    return torch.cat((origin + child[:, :2] * side, child[:, 2:3] * side), dim=1)
-
-
-def full_image_boxes(batch: int, device=None, dtype=torch.float32) -> Tensor:
-    return torch.tensor([[0.5, 0.5, 0.5]], device=device, dtype=dtype).expand(batch, 3)
-
-
-def fusion_name(n: int) -> str:
-    return "".join(str(s + 1) for s in range(n))
+def fusion_names(n_scales: int) -> list[str]:
+    """Names of the fusion heads over scales 1..n for n = 2..n_scales: "12", "123", ..."""
+    return ["".join(str(s) for s in range(1, n + 1)) for n in range(2, n_scales + 1)]
 
 
 class ScaleNet(nn.Module):
@@ -76,15 +66,19 @@ class RACNN(nn.Module):
         pretrained=False,
         width: int = 16,
         n_scales: int = 3,
-        input_sizes=(448, 224, 224),
+        input_sizes=(64, 64, 64),
         dropout: float = 0.0,
         apn: dict | None = None,
-        crop_k: float = 10.0,
+        crop_k: float = K_DEFAULT,
         crop_grad: str = "mask",
         attention: dict | None = None,
         proposer: str = "apn",
         proposer_cfg: dict | None = None,
+        oracle_part: int | None = None,
     ):
+        """``apn``: the ``model.apn`` keys (bounds for every proposer, sizes for the APN);
+        ``proposer_cfg``: the ``model.proposer_cfg`` keys (``PROPOSER_OPTIONS``); ``oracle_part``:
+        the index of the part the oracle proposer zooms on."""
         super().__init__()
         input_sizes = [int(s) for s in input_sizes]
         if len(input_sizes) != n_scales:
@@ -96,33 +90,29 @@ class RACNN(nn.Module):
             ScaleNet(trunk if s == 0 else copy.deepcopy(trunk), num_classes, dropout) for s in range(n_scales)
         )
         channels = trunk.out_channels
-        self.proposer, self.proposer_cfg = proposer, dict(proposer_cfg or {})
-        self.oracle_part: int | None = None  # index of the part the oracle zooms on (set by the caller)
-        self.apns = nn.ModuleList(self.make_proposer(channels, apn or {}) for _ in range(n_scales - 1))
-        self.fusion = nn.ModuleDict(
-            {fusion_name(n): nn.Linear(n * channels, num_classes) for n in range(2, n_scales + 1)}
+        if proposer not in PROPOSERS:
+            raise ValueError(f"unknown proposer {proposer!r}; choose one of {list(PROPOSERS)}")
+        self.proposer = proposer
+        self.apns = nn.ModuleList(
+            self.make_proposer(channels, dict(apn or {}), dict(proposer_cfg or {}), oracle_part)
+            for _ in range(n_scales - 1)
         )
+        self.fusion = nn.ModuleDict({name: nn.Linear(len(name) * channels, num_classes) for name in fusion_names(n_scales)})
 
-    def make_proposer(self, channels: int, apn: dict) -> nn.Module:
-        bounds = {k: apn[k] for k in ("tl_min", "tl_max", "keep_inside") if k in apn}
+    def make_proposer(self, channels: int, apn: dict, proposer_cfg: dict, oracle_part: int | None) -> nn.Module:
+        kwargs = {k: apn[k] for k in ("tl_min", "tl_max", "keep_inside") if k in apn}
         if self.proposer == "apn":
-            return APN(channels, **apn)
-        if self.proposer == "center":
-            return CenterProposer(tl=self.proposer_cfg.get("center_tl", 0.25), **bounds)
-        if self.proposer == "heatmap":
-            return HeatmapProposer(threshold=self.proposer_cfg.get("heatmap_threshold", 0.7), **bounds)
+            kwargs.update(apn)
+        kwargs.update({arg: proposer_cfg[key] for key, (name, arg, _, _) in PROPOSER_OPTIONS.items()
+                       if name == self.proposer and key in proposer_cfg})
         if self.proposer == "oracle":
-            return OracleProposer(**bounds)
-        raise ValueError(f"unknown proposer {self.proposer!r}; choose apn, center, heatmap or oracle")
+            kwargs["part"] = oracle_part
+        return PROPOSERS[self.proposer](channels, **kwargs)
 
     def oracle_boxes(self, images: Tensor, part_boxes: Tensor | None) -> list[Tensor]:
-        """The oracle's squares: the part's square for scale 2, the same view for deeper scales."""
-        if part_boxes is None or self.oracle_part is None:
-            raise RuntimeError("the oracle proposer needs part_boxes and model.oracle_part (a dataset with part boxes)")
-        first = part_squares(part_boxes.to(images.device), self.oracle_part, *images.shape[-2:],
-                             margin=self.proposer_cfg.get("oracle_margin", 1.1))
-        keep = torch.tensor([[0.5, 0.5, 0.5]], device=images.device).expand(len(images), 3)
-        return [p.clamp(first if s == 0 else keep) for s, p in enumerate(self.apns)]
+        """The oracle's squares: the part's square for scale 2, the whole view for deeper scales."""
+        part_boxes = part_boxes.to(images.device) if part_boxes is not None else None
+        return [p.squares(part_boxes, *images.shape[-2:], first=s == 0) for s, p in enumerate(self.apns)]
 
     def scale_input(self, images: Tensor, abs_box: Tensor | None, s: int) -> Tensor:
         size = self.input_sizes[s]
@@ -179,8 +169,9 @@ class RACNN(nn.Module):
         return list(self.fusion.parameters())
 
 
-def build_racnn(cfg: dict, num_classes: int) -> RACNN:
-    """Build the model from a resolved config's ``model`` section."""
+def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
+    """Build the model from a resolved config's ``model`` section; ``part_names`` (the dataset's)
+    locate the oracle proposer's part, the first of ``data.hit_parts`` among them."""
     m = cfg["model"]
     return RACNN(
         num_classes=num_classes,
@@ -193,7 +184,8 @@ def build_racnn(cfg: dict, num_classes: int) -> RACNN:
         apn=dict(m["apn"]),
         crop_k=m["crop"]["k"],
         crop_grad=m["crop"]["grad"],
-        attention=m.get("attention"),
-        proposer=m.get("proposer", "apn"),
-        proposer_cfg=m.get("proposer_cfg"),
+        attention=m["attention"],
+        proposer=m["proposer"],
+        proposer_cfg=m["proposer_cfg"],
+        oracle_part=part_index(part_names, cfg["data"]["hit_parts"]),
     )

@@ -1,0 +1,126 @@
+"""Running a model: collect its outputs over a loader, load a trained checkpoint, evaluate it."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.build import build_dataset, prepare_data
+from ..device import resolve_device
+from ..models.racnn import build_racnn
+from .checkpoint import CheckpointError, load_checkpoint
+from .evaluate import compute_metrics, format_table, write_metrics
+
+
+
+@torch.no_grad()
+def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
+    parts: dict[str, list[Tensor]] = {}
+
+    def add(key: str, value) -> None:
+        parts.setdefault(key, []).append(torch.as_tensor(value).detach().cpu())
+
+    image_size = None
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+        images = batch["image"].to(device)
+        size = tuple(images.shape[-2:])
+        if image_size is not None and size != image_size:
+            raise ValueError(f"all evaluation images must have the same size, got {image_size} and {size}")
+        image_size = size
+        b = len(images)
+
+        out = model(images, part_boxes=batch.get("part_boxes"))  # part boxes feed the oracle proposer
+        for s, logits in enumerate(out.logits, start=1):
+            add(f"logits_scale{s}", logits.float())
+        for name, logits in out.fused.items():
+            add(f"logits_fused{name}", logits.float())
+        for s, box in enumerate(out.abs_boxes, start=2):
+            add(f"abs_boxes_scale{s}", box.float())
+        for s, box in enumerate(out.boxes, start=2):
+            add(f"rel_boxes_scale{s}", box.float())
+
+        add("label", torch.as_tensor(batch["label"]).long())
+        box = batch.get("box")
+        add("box", torch.full((b, 4), math.nan) if box is None else torch.as_tensor(box).float())
+        p = batch.get("parts")
+        add("parts", torch.zeros(b, 0, 3) if p is None else torch.as_tensor(p).float())
+        index = batch.get("index")
+        add("index", torch.arange(b) if index is None else torch.as_tensor(index).long())
+    parts["_image_size"] = [torch.tensor(image_size if image_size is not None else (0, 0))]
+    return parts
+
+
+def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict[str, Tensor]:
+    """Run ``model`` in eval mode over ``loader`` and return CPU tensors (see the module docstring).
+
+    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}`` and
+    ``rel_boxes_scale{s}`` [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
+    ``label`` [N], ``box`` [N, 4], ``parts`` [N, P, 3], ``index`` [N], ``image_size`` [2] = (H, W).
+    The model's previous train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        parts = _run(model, loader, device, desc)
+    finally:
+        model.train(was_training)
+
+    outputs = {key: torch.cat(chunks) for key, chunks in parts.items() if key != "_image_size"}
+    outputs["image_size"] = parts["_image_size"][0]
+    apns = getattr(model, "apns", [])
+    if len(apns):
+        outputs["tl_bounds"] = torch.tensor([[float(a.tl_min), float(a.tl_max)] for a in apns], dtype=torch.float64)
+    return outputs
+
+
+def load_trained_model(checkpoint: str | os.PathLike, device=None, part_names=None):
+    """(model in eval mode on ``device``, checkpoint dict) of a raccnn training checkpoint; the
+    model is built from the checkpoint's own config (no pretrained weights are read). The oracle
+    proposer's part is looked up in the checkpoint's part names, else in ``part_names``."""
+    return _build_trained(_load_training_checkpoint(checkpoint), device, part_names)
+
+
+def _load_training_checkpoint(checkpoint) -> dict:
+    ckpt = load_checkpoint(checkpoint, weights_only=False)
+    missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{checkpoint}: no {missing} entries (not a raccnn training checkpoint?)")
+    return ckpt
+
+
+def _build_trained(ckpt: dict, device, part_names):
+    cfg = ckpt["config"]
+    dev = resolve_device(device or cfg["device"])
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"],
+                        ckpt.get("part_names") or part_names or ())
+    model.load_state_dict(ckpt["model"])
+    return model.to(dev).eval(), ckpt
+
+
+def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
+                   device: str | None = None) -> tuple[dict, str]:
+    """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
+    ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
+    (metrics, markdown table)."""
+    ckpt = _load_training_checkpoint(checkpoint)
+    cfg = ckpt["config"]
+    dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
+    model, ckpt = _build_trained(ckpt, device, dataset.part_names)
+    if len(dataset.classes) != ckpt["num_classes"]:
+        raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
+                              f"of {cfg['data']['root']} has {len(dataset.classes)}")
+    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
+    outputs = collect_outputs(model, loader, next(model.parameters()).device, desc=f"eval {split}")
+    metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
+    # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
+    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
+    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
+    write_metrics(metrics, path)
+    return metrics, format_table(metrics)

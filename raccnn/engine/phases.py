@@ -1,0 +1,187 @@
+"""The phases of the RA-CNN schedule, one class each; ``build_plan`` lists them in order.
+
+    pretrain_cls    scale 1's network fine-tuned on whole images with cross-entropy, then copied
+                    into every other scale, so that all scales start from the same initialisation
+                    (the paper initialises all three from the same ImageNet VGG). The copy is also
+                    what makes init_apn meaningful for scales 2+: their last-conv responses come
+                    from a network that has learnt what to look at.
+    init_apn        each APN regresses a square centred on the strongest response of its scale's
+                    last conv layer (``APN.init_loss``), half side ``train.init_apn.tl``.
+    alternate_cls   (round r) APNs frozen: classifiers trained on the sum of the scales' CE.
+    alternate_apn   (round r) classifiers frozen: APNs trained on the rank loss.
+                    Each alternating sub-phase stops when its own validation loss has not improved
+                    by ``min_delta`` for ``patience`` epochs, within [min_epochs, max_epochs].
+    fusion          backbones frozen: the fusion heads over the concatenated scale features,
+                    starting from the alternating epoch with the best validation accuracy.
+
+A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
+it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and the terms it logs, its stopping rule, which
+``best.pt`` competition its epochs enter, and what happens at its start and end. The trainer
+(``trainer.py``) runs every phase with the same loop. A new phase is a new subclass and one line
+in ``build_plan`` (or a plan passed to ``Trainer``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import rank_loss, scale_ce_losses
+from ..models.racnn import RACNN
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger("raccnn")
+
+
+class Phase:
+    """One unit of the schedule. Subclasses set ``name`` and ``section`` (keys under ``train``)
+    and override what differs; ``round`` is the alternation round (None outside the alternation)."""
+
+    name = "phase"
+    section: tuple[str, ...] = ()
+    trains = ""  # the submodule of the model whose parameters the phase trains, e.g. "apns"
+    selection: str | None = None  # epochs compete for best.pt within this group (None: not at all)
+
+    def __init__(self, cfg: dict, round: int | None = None):
+        self.cfg, self.round = cfg, round
+
+    @property
+    def label(self) -> str:
+        return self.name if self.round is None else f"{self.name}[round {self.round + 1}]"
+
+    @property
+    def settings(self) -> dict:
+        """The phase's config section: ``lr``, ``optimizer`` and ``epochs`` or ``max_epochs``."""
+        node = self.cfg["train"]
+        for key in self.section:
+            node = node[key]
+        return node
+
+    def max_epochs(self) -> int:
+        s = self.settings
+        return s["max_epochs"] if "max_epochs" in s else s["epochs"]
+
+    def parameters(self, model: RACNN) -> list[nn.Parameter]:
+        return list(model.get_submodule(self.trains).parameters())
+
+    def train_modules(self, model: RACNN) -> list[nn.Module]:
+        """Modules in train mode during the phase's steps (all others run in eval mode)."""
+        return [model.get_submodule(self.trains)]
+
+    def loss(self, model: RACNN, images: Tensor, target: Tensor, part_boxes: Tensor | None):
+        """(loss to minimise, {TensorBoard tag: term}) of one batch."""
+        raise NotImplementedError
+
+    def done(self, progress, val: dict) -> bool:
+        """Whether the phase ends after this epoch (``progress.epoch`` epochs done)."""
+        return progress.epoch >= self.max_epochs()
+
+    def score(self, model: RACNN, val: dict) -> float:
+        """The validation score compared within ``selection`` (higher is better)."""
+        raise NotImplementedError
+
+    def on_start(self, trainer) -> None:
+        """Before the phase's first epoch (also when a run resumes there)."""
+
+    def on_end(self, trainer) -> None:
+        """After its last epoch, before ``last.pt`` records the next phase."""
+
+
+class PretrainCls(Phase):
+    name, section, trains = "pretrain_cls", ("pretrain_cls",), "scales.0"
+
+    def loss(self, model, images, target, part_boxes):
+        logits, _, _ = model.scales[0](model.scale_input(images, None, 0))
+        loss = F.cross_entropy(logits, target)
+        return loss, {"train/ce_scale1": loss}
+
+    def on_end(self, trainer):
+        for net in trainer.model.scales[1:]:
+            net.load_state_dict(trainer.model.scales[0].state_dict())
+
+
+class InitAPN(Phase):
+    name, section, trains = "init_apn", ("init_apn",), "apns"
+
+    def loss(self, model, images, target, part_boxes):
+        with torch.no_grad():  # feature maps along the APNs' current squares
+            maps = model(images, part_boxes=part_boxes).maps
+        loss = images.new_zeros(())
+        for s, apn in enumerate(model.apns):
+            loss = loss + apn.init_loss(maps[s], self.cfg["train"]["init_apn"]["tl"])
+        return loss, {"train/init_apn_mse": loss}
+
+
+class Alternating(Phase):
+    """A sub-phase of the alternation: stops on the plateau of its own validation loss
+    (``monitor``); its epochs compete for best.pt by the mean accuracy over scales."""
+
+    monitor = ""
+    selection = "scales"
+
+    def done(self, progress, val):
+        if progress.epoch >= self.max_epochs():
+            return True
+        s = self.settings
+        if val[self.monitor] < progress.best_loss - s["min_delta"]:
+            progress.best_loss, progress.bad_epochs = val[self.monitor], 0
+        else:
+            progress.bad_epochs += 1
+        return progress.epoch >= s["min_epochs"] and progress.bad_epochs >= s["patience"]
+
+    def score(self, model, val):
+        return sum(val[f"acc_scale{s + 1}"] for s in range(model.n_scales)) / model.n_scales
+
+
+class AlternateCls(Alternating):
+    name, section, trains, monitor = "alternate_cls", ("alternate", "cls"), "scales", "ce"
+
+    def loss(self, model, images, target, part_boxes):
+        # APNs frozen: their squares are fixed inputs, no gradient flows back through them
+        ces = scale_ce_losses(model(images, part_boxes=part_boxes, detach_boxes=True).logits, target)
+        return sum(ces), {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
+
+
+class AlternateAPN(Alternating):
+    name, section, trains, monitor = "alternate_apn", ("alternate", "apn"), "apns", "rank"
+
+    def loss(self, model, images, target, part_boxes):
+        loss = rank_loss(model(images, part_boxes=part_boxes).logits, target, margin=self.cfg["train"]["alternate"]["margin"])
+        return loss, {"train/rank": loss}
+
+
+class Fusion(Phase):
+    """The fusion heads on frozen scales; best.pt then holds the fused model with the best
+    validation accuracy of the last head (over all scales)."""
+
+    name, section, trains, selection = "fusion", ("fusion",), "fusion", "fused"
+
+    def loss(self, model, images, target, part_boxes):
+        with torch.no_grad():
+            feats = model(images, part_boxes=part_boxes).features
+        ces = {f"train/ce_fused{name}": F.cross_entropy(head(torch.cat(feats[: len(name)], 1)), target)
+               for name, head in model.fusion.items()}
+        return sum(ces.values()), ces
+
+    def score(self, model, val):
+        return val[f"acc_fused{list(model.fusion)[-1]}"]
+
+    def on_start(self, trainer):
+        path = os.path.join(trainer.work_dir, "best.pt")
+        if os.path.exists(path):
+            best = load_checkpoint(path, weights_only=False)
+            trainer.model.load_state_dict(best["model"])
+            log.info("fusion starts from best.pt (%s, val mean scale accuracy %.3f)", best["phase"],
+                     trainer.progress.best.get("scales", -1.0))
+
+
+def build_plan(cfg: dict) -> list[Phase]:
+    """The phases in order; a non-learned proposer (model.proposer != apn) has no APN phases."""
+    learned = cfg["model"]["proposer"] == "apn"
+    plan: list[Phase] = [PretrainCls(cfg)] + ([InitAPN(cfg)] if learned else [])
+    for r in range(cfg["train"]["alternate"]["rounds"]):
+        plan += [AlternateCls(cfg, r)] + ([AlternateAPN(cfg, r)] if learned else [])
+    return plan + [Fusion(cfg)]

@@ -1,0 +1,29 @@
+"""What several test files share: the tiny model and schedule, and a trainer built from them."""
+import pytest
+
+from raccnn.config import load_config
+from raccnn.data.build import build_datasets
+from raccnn.engine.trainer import Trainer
+
+DEFAULT_CONFIG = "experiments/configs/fgsynth_default.yaml"
+# a vgg_small of width 4 seeing 32-pixel inputs at every scale, cut from 96-pixel images
+TINY_MODEL = ["data.resize=96", "data.crop=96", "model.width=4", "model.input_sizes=[32,32,32]",
+              "model.apn.hidden=16", "model.apn.pool_size=2"]
+# FG-Synth with 3 classes of 16 images (8 train, of which 2 validate, and 8 test per class)
+TINY_DATA = ["data.synth.classes=3", "data.synth.images_per_class=16", "data.synth.size=96", "data.val_fraction=0.25"]
+# every phase, two alternation rounds, a few steps each (seconds on the CPU)
+TINY = TINY_DATA + TINY_MODEL + [
+    "data.batch_size=8", "train.pretrain_cls.epochs=1", "train.init_apn.epochs=1", "train.alternate.rounds=2",
+    "train.alternate.cls.max_epochs=2", "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
+    "train.fusion.epochs=1", "train.log_interval=1", "deterministic=true",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("fgsynth"))
+
+
+def make_trainer(data_root, work_dir, extra=(), plan=None):
+    cfg = load_config(DEFAULT_CONFIG, TINY + [f"data.root={data_root}", f"work_dir={work_dir}", *extra])
+    return Trainer(cfg, build_datasets(cfg), str(work_dir), plan=plan)
