@@ -39,6 +39,9 @@ def _dirname(v):
     return f"{v!r} is not usable as a directory name" if not v or "/" in v or "\\" in v or v in (".", "..") else None
 
 
+MAX_LR = 10.0  # a learning rate above this is refused unless train.force_lr is true
+
+
 def _stage(epochs: int, lr: float, optimizer: str = "sgd") -> dict:
     return {"epochs": Key(epochs, min=0), "lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS)}
 
@@ -105,6 +108,7 @@ SCHEMA: dict = {
         "momentum": Key(0.9, min=0.0, max=1.0),
         "weight_decay": Key(5e-4, min=0.0),
         "log_interval": Key(20, min=1),  # steps between TensorBoard points
+        "force_lr": Key(False),  # accept learning rates above MAX_LR
         "pretrain_cls": _stage(epochs=8, lr=0.05),
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
         "alternate": {
@@ -141,6 +145,13 @@ def _cross_checks(c: dict):
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
     if m["proposer"] == "oracle" and not d["hit_parts"]:
         yield ("model.proposer", "data.hit_parts"), "model.proposer: 'oracle' needs data.hit_parts to name its part"
+    for phase in ("pretrain_cls", "init_apn", "alternate.cls", "alternate.apn", "fusion"):
+        node = c["train"]
+        for part in phase.split("."):
+            node = node[part]
+        if node["lr"] > MAX_LR and not c["train"]["force_lr"]:
+            yield ((f"train.{phase}.lr",), f"train.{phase}.lr: {node['lr']} is above {MAX_LR}, no sane learning rate; "
+                   "set train.force_lr=true to run it anyway")
     att = m["attention"]
     if att["type"] != "none" and att["stages"]:
         stages = vgg_stages(m["backbone"])

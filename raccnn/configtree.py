@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ def _describe(value: Any) -> str:
 def _bounds(key: Key, value: Any, name: str) -> str | None:
     if key.choices is not None and value not in key.choices:
         return f"{name}: {_short(value)} is not one of {list(key.choices)}{_did_you_mean(value, key.choices)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name}: {value} is not a finite number"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if key.min is not None and value < key.min:
             return f"{name}: {value} is below the minimum {key.min}"

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what atomic_open names its temporary files
 
 
 @contextmanager
@@ -25,6 +28,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
             os.remove(tmp)
         raise
     _fsync_directory(directory)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that an interrupted ``atomic_open`` left in ``directory``
+    (call it before anything writes there); returns their names."""
+    names = [n for n in os.listdir(directory) if _TEMPORARY.match(n)] if os.path.isdir(directory) else []
+    for name in names:
+        os.remove(os.path.join(directory, name))
+    return names
 
 
 def _fsync_directory(directory: str) -> None:

@@ -181,3 +181,88 @@ def test_eval_on_val_keeps_the_test_metrics(data_root, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "test"
     assert json.loads((tmp_path / "metrics_val.json").read_text())["num_images"] == val["num_images"]
     assert test["num_images"] != val["num_images"]
+
+
+def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(data_root, tmp_path):
+    from raccnn.engine.trainer import DivergenceError
+
+    trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=1"])
+    fusion = trainer.plan[-1]
+    real_loss = fusion.loss
+
+    def exploding(model, images, target, part_boxes):
+        loss, terms = real_loss(model, images, target, part_boxes)
+        return loss * float("inf"), terms
+
+    fusion.loss = exploding
+    with pytest.raises(DivergenceError, match=r"training diverged in fusion, epoch 1, step \d+: loss .*train.fusion.lr"):
+        trainer.run()
+    last = load_checkpoint(tmp_path / "last.pt", weights_only=False)
+    assert last["phase"] == "fusion" and last["progress"]["epoch"] == 0  # the last finished epoch
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert (tmp_path / "best_alternate.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_resume_accepts_a_changed_learning_rate_only():
+    sys_path = __import__("sys").path
+    sys_path.insert(0, "tools")
+    from train import check_same_run
+
+    from raccnn.config import load_config
+
+    saved = load_config("experiments/configs/fgsynth_default.yaml")
+    check_same_run(saved, load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.lr=0.01"]), "x")
+    with pytest.raises(CheckpointError, match="train.fusion.epochs"):
+        check_same_run(saved, load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.epochs=5"]), "x")
+
+
+@pytest.mark.parametrize("opt, message", [
+    ("train.alternate.cls.lr=.nan", "train.alternate.cls.lr: nan is not a finite number"),
+    ("train.pretrain_cls.lr=.inf", "train.pretrain_cls.lr: inf is not a finite number"),
+    ("train.fusion.lr=1e6", "train.fusion.lr: 1000000.0 is above 10.0"),
+])
+def test_learning_rates_that_cannot_be_meant_are_refused(opt, message):
+    from raccnn.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("experiments/configs/fgsynth_default.yaml", [opt])
+    if "1e6" in opt:
+        assert load_config("experiments/configs/fgsynth_default.yaml", [opt, "train.force_lr=true"])
+
+
+def test_fusion_restarts_from_the_alternating_best_after_a_crash_between_writes(data_root, tmp_path):
+    """A kill after the fused best.pt is written and before last.pt must not change the result."""
+    full = make_trainer(data_root, tmp_path / "full", extra=["train.alternate.rounds=1"])
+    full.run()
+    part = make_trainer(data_root, tmp_path / "part", extra=["train.alternate.rounds=1"])
+    save = part.save
+
+    def crash_after_best(name):
+        save(name)
+        if name == "best.pt":
+            raise KeyboardInterrupt  # the process dies before last.pt is written
+
+    part.save = crash_after_best
+    with pytest.raises(KeyboardInterrupt):
+        part.run()
+    resumed = make_trainer(data_root, tmp_path / "part", extra=["train.alternate.rounds=1"])
+    resumed.resume(str(tmp_path / "part" / "last.pt"))
+    resumed.run()
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_stale_temporaries_are_removed_and_resume_outside_the_work_dir_refused(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / ".last.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "wd" / "notes.tmp").write_text("mine")
+    trainer = make_trainer(data_root, tmp_path / "wd")
+    assert sorted(p.name for p in (tmp_path / "wd").iterdir() if "tmp" in p.name) == ["notes.tmp"]
+    trainer.save("last.pt")
+    res = subprocess.run([sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
+                          "--work-dir", str(tmp_path / "new"), "--resume", str(tmp_path / "wd" / "last.pt"),
+                          "--opts", *TINY, f"data.root={data_root}"], capture_output=True, text=True)
+    assert res.returncode == 2 and "outside the work dir" in res.stderr and "Traceback" not in res.stderr

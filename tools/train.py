@@ -16,7 +16,7 @@ from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.inference import run_evaluation
-from raccnn.engine.trainer import Trainer
+from raccnn.engine.trainer import DivergenceError, Trainer
 from raccnn.models import PretrainedWeightsError
 
 
@@ -32,8 +32,9 @@ def setup_logging(work_dir: str) -> None:
 
 def check_same_run(saved: dict, cfg: dict, path: str) -> None:
     """A resumed run continues the same experiment: another config would mix two of them (and can
-    change the phase plan the checkpoint's position refers to)."""
-    diff = config_diff(saved, cfg, ignore=("work_dir",))
+    change the phase plan the checkpoint's position refers to). Learning rates may change (the way
+    on after a divergence), and so may train.force_lr."""
+    diff = [d for d in config_diff(saved, cfg, ignore=("work_dir", "train.force_lr")) if not d[0].endswith(".lr")]
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
         raise CheckpointError(f"{path} belongs to a run with another config ({shown}); choose another "
@@ -64,6 +65,10 @@ def main(argv=None) -> int:
         elif resume is None and os.path.exists(last):
             raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
                                   f"or choose another --work-dir")
+        if resume and os.path.realpath(os.path.dirname(resume)) != os.path.realpath(work_dir):
+            raise CheckpointError(f"--resume {resume} lies outside the work dir {work_dir}: a run continues in its "
+                                  f"own directory (its best checkpoints are there); copy that directory and "
+                                  f"resume inside it, or pass --work-dir {os.path.dirname(resume) or '.'}")
         if resume:
             saved = load_checkpoint(resume, weights_only=False).get("config")
             if not isinstance(saved, dict):
@@ -83,7 +88,11 @@ def main(argv=None) -> int:
     log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s; data ready in %.1f s",
              work_dir, len(datasets["train"]), len(datasets["val"]), len(datasets["test"]), trainer.num_classes,
              trainer.device, data_seconds)
-    trainer.run()
+    try:
+        trainer.run()
+    except DivergenceError as exc:
+        log.error("error: %s", exc)
+        return 1
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]

@@ -15,8 +15,8 @@
                     starting from the alternating epoch with the best validation accuracy.
 
 A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
-it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and the terms it logs, its stopping rule, which
-``best.pt`` competition its epochs enter, and what happens at its start and end. The trainer
+it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and the terms it logs, its stopping rule, the
+file its best epoch is kept in, and what happens at its start and end. The trainer
 (``trainer.py``) runs every phase with the same loop. A new phase is a new subclass and one line
 in ``build_plan`` (or a plan passed to ``Trainer``).
 """
@@ -43,7 +43,7 @@ class Phase:
     name = "phase"
     section: tuple[str, ...] = ()
     trains = ""  # the submodule of the model whose parameters the phase trains, e.g. "apns"
-    selection: str | None = None  # epochs compete for best.pt within this group (None: not at all)
+    best_file: str | None = None  # where the epoch with the best ``score`` is kept (None: not kept)
 
     def __init__(self, cfg: dict, round: int | None = None):
         self.cfg, self.round = cfg, round
@@ -80,7 +80,7 @@ class Phase:
         return progress.epoch >= self.max_epochs()
 
     def score(self, model: RACNN, val: dict) -> float:
-        """The validation score compared within ``selection`` (higher is better)."""
+        """The validation score of an epoch, compared among the epochs kept in ``best_file``."""
         raise NotImplementedError
 
     def on_start(self, trainer) -> None:
@@ -117,10 +117,10 @@ class InitAPN(Phase):
 
 class Alternating(Phase):
     """A sub-phase of the alternation: stops on the plateau of its own validation loss
-    (``monitor``); its epochs compete for best.pt by the mean accuracy over scales."""
+    (``monitor``); the epoch with the best mean accuracy over scales is kept in best_alternate.pt."""
 
     monitor = ""
-    selection = "scales"
+    best_file = "best_alternate.pt"
 
     def done(self, progress, val):
         if progress.epoch >= self.max_epochs():
@@ -154,10 +154,10 @@ class AlternateAPN(Alternating):
 
 
 class Fusion(Phase):
-    """The fusion heads on frozen scales; best.pt then holds the fused model with the best
-    validation accuracy of the last head (over all scales)."""
+    """The fusion heads on frozen scales, from best_alternate.pt; best.pt then holds the fused model
+    with the best validation accuracy of the last head (over all scales)."""
 
-    name, section, trains, selection = "fusion", ("fusion",), "fusion", "fused"
+    name, section, trains, best_file = "fusion", ("fusion",), "fusion", "best.pt"
 
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():
@@ -170,12 +170,13 @@ class Fusion(Phase):
         return val[f"acc_fused{list(model.fusion)[-1]}"]
 
     def on_start(self, trainer):
-        path = os.path.join(trainer.work_dir, "best.pt")
+        # its own file, so a fused best.pt written before a crash is never taken for it on resume
+        path = os.path.join(trainer.work_dir, Alternating.best_file)
         if os.path.exists(path):
             best = load_checkpoint(path, weights_only=False)
             trainer.model.load_state_dict(best["model"])
-            log.info("fusion starts from best.pt (%s, val mean scale accuracy %.3f)", best["phase"],
-                     trainer.progress.best.get("scales", -1.0))
+            log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
+                     best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))
 
 
 def build_plan(cfg: dict) -> list[Phase]:

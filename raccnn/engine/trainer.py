@@ -3,8 +3,10 @@
 Every phase goes through the same loop: at its start the trainer freezes every parameter but the
 phase's, builds its optimiser (SGD with momentum and weight decay, or Adam) and a cosine schedule
 over its maximum number of steps; each epoch trains on the phase's loss, validates, logs, asks the
-phase whether it is done, and lets the epoch compete for ``best.pt`` within the phase's selection
-group. Model selection only ever looks at the validation split.
+phase whether it is done, and keeps the epoch in the phase's ``best_file`` when it beats the best
+score written there (``best_alternate.pt`` for the alternation, ``best.pt`` for the fused model).
+Model selection only ever looks at the validation split. A non-finite loss or gradient stops the
+run at once with a ``DivergenceError`` (nothing of that step is applied or saved).
 
 ``last.pt`` is written at the end of every epoch with everything needed to continue exactly there
 (model, optimiser, scheduler, phase, epoch, step, RNG states, resolved config). The sample order
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from ..device import resolve_device
 from ..errors import ConfigError
+from ..fileio import remove_stale_temporaries
 from ..losses import rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
@@ -50,10 +53,14 @@ class Progress:
     epochs_run: int = 0  # epochs finished since the start of the run (seeds the sample order)
     best_loss: float = math.inf  # plateau tracking of the current phase
     bad_epochs: int = 0
-    best: dict = field(default_factory=dict)  # best validation score per selection group
+    best: dict = field(default_factory=dict)  # best validation score kept in each best_file
     train_images: int = 0  # images seen by training steps, and the seconds they took (throughput)
     train_seconds: float = 0.0
     history: list = field(default_factory=list)
+
+
+class DivergenceError(RuntimeError):
+    """The loss or a gradient is not finite; the message names the phase, epoch, step and terms."""
 
 
 class Trainer:
@@ -82,6 +89,8 @@ class Trainer:
         self.val_loader = DataLoader(datasets["val"], batch_size=d["eval_batch_size"], num_workers=d["num_workers"])
         self.optimizer = None
         self.scheduler = None
+        for name in remove_stale_temporaries(work_dir):
+            log.info("removed %s, left by an interrupted checkpoint write", name)
         # TensorBoard event files go into the work dir, so `tensorboard --logdir work_dirs` lists runs
         self.writer = SummaryWriter(log_dir=work_dir)
         self.panel_batch = fixed_images(datasets["val"], n=8)  # the same images at every phase end
@@ -116,6 +125,7 @@ class Trainer:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt["scheduler"] is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.apply_new_lr(self.plan[self.progress.phase_index])
         restore_rng_state(ckpt["rng"])
         # drop TensorBoard points written after this checkpoint by the interrupted run
         self.writer.close()
@@ -141,6 +151,28 @@ class Trainer:
             log.info("== phase %s: %d trainable tensors, %s lr %g, up to %d epochs", phase.label, len(params),
                      sec["optimizer"], sec["lr"], phase.max_epochs())
 
+    def apply_new_lr(self, phase: Phase) -> None:
+        """After a resume: when the config now gives the phase another lr (e.g. after a divergence),
+        scale the schedule to it, keeping its position (the cosine's shape is relative)."""
+        new = phase.settings["lr"]
+        for group, old in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            if old != new and old > 0:
+                group["lr"] *= new / old
+                group["initial_lr"] = new
+        self.scheduler.base_lrs = [new] * len(self.scheduler.base_lrs)
+
+    def check_finite(self, phase: Phase, loss, terms: dict) -> None:
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        if torch.isfinite(loss.detach() + norm):  # one host sync for both
+            return
+        shown = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+        key = "train." + ".".join(phase.section) + ".lr"
+        raise DivergenceError(
+            f"training diverged in {phase.label}, epoch {self.progress.epoch + 1}, step {self.progress.step + 1}: "
+            f"loss {loss.item():.4g} ({shown}), gradient norm {norm.item():.4g}. last.pt and the best checkpoints "
+            f"hold the last finite epoch; lower {key} (now {phase.settings['lr']:g}) and resume with --resume auto")
+
     def set_modes(self, phase: Phase) -> None:
         """Frozen parts run in eval mode, so their BatchNorm statistics do not move either."""
         self.model.eval()
@@ -159,6 +191,7 @@ class Trainer:
             loss, terms = phase.loss(self.model, images, target, batch.get("part_boxes"))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.check_finite(phase, loss, terms)
             self.optimizer.step()
             self.scheduler.step()
             self.progress.step += 1
@@ -211,13 +244,13 @@ class Trainer:
         log_box_histograms(w, [out[f"rel_boxes_scale{s}"] for s in range(2, self.model.n_scales + 1)], p.step)
 
     def select(self, phase: Phase, val: dict) -> None:
-        """Keep in best.pt the epoch with the best score of the phase's selection group."""
-        if phase.selection is None:
+        """Keep in the phase's best_file the epoch with the best score written there so far."""
+        if phase.best_file is None:
             return
         score = phase.score(self.model, val)
-        if score > self.progress.best.get(phase.selection, -1.0):
-            self.progress.best[phase.selection] = score
-            self.save("best.pt")
+        if score > self.progress.best.get(phase.best_file, -1.0):
+            self.progress.best[phase.best_file] = score
+            self.save(phase.best_file)
 
     # ---------------------------------------------------------------- the loop
     def run(self, stop_after_step: int | None = None) -> None:
