@@ -145,13 +145,10 @@ def _cross_checks(c: dict):
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
     if m["proposer"] == "oracle" and not d["hit_parts"]:
         yield ("model.proposer", "data.hit_parts"), "model.proposer: 'oracle' needs data.hit_parts to name its part"
-    for phase in ("pretrain_cls", "init_apn", "alternate.cls", "alternate.apn", "fusion"):
-        node = c["train"]
-        for part in phase.split("."):
-            node = node[part]
-        if node["lr"] > MAX_LR and not c["train"]["force_lr"]:
-            yield ((f"train.{phase}.lr",), f"train.{phase}.lr: {node['lr']} is above {MAX_LR}, no sane learning rate; "
-                   "set train.force_lr=true to run it anyway")
+    if not c["train"]["force_lr"]:
+        for key, _, lr in config_diff({}, {"train": c["train"]}):  # every train.* leaf, as dotted keys
+            if key.endswith(".lr") and lr > MAX_LR:
+                yield (key,), f"{key}: {lr} is above {MAX_LR}, no sane learning rate; set train.force_lr=true to run it anyway"
     att = m["attention"]
     if att["type"] != "none" and att["stages"]:
         stages = vgg_stages(m["backbone"])

@@ -15,8 +15,9 @@
                     starting from the alternating epoch with the best validation accuracy.
 
 A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
-it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and the terms it logs, its stopping rule, the
-file its best epoch is kept in, and what happens at its start and end. The trainer
+it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and
+the terms it logs, its stopping rule, the file its best epoch is kept in, and what happens at its
+start and end. The trainer
 (``trainer.py``) runs every phase with the same loop. A new phase is a new subclass and one line
 in ``build_plan`` (or a plan passed to ``Trainer``).
 """

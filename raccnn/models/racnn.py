@@ -158,7 +158,7 @@ class RACNN(nn.Module):
         fused = {name: head(torch.cat(feats[: len(name)], dim=1)) for name, head in self.fusion.items()}
         return RACNNOutput(logits, feats, maps, rel_boxes, abs_boxes, fused, crops if return_crops else None)
 
-    # Parameter groups used by the alternating schedule.
+    # Parameter groups (the phases name the submodule they train: "scales", "apns", "fusion").
     def classifier_parameters(self):
         return [p for net in self.scales for p in net.parameters()]
 
