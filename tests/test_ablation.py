@@ -54,3 +54,30 @@ def test_bad_grid_row_fails_before_training(tmp_path):
                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert res.returncode == 2 and "model.attention.type" in res.stderr and "se" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_path):
+    opts = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY)}
+    opts.update({"data.root": str(tmp_path / "data"), "train.alternate.rounds": 1,
+                 "model.n_scales": 2, "model.input_sizes": [32, 32]})
+    grid = {
+        "config": "experiments/configs/fgsynth_default.yaml",
+        "opts": opts,
+        "seeds": [0],
+        # vgg_small has no ImageNet weights: the config is valid, the run stops with an error
+        "blocks": [{"weights": {"none": {}, "missing": {"model.pretrained": True}}}],
+    }
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "the run in" in res.stderr and "failed (exit 2)" in res.stderr
+    rows = {r["row"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["weights=none"]["failed"] == "" and rows["weights=missing"]["failed"] == "seed 0"
+    assert rows["weights=none"]["acc_scale2"] != "" and rows["weights=none"]["acc_fused12"] != ""
+    assert "acc_scale3" not in rows["weights=none"]
+    md = (out / "results.md").read_text()
+    assert "| scale 1 | scale 2 | fused (all) |" in md and "scale 3" not in md
+    assert "| weights=missing | n/a | n/a | n/a | n/a | n/a | n/a | n/a | seed 0 |" in md
