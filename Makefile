@@ -7,6 +7,9 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 
 CONFIG ?= experiments/configs/fgsynth_default.yaml
 OPTS   ?=
+NPROC  ?= 1
+# NPROC > 1: that many processes on this machine through torchrun (data.batch_size is per process)
+LAUNCH := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
 
 GRID   ?= experiments/grids/full.yaml
 LOGDIR ?= work_dirs
@@ -28,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 train-alternate: $(STAMP)
-	$(PY) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))
+	$(LAUNCH) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))
 
 # A grid of trainings compared in one table (work_dirs/ablation_<grid>/results.md); re-running resumes.
 ablation: $(STAMP)

@@ -20,8 +20,10 @@ import torch
 
 from .attention.create import ATTENTION_TYPES, build_attention
 from .data.build import DATASETS
+from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE
 from .device import DEVICES
+from .engine.precision import AMP_MODES
 from .engine.trainer import OPTIMIZERS
 from .configtree import Key, arg, config_diff, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
@@ -76,7 +78,9 @@ SCHEMA: dict = {
         "batch_size": Key(32, min=1),
         "eval_batch_size": Key(64, min=1),
         "num_workers": Key(0, min=0),
-        "skip_unreadable": Key(False),
+        "skip_unreadable": Key(False),  # drop images that fail the check instead of stopping
+        "verify_images": Key("header", choices=VERIFY_MODES),  # checked when a dataset opens (data/verify.py)
+        "max_images": Key(0, min=0),  # per split: only the first N after the split rule (smoke tests); 0 = all
         "hit_parts": Key([], item=str),  # parts whose centre defines a part hit; the first is the oracle's
     },
     "model": {
@@ -86,6 +90,7 @@ SCHEMA: dict = {
         "n_scales": Key(arg(RACNN, "n_scales"), min=2, max=5),  # a scale to zoom from and one to zoom into
         "input_sizes": Key(list(arg(RACNN, "input_sizes")), min=8),  # one per scale
         "dropout": Key(arg(RACNN, "dropout"), min=0.0, max=1.0),
+        "sync_bn": Key(False),  # BatchNorm statistics over all processes under torchrun (BN backbones)
         "apn": {  # sizes of the APN; bounds of every proposer's half side tl
             "hidden": Key(arg(APN, "hidden"), min=1),
             "pool_size": Key(arg(APN, "pool_size"), min=1),
@@ -109,6 +114,10 @@ SCHEMA: dict = {
         "weight_decay": Key(5e-4, min=0.0),
         "log_interval": Key(20, min=1),  # steps between TensorBoard points
         "force_lr": Key(False),  # accept learning rates above MAX_LR
+        "amp": Key("auto", choices=AMP_MODES),  # autocast: auto = bf16 on CUDA, none on the CPU
+        "channels_last": Key("auto", (str, bool), check=lambda v: None if v in ("auto", True, False)
+                             else f"{v!r} is not one of auto, true, false"),  # auto = on CUDA
+        "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, README "Speed and scale")
         "pretrain_cls": _stage(epochs=8, lr=0.05),
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
         "alternate": {

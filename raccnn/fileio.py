@@ -1,6 +1,12 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+
+A failed write (disk full, no permission, a file where a folder should be) surfaces as one
+``OSError`` naming the destination, whatever library was writing (``torch.save`` wraps the
+operating system's error in its own ``RuntimeError``); the CLIs print it as one line, exit code 2.
+"""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -15,19 +21,57 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs):
     renamed over ``path`` in one step, on failure it is removed and ``path`` is left as it was."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(tmp, mode.replace("w", "x"), **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if os.path.isfile(tmp):
             os.remove(tmp)
-        raise
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), path) from None
     _fsync_directory(directory)
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The operating-system error that ``exc`` is or was raised from, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for the user: the path and what went wrong there."""
+    what = exc.strerror or errno.errorcode.get(exc.errno, str(exc))
+    if exc.filename is None:
+        return what
+    target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{target}: {what}"
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Create the folder ``path`` if needed and prove a file can be written in it, before any
+    compute starts; an ``OSError`` names the path otherwise (``what`` says which option it is)."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OSError(errno.ENOTDIR, f"{what} is a file, not a folder", path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with atomic_open(os.path.join(path, ".write_test"), "w") as f:
+            f.write("ok")
+        os.remove(os.path.join(path, ".write_test"))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the {what} ({exc.strerror})", path) from None
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:

@@ -29,8 +29,9 @@ def _noise(w, h, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def write_cub(root: Path) -> Path:
-    """A 9-image CUB_200_2011 folder: 3 classes, odd image formats, one truncated JPEG."""
+def write_cub(root: Path, cut: bool = False) -> Path:
+    """A 9-image CUB_200_2011 folder: 3 classes, odd image formats; with ``cut``, the test image
+    ``003.Gamma/truncated.jpg`` loses its second half."""
     d = root / "CUB_200_2011"
     (d / "parts").mkdir(parents=True)
     classes = ["001.Alpha", "002.Beta", "003.Gamma"]
@@ -49,10 +50,11 @@ def write_cub(root: Path) -> Path:
         ("003.Gamma/b.jpg", 3, 1, lambda p: Image.fromarray(_noise(50, 50, 3)).save(p, "JPEG")),
     ]
     for rel, _, _, writer in entries:
-        if writer is None:  # a JPEG cut in half
+        if writer is None:
             Image.fromarray(_noise(64, 64)).save(d / "images" / rel, "JPEG")
-            data = (d / "images" / rel).read_bytes()
-            (d / "images" / rel).write_bytes(data[: len(data) // 2])
+            if cut:
+                data = (d / "images" / rel).read_bytes()
+                (d / "images" / rel).write_bytes(data[: len(data) // 2])
         else:
             writer(d / "images" / rel)
     n = len(entries)
@@ -95,7 +97,7 @@ def test_metadata_and_raw_annotation(cub):
     assert ann["label"] == 0 and ann["box_xywh"] == (20.0, 10.0, 60.0, 40.0)
     assert ann["parts"].tolist() == [[70, 30, 1], [110, 60, 1], [150, 50, 1]]
     assert np.isnan(ann["part_boxes_xywh"][1]).all()
-    assert len(CUBDataset(cub, split="test", skip_unreadable=True)) == 2
+    assert len(CUBDataset(cub, split="test")) == 3
 
 
 def test_every_format_decodes_to_rgb(cub):
@@ -115,14 +117,113 @@ def test_every_format_decodes_to_rgb(cub):
     assert test[_find(test, "palette.png")]["image"].shape == (3, 40, 40)
 
 
-def test_truncated_image_error_and_skip(cub, caplog):
-    test = CUBDataset(cub, split="test")
+@pytest.mark.parametrize("mode", ["header", "full"])
+def test_a_truncated_test_image_fails_when_the_training_split_opens(tmp_path, caplog, mode):
+    write_cub(tmp_path, cut=True)
+    with pytest.raises(DatasetError, match=r"1 unreadable image\(s\) .*truncated.jpg: .*skip_unreadable"):
+        CUBDataset(tmp_path, split="train", verify=mode)
+    with caplog.at_level(logging.WARNING):
+        kept = CUBDataset(tmp_path, split="test", skip_unreadable=True, verify=mode)
+        train = CUBDataset(tmp_path, split="trainval", skip_unreadable=True, verify=mode)
+    assert len(kept) == 2 and len(train) == 6  # only the test split loses an image
+    assert all(not kept.annotation(i)["path"].endswith("truncated.jpg") for i in range(len(kept)))
+    assert "skipping 1 unreadable" in caplog.text and "truncated.jpg" in caplog.text
+    test = CUBDataset(tmp_path, split="test", verify="none")  # unchecked: it fails when read
     with pytest.raises(DatasetError, match="truncated.jpg"):
         test[_find(test, "truncated.jpg")]
-    with caplog.at_level(logging.WARNING):
-        kept = CUBDataset(cub, split="test", skip_unreadable=True)
-    assert all(not kept.annotation(i)["path"].endswith("truncated.jpg") for i in range(len(kept)))
-    assert "truncated.jpg" in caplog.text
+
+
+def test_the_error_names_a_few_bad_files_and_counts_the_rest(tmp_path):
+    d = write_cub(tmp_path)
+    names = [line.split()[1] for line in (d / "images.txt").read_text().splitlines()]
+    for rel in names:
+        (d / "images" / rel).write_bytes(b"not an image")
+    with pytest.raises(DatasetError) as err:
+        CUBDataset(tmp_path, split="train")
+    msg = str(err.value)
+    assert msg.startswith("9 unreadable image(s)") and msg.count("/CUB_200_2011/images/") == 5  # five shown
+    assert "and 4 more" in msg and "\n" not in msg
+
+
+def test_the_check_is_cached_and_a_changed_file_is_checked_again(tmp_path, monkeypatch):
+    from raccnn.data import verify
+    d = write_cub(tmp_path)
+    calls = []
+    real = verify.check_image
+    monkeypatch.setattr(verify, "check_image", lambda p, full: calls.append(p) or real(p, full))
+    CUBDataset(tmp_path, split="train")
+    assert len(calls) == 9 and (d / verify.CACHE_NAME).is_file()
+    CUBDataset(tmp_path, split="val")
+    CUBDataset(tmp_path, split="test")
+    assert len(calls) == 9  # both answered from the cache
+    bad = d / "images" / "003.Gamma" / "truncated.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # size and mtime change: the cache no longer matches
+    with pytest.raises(DatasetError, match="truncated.jpg"):
+        CUBDataset(tmp_path, split="train")
+    assert len(calls) == 18
+
+
+def test_a_read_only_dataset_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
+    from raccnn.data import verify
+    d = write_cub(tmp_path / "data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(verify, "atomic_open", _refuse_inside(d, verify.atomic_open))
+    CUBDataset(tmp_path / "data", split="train")
+    assert not (d / verify.CACHE_NAME).exists()
+    assert len(list((tmp_path / "cache" / "raccnn").glob("image_check_*.json"))) == 1
+
+
+def _refuse_inside(folder, real):
+    def opener(path, *args, **kwargs):
+        if str(path).startswith(str(folder)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+    return opener
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_is_decoded_and_accepted(tmp_path):
+    from raccnn.data.verify import check_image
+    p = tmp_path / "padded.jpg"
+    Image.fromarray(_noise(40, 30)).save(p, "JPEG")
+    p.write_bytes(p.read_bytes() + b"\0" * 4096)
+    assert check_image(p, full=False) == (40, 30)
+    p.write_bytes(p.read_bytes()[:300])
+    assert isinstance(check_image(p, full=False), str)
+
+
+def test_16_bit_png_is_scaled_not_saturated(tmp_path):
+    from raccnn.data.images import load_rgb
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1024).astype(np.uint16)  # 0 .. 64512
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    rgb = np.asarray(load_rgb(tmp_path / "g16.png"))
+    expect = np.rint(ramp / 257.0).astype(np.uint8)
+    assert (rgb[..., 0] == expect).all() and (rgb[..., 1] == expect).all()
+    assert (rgb == 255).mean() < 0.02  # PIL's own convert makes 98 % of this ramp white
+    Image.fromarray(np.full((4, 4), 200, np.int32)).save(tmp_path / "i32.tif")
+    assert (np.asarray(load_rgb(tmp_path / "i32.tif")) == 200).all()  # 8-bit values in mode "I" kept
+
+
+@pytest.mark.parametrize("file, line, text", [
+    ("bounding_boxes.txt", 3, "3 80.0 2.0 10.0 12.0"),         # starts right of the 80-pixel-wide image
+    ("bounding_boxes.txt", 5, "5 1.0 -30.0 10.0 12.0"),         # ends above the image
+    ("parts/part_boxes.txt", 2, "1 3 250 40 20 20"),            # part box beyond the 200-pixel width
+])
+def test_a_box_entirely_outside_its_image_is_refused_with_file_and_line(tmp_path, file, line, text):
+    d = write_cub(tmp_path)
+    lines = (d / file).read_text().splitlines()
+    lines[line - 1] = text
+    (d / file).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"{file}, line {line}: .*entirely outside"):
+        CUBDataset(tmp_path, split="train")
+
+
+def test_a_box_partly_outside_its_image_is_kept(tmp_path):
+    d = write_cub(tmp_path)
+    lines = (d / "bounding_boxes.txt").read_text().splitlines()
+    lines[2] = "3 60.0 -5.0 30.0 20.0"  # 70x50 image: overlaps its top-right corner
+    (d / "bounding_boxes.txt").write_text("\n".join(lines) + "\n")
+    assert len(CUBDataset(tmp_path, split="trainval")) == 6
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -259,6 +360,16 @@ def test_folder_single_layout_and_errors(tmp_path):
         FolderDataset(tmp_path / "a", "train")
     with pytest.raises(DatasetError, match="does not exist"):
         FolderDataset(tmp_path / "missing", "train")
+
+
+def test_folder_unreadable_image_fails_at_open_or_is_skipped(tmp_path):
+    _write_folder(tmp_path / "a", 5)
+    victim = sorted((tmp_path / "a").rglob("*.*"))[0]
+    victim.write_bytes(b"\xff\xd8 not really a JPEG")
+    with pytest.raises(DatasetError, match=rf"1 unreadable image\(s\) in {tmp_path / 'a'}: {victim}"):
+        FolderDataset(tmp_path / "a", "train", test_fraction=0.2)
+    kept = [FolderDataset(tmp_path / "a", s, test_fraction=0.2, skip_unreadable=True) for s in ("trainval", "test")]
+    assert sum(len(ds) for ds in kept) == 9
 
 
 # ----------------------------------------------------------------------------- split rule

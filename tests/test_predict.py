@@ -91,3 +91,29 @@ def test_missing_checkpoint_and_missing_image(predict, checkpoint, tmp_path, cap
     missing = tmp_path / "missing.png"
     assert predict.main(["--checkpoint", str(checkpoint), str(missing), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip() == f"error: {missing}: no such file"
+
+
+def test_panel_names_never_collide(predict):
+    assert predict.panel_names(["a.png", "b.jpg"]) == ["a_crops.png", "b_crops.png"]
+    assert predict.panel_names(["x/a.png", "x/a.jpg", "y/a.png", "c.png"]) == \
+        ["a_png_crops.png", "a_jpg_crops.png", "a_png_2_crops.png", "c_crops.png"]
+
+
+def test_images_with_one_stem_get_one_panel_each(predict, checkpoint, tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    images = [random_image(tmp_path / "a.png", "RGB"), random_image(tmp_path / "a.jpg", "L"),
+              random_image(tmp_path / "sub" / "a.png", "RGB", size=(60, 90))]
+    out = tmp_path / "out"
+    assert predict.main(["--checkpoint", str(checkpoint), *map(str, images), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_jpg_crops.png", "a_png_2_crops.png", "a_png_crops.png"]
+    printed = capsys.readouterr().out
+    assert all(f"crops: {out / name}" in printed for name in ("a_png_crops.png", "a_jpg_crops.png", "a_png_2_crops.png"))
+
+
+def test_an_out_path_that_is_a_file_is_one_line_and_exit_2(checkpoint, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    res = run_predict("--checkpoint", checkpoint, random_image(tmp_path / "a.png", "RGB"), "--out", blocker)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {blocker}: --out folder is a file, not a folder"]
+    assert blocker.read_text() == "not a folder"

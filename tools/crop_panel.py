@@ -19,6 +19,7 @@ from raccnn.data.build import build_dataset, prepare_data
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import fixed_images, model_panel
+from raccnn.fileio import atomic_open, describe_os_error
 from raccnn.models.proposers import part_index
 
 
@@ -42,7 +43,12 @@ def main(argv=None) -> int:
     hit = part_index(dataset.part_names, cfg["data"]["hit_parts"])
     panel = model_panel(model, fixed_images(dataset, args.n), hit)
     out = args.out or str(Path(args.checkpoint).with_name(f"crop_panel_{args.split}.png"))
-    to_pil_image(panel).save(out)
+    try:
+        with atomic_open(out, "wb") as f:
+            to_pil_image(panel).save(f, format="PNG")
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -11,6 +11,7 @@ from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.engine.checkpoint import CheckpointError
 from raccnn.engine.inference import run_evaluation
+from raccnn.fileio import describe_os_error
 
 
 def main(argv=None) -> int:
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
         metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device)
     except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # metrics.json cannot be written beside the checkpoint
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     print(table)
     return 0

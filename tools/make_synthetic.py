@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
+from raccnn.data import DatasetError
 from raccnn.data.synthetic import DEFAULTS, generate_fgsynth
+from raccnn.fileio import describe_os_error
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description="Generate FG-Synth (CUB_200_2011 layout).")
     p.add_argument("--out", required=True, help="folder that will hold CUB_200_2011/")
     p.add_argument("--classes", type=int, default=DEFAULTS["classes"])
@@ -21,17 +24,19 @@ def main() -> None:
     p.add_argument("--train-fraction", type=float, default=DEFAULTS["train_fraction"])
     args = p.parse_args()
     t0 = time.perf_counter()
-    path = generate_fgsynth(
-        args.out,
-        classes=args.classes,
-        images_per_class=args.images_per_class,
-        size=args.size,
-        seed=args.seed,
-        train_fraction=args.train_fraction,
-    )
+    try:
+        path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
+                                size=args.size, seed=args.seed, train_fraction=args.train_fraction)
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, DatasetError) as exc:  # a setting the generator cannot honour, or a foreign folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     n = args.classes * args.images_per_class
     print(f"wrote {n} images to {path} in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

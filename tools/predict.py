@@ -5,7 +5,9 @@
 For each image: the top-5 classes of every scale and every fusion head, with probabilities, and
 ``<out>/<image stem>_crops.png``: the input with the scale-2 (red) and scale-3 (yellow) squares, then
 the zoomed crops. An image that cannot be read is reported on stderr and skipped; the exit code is
-then 1 (2 if the checkpoint itself cannot be used).
+then 1 (2 if the checkpoint itself cannot be used or the output folder cannot be written). Images
+that share a stem (``a.png a.jpg``) are told apart by their extension (``a_png_crops.png``,
+``a_jpg_crops.png``), and the same name in several folders by a number, so no panel overwrites another.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from raccnn.device import resolve_device
 from raccnn.engine.evaluate import head_label
 from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import crop_panel
+from raccnn.fileio import atomic_open, check_writable_dir, describe_os_error
 
 TOP_K = 5
 
@@ -55,8 +58,24 @@ def top_k_line(logits: torch.Tensor, classes: list[str]) -> str:
     return ", ".join(f"{classes[i]} {p:.3f}" for p, i in zip(values.tolist(), indices.tolist()))
 
 
+def panel_names(paths: list[str]) -> list[str]:
+    """One distinct ``*_crops.png`` file name per input path (see the module docstring)."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [os.path.basename(p).replace(".", "_") if stems.count(stem) > 1 else stem
+             for p, stem in zip(paths, stems)]
+    out, used = [], set()
+    for name in names:
+        unique, k = name, 1
+        while unique in used:
+            k += 1
+            unique = f"{name}_{k}"
+        used.add(unique)
+        out.append(f"{unique}_crops.png")
+    return out
+
+
 @torch.no_grad()
-def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
+def predict(model, classes, transform, path: str, png: str, device) -> str:
     """Print the predictions for one image and write its crop panel; returns the PNG's path."""
     images = read_image(path, transform).to(device)
     out = model(images, return_crops=True)
@@ -69,9 +88,8 @@ def predict(model, classes, transform, path: str, out_dir: str, device) -> str:
         tx, ty, tl = box[0].tolist()
         print(f"  scale-{s} square: centre ({tx:.3f}, {ty:.3f}), half side {tl:.3f} of the input")
     panel = crop_panel(images.cpu(), out)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    png = os.path.join(out_dir, f"{stem}_crops.png")
-    to_pil_image(panel).save(png)
+    with atomic_open(png, "wb") as f:
+        to_pil_image(panel).save(f, format="PNG")
     print(f"  crops: {png}")
     return png
 
@@ -87,18 +105,24 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         model, classes, transform = load_model(args.checkpoint, device)
+        check_writable_dir(args.out, "--out folder")
     except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
     failed = 0
-    for path in args.images:
+    for path, name in zip(args.images, panel_names(args.images)):
         try:
-            predict(model, classes, transform, path, args.out, device)
+            predict(model, classes, transform, path, os.path.join(args.out, name), device)
         except DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
+        except OSError as exc:  # e.g. the disk filled up: the panels already written stay
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 2
     return 1 if failed else 0
 
 

@@ -2,6 +2,7 @@
 
     python tools/train.py --config FILE [--opts key.sub=value ...] [--work-dir DIR] [--resume auto|PATH]
                           [--eval-split test|val|none]
+    torchrun --nproc_per_node=N tools/train.py --config FILE ...     (N processes, data.batch_size each)
 """
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
+
+import torch
 
 from raccnn.config import ConfigError, config_diff, load_config, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
 from raccnn.engine.trainer import DivergenceError, Trainer
+from raccnn.fileio import check_writable_dir, describe_os_error
 from raccnn.models import PretrainedWeightsError
 
 
@@ -25,16 +31,25 @@ def setup_logging(work_dir: str) -> None:
     root = logging.getLogger("raccnn")
     root.setLevel(logging.INFO)
     root.handlers.clear()
+    logging.raiseExceptions = False  # a full disk surfaces once, at the next checkpoint, not per log line
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(work_dir, "train.log"))):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+
+
+def quiet_writer_thread(args) -> None:
+    """TensorBoard writes its event file from a thread; when that write fails (disk full) the thread
+    would print a traceback, and the trainer's next TensorBoard call raises the same error, which
+    main() reports in one line."""
+    if not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
 
 
 def check_same_run(saved: dict, cfg: dict, path: str) -> None:
     """A resumed run continues the same experiment: another config would mix two of them (and can
     change the phase plan the checkpoint's position refers to). Learning rates may change (the way
     on after a divergence), and so may train.force_lr."""
-    diff = [d for d in config_diff(saved, cfg, ignore=("work_dir", "train.force_lr")) if not d[0].endswith(".lr")]
+    diff = [d for d in config_diff(saved, cfg, ignore=("work_dir", "train.force_lr", "data.verify_images")) if not d[0].endswith(".lr")]
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
         raise CheckpointError(f"{path} belongs to a run with another config ({shown}); choose another "
@@ -51,59 +66,75 @@ def main(argv=None) -> int:
                    help="split evaluated after training (default: the config's eval.split)")
     args = p.parse_args(argv)
 
-    t0 = time.time()
+    threading.excepthook = quiet_writer_thread
     try:
-        opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
-        cfg = load_config(args.config, opts)
-        datasets = build_datasets(cfg)
-        data_seconds = time.time() - t0
-        work_dir = cfg["work_dir"]
-        last = os.path.join(work_dir, "last.pt")
-        resume = args.resume
-        if resume == "auto":
-            resume = last if os.path.exists(last) else None
-        elif resume is None and os.path.exists(last):
-            raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
-                                  f"or choose another --work-dir")
-        if resume and os.path.realpath(os.path.dirname(resume)) != os.path.realpath(work_dir):
-            raise CheckpointError(f"--resume {resume} lies outside the work dir {work_dir}: a run continues in its "
-                                  f"own directory (its best checkpoints are there); copy that directory and "
-                                  f"resume inside it, or pass --work-dir {os.path.dirname(resume) or '.'}")
-        if resume:
-            saved = load_checkpoint(resume, weights_only=False).get("config")
-            if not isinstance(saved, dict):
-                raise CheckpointError(f"{resume}: no 'config' entry (not a raccnn training checkpoint?)")
-            check_same_run(saved, cfg, resume)
-        os.makedirs(work_dir, exist_ok=True)
-        setup_logging(work_dir)
-        trainer = Trainer(cfg, datasets, work_dir)
-        if resume:
-            trainer.resume(resume)
-        save_config(cfg, os.path.join(work_dir, "config.yaml"))
+        return train(args)
     except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, no permission, a file where a folder should be...
+        where = "" if exc.filename else f" (writing in {args.work_dir or 'the work dir'})"
+        print(f"error: {describe_os_error(exc)}{where}", file=sys.stderr)
+        return 2
+    except DivergenceError as exc:
+        logging.getLogger("raccnn").error("error: %s", exc)
+        return 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def train(args) -> int:
+    t0 = time.time()
+    opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
+    cfg = load_config(args.config, opts)
+    world = init_distributed(cfg["device"])
+    work_dir = cfg["work_dir"]
+    last = os.path.join(work_dir, "last.pt")
+    resume = args.resume
+    if resume == "auto":
+        resume = last if os.path.exists(last) else None
+    elif resume is None and os.path.exists(last):
+        raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
+                              f"or choose another --work-dir")
+    if resume and os.path.realpath(os.path.dirname(resume)) != os.path.realpath(work_dir):
+        raise CheckpointError(f"--resume {resume} lies outside the work dir {work_dir}: a run continues in its "
+                              f"own directory (its best checkpoints are there); copy that directory and "
+                              f"resume inside it, or pass --work-dir {os.path.dirname(resume) or '.'}")
+    if resume:
+        saved = load_checkpoint(resume, weights_only=False).get("config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{resume}: no 'config' entry (not a raccnn training checkpoint?)")
+        check_same_run(saved, cfg, resume)
+    if world.main:  # rank 0 writes (the work dir, FG-Synth, the image-check cache), then the others read
+        check_writable_dir(work_dir, "work dir")
+        datasets = build_datasets(cfg)
+    barrier()
+    if not world.main:
+        datasets = build_datasets(cfg)
+    data_seconds = time.time() - t0
+    if world.main:
+        setup_logging(work_dir)
+    trainer = Trainer(cfg, datasets, work_dir)
+    if resume:
+        trainer.resume(resume)
+    if world.main:
+        save_config(cfg, os.path.join(work_dir, "config.yaml"))
 
     log = logging.getLogger("raccnn")
-    log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s; data ready in %.1f s",
-             work_dir, len(datasets["train"]), len(datasets["val"]), len(datasets["test"]), trainer.num_classes,
-             trainer.device, data_seconds)
-    try:
-        trainer.run()
-    except DivergenceError as exc:
-        log.error("error: %s", exc)
-        return 1
+    log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s, %d process(es); data ready "
+             "in %.1f s", work_dir, len(datasets["train"]), len(datasets["val"]), len(datasets["test"]),
+             trainer.num_classes, trainer.device, world.size, data_seconds)
+    trainer.run()
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]
     if split != "none":
-        try:
-            metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), split, datasets=datasets)
-        except (CheckpointError, DatasetError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(table)
-        log.info("metrics written to %s", metrics["path"])
+        barrier()  # rank 0 has written best.pt
+        metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), split, datasets=datasets)
+        if world.main:
+            print(table)
+            log.info("metrics written to %s", metrics["path"])
     log.info("total %.1f s", time.time() - t0)
     return 0
 

@@ -28,7 +28,7 @@ def build_dataset(cfg: dict, split: str, root: Path | None = None):
     train = split in ("train", "trainval")
     transform = build_transforms(train, d["resize"], d["crop"], flip=d["flip"])
     kwargs = dict(split=split, transform=transform, val_fraction=d["val_fraction"], split_seed=d["split_seed"],
-                  skip_unreadable=d["skip_unreadable"])
+                  skip_unreadable=d["skip_unreadable"], verify=d["verify_images"], max_images=d["max_images"])
     if d["dataset"] == "folder":
         return FolderDataset(root, **kwargs)
     return CUBDataset(root, **kwargs)

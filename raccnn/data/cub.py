@@ -11,11 +11,13 @@ Layout under ``<root>/CUB_200_2011/`` (``root`` may also be that folder itself):
     parts/part_locs.txt     "<image_id> <part_id> <x> <y> <visible>" (optional)
     parts/part_boxes.txt    "<image_id> <part_id> <x> <y> <w> <h>"   (optional, FG-Synth only)
 
-All annotation files are read and cross-checked when the dataset is opened, so a broken
-download fails before training starts, with a :class:`DatasetError` naming the culprit.
+All annotation files are read and cross-checked when the dataset is opened, and every image is
+checked (:mod:`raccnn.data.verify`), so a broken download fails before training starts, with a
+:class:`DatasetError` naming the culprit.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,12 @@ import numpy as np
 import torch
 
 from .errors import DatasetError
-from .images import drop_unreadable, load_rgb, pil_to_uint8
+from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample
+from .verify import unreadable_message, verify_images
+
+log = logging.getLogger(__name__)
 
 REQUIRED_FILES = (
     "images.txt",
@@ -126,6 +131,34 @@ class Record:
     part_boxes: np.ndarray     # [P, 4] x, y, w, h; NaN where unknown
 
 
+def _line_of(path: Path, key: str) -> int:
+    """The number of the first line of ``path`` whose fields start with ``key`` (for messages)."""
+    fields = key.split()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.split()[:len(fields)] == fields:
+                return lineno
+    return 0
+
+
+def _check_boxes_inside(d: Path, records: list["Record"], sizes: dict) -> None:
+    """A box with no pixel inside its image is an annotation error (clamped, it would have zero area
+    and still count in the IoU metric); ``sizes`` are the images' (width, height)."""
+    for r in records:
+        if r.path not in sizes:
+            continue
+        W, H = sizes[r.path]
+        named = [("bounding_boxes.txt", str(r.image_id), "box", r.box_xywh)]
+        named += [(f"parts/part_boxes.txt", f"{r.image_id} {k + 1}", f"part {k + 1} box", tuple(b))
+                  for k, b in enumerate(r.part_boxes) if not np.isnan(b).any()]
+        for file, key, what, (x, y, w, h) in named:
+            if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+                path = d / file
+                raise DatasetError(
+                    f"{path}, line {_line_of(path, key)}: the {what} of image {r.image_id} (x {x:g}, y {y:g}, "
+                    f"w {w:g}, h {h:g}) lies entirely outside the {W}x{H} image {r.path}")
+
+
 # ----------------------------------------------------------------------------- dataset
 class CUBDataset(torch.utils.data.Dataset):
     """CUB-200-2011-format dataset returning dicts (see :meth:`__getitem__`).
@@ -137,28 +170,37 @@ class CUBDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 val_fraction: float = 0.1, split_seed: int = 0, skip_unreadable: bool = False):
+                 val_fraction: float = 0.1, split_seed: int = 0, skip_unreadable: bool = False,
+                 verify: str = "header", max_images: int = 0):
         self.root = resolve_cub_dir(root)
         self.split = split
         self.transform = transform if transform is not None else build_transforms(False, None, None)
         records, self.classes, self.part_names = self._load_annotations(self.root)
         self.num_classes = len(self.classes)
         self.flip_perm = flip_permutation(self.part_names)
+        sizes, bad = verify_images([r.path for r in records], verify, self.root)
+        _check_boxes_inside(self.root, records, sizes)
+        if bad and not skip_unreadable:
+            raise DatasetError(unreadable_message(bad, str(self.root / "images")))
 
         # official train -> train / val by a seeded stratified rule; official test untouched
         train_pool = [r for r in records if r.is_train]
         chosen = choose_split(split, train_pool, [r for r in records if not r.is_train], lambda r: r.label,
                               val_fraction, split_seed)
-        if skip_unreadable:
-            chosen = drop_unreadable(chosen, lambda r: r.path)
+        if bad:
+            dropped = [r.path for r in chosen if r.path in bad]
+            chosen = [r for r in chosen if r.path not in bad]
+            if dropped:
+                log.warning("split %s: skipping %d unreadable image(s) (data.skip_unreadable), e.g. %s",
+                            split, len(dropped), dropped[0])
         if not chosen:
             raise DatasetError(
                 f"split {split!r} of {self.root} is empty "
                 f"(val_fraction={val_fraction}, {len(train_pool)} official train images, "
                 f"{len(records) - len(train_pool)} official test images)"
             )
-        self.records = chosen
-        self.targets = [r.label for r in chosen]
+        self.records = chosen[:max_images] if max_images else chosen
+        self.targets = [r.label for r in self.records]
 
     # ------------------------------------------------------------------ annotations
     @staticmethod

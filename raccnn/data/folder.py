@@ -14,15 +14,19 @@ keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .errors import DatasetError
-from .images import drop_unreadable, load_rgb, pil_to_uint8
+from .images import load_rgb, pil_to_uint8
 from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample
+from .verify import unreadable_message, verify_images
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TEST_SPLIT_SEED = 0
@@ -56,7 +60,7 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], li
 class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0, test_fraction: float = 0.2,
-                 skip_unreadable: bool = False):
+                 skip_unreadable: bool = False, verify: str = "header", max_images: int = 0):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(
@@ -79,13 +83,20 @@ class FolderDataset(torch.utils.data.Dataset):
             pool = [everything[i] for i in rest]
             test = [everything[i] for i in te]
 
+        _, bad = verify_images([path for path, _ in pool + test], verify, self.root)
+        if bad and not skip_unreadable:
+            raise DatasetError(unreadable_message(bad, str(self.root)))
         chosen = choose_split(split, pool, test, lambda item: item[1], val_fraction, split_seed)
-        if skip_unreadable:
-            chosen = drop_unreadable(chosen, lambda item: item[0])
+        if bad:
+            dropped = [path for path, _ in chosen if path in bad]
+            chosen = [item for item in chosen if item[0] not in bad]
+            if dropped:
+                log.warning("split %s: skipping %d unreadable image(s) (data.skip_unreadable), e.g. %s",
+                            split, len(dropped), dropped[0])
         if not chosen:
             raise DatasetError(f"split {split!r} of {self.root} ({self.layout}) is empty")
-        self.samples = chosen
-        self.targets = [l for _, l in chosen]
+        self.samples = chosen[:max_images] if max_images else chosen
+        self.targets = [l for _, l in self.samples]
         self.num_classes = len(self.classes)
         self.part_names: list[str] = []
 

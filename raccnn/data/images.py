@@ -1,25 +1,23 @@
-"""Reading image files: every decodable file as RGB, and dropping the unreadable ones on request."""
+"""Reading image files: every decodable file as 8-bit RGB."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode any PIL-readable file (grayscale, CMYK, palette, PNG named .jpg...) as RGB."""
+    """Decode any PIL-readable file (grayscale, 16-bit, CMYK, palette, PNG named .jpg...) as RGB."""
     try:
         with Image.open(path) as im:
             im.load()  # force the full decode so truncated files fail here
+            if im.mode.startswith("I"):
+                im = _wide_gray_to_8bit(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             return im.convert("RGB")
@@ -31,13 +29,11 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     return TF.pil_to_tensor(img)  # [3, H, W] uint8
 
 
-def drop_unreadable(items: Sequence[T], path_of: Callable[[T], Path]) -> list[T]:
-    """The items whose image decodes; each dropped one is logged as a warning."""
-    kept = []
-    for item in items:
-        try:
-            load_rgb(path_of(item))
-            kept.append(item)
-        except DatasetError as exc:
-            log.warning("dropping unreadable image: %s", exc)
-    return kept
+def _wide_gray_to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit grayscale (mode "I;16*", or "I" from a 16-bit PNG) scaled to 0..255 by 255/65535.
+    PIL's own convert clips instead, turning almost every pixel of a 16-bit photo white. An "I"
+    image whose values all fit in 8 bits is kept as it is."""
+    a = np.asarray(im).astype(np.float64)
+    if im.mode.startswith("I;16") or a.max(initial=0) > 255:
+        a = a / 257.0  # 65535 / 255
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")

@@ -15,8 +15,9 @@ from ..data.build import build_dataset, prepare_data
 from ..device import resolve_device
 from ..models.racnn import build_racnn
 from .checkpoint import CheckpointError, load_checkpoint
+from .distributed import EvalShardSampler, current_world, gather_outputs
 from .evaluate import compute_metrics, format_table, write_metrics
-
+from .precision import amp_dtype, autocast
 
 
 @torch.no_grad()
@@ -107,7 +108,8 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
                    device: str | None = None) -> tuple[dict, str]:
     """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
     ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
-    (metrics, markdown table)."""
+    (metrics, markdown table). Under torchrun each process runs its share of the images and the
+    outputs are gathered, so every image counts once; only rank 0 writes the file."""
     ckpt = _load_training_checkpoint(checkpoint)
     cfg = ckpt["config"]
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
@@ -115,12 +117,17 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     if len(dataset.classes) != ckpt["num_classes"]:
         raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
                               f"of {cfg['data']['root']} has {len(dataset.classes)}")
-    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"])
-    outputs = collect_outputs(model, loader, next(model.parameters()).device, desc=f"eval {split}")
+    world = current_world()
+    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
+                        sampler=EvalShardSampler(len(dataset), world))
+    dev = next(model.parameters()).device
+    with autocast(dev, amp_dtype(cfg["train"].get("amp", "none"), dev)):
+        outputs = gather_outputs(collect_outputs(model, loader, dev, desc=f"eval {split}"))
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
     # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
     name = "metrics.json" if split == "test" else f"metrics_{split}.json"
     path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
-    write_metrics(metrics, path)
+    if world.main:
+        write_metrics(metrics, path)
     return metrics, format_table(metrics)

@@ -96,7 +96,7 @@ class PretrainCls(Phase):
 
     def loss(self, model, images, target, part_boxes):
         logits, _, _ = model.scales[0](model.scale_input(images, None, 0))
-        loss = F.cross_entropy(logits, target)
+        loss = F.cross_entropy(logits.float(), target)
         return loss, {"train/ce_scale1": loss}
 
     def on_end(self, trainer):
@@ -163,7 +163,7 @@ class Fusion(Phase):
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():
             feats = model(images, part_boxes=part_boxes).features
-        ces = {f"train/ce_fused{name}": F.cross_entropy(head(torch.cat(feats[: len(name)], 1)), target)
+        ces = {f"train/ce_fused{name}": F.cross_entropy(head(torch.cat(feats[: len(name)], 1)).float(), target)
                for name, head in model.fusion.items()}
         return sum(ces.values()), ces
 

@@ -12,9 +12,17 @@ run at once with a ``DivergenceError`` (nothing of that step is applied or saved
 (model, optimiser, scheduler, phase, epoch, step, RNG states, resolved config). The sample order
 of an epoch is drawn from a generator seeded by (seed, epoch counter), so a resumed run sees the
 same batches as an uninterrupted one.
+
+Speed and scale (``precision.py``, ``distributed.py``): the phase's forward and loss run under
+``train.amp`` autocast, in channels_last when ``train.channels_last`` says so, with the scale
+networks compiled when ``train.compile`` is on. Under torchrun each phase's step is wrapped in
+DistributedDataParallel when its first step runs, after the freezing, so only the phase's
+trainable parameters are synchronised (and DDP's construction copies rank 0's model, e.g. the
+best_alternate.pt that fusion loaded, to every rank); only rank 0 writes files and events.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -23,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -34,13 +44,16 @@ from ..losses import rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
+from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world, gather_outputs
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
+from .precision import amp_dtype, autocast, grad_scaler, use_channels_last
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
 log = logging.getLogger("raccnn")
 OPTIMIZERS = ("sgd", "adam")
+MAX_SKIPPED_STEPS = 20  # consecutive fp16 steps the loss scaler may skip before the run counts as diverged
 
 
 @dataclass
@@ -63,10 +76,37 @@ class DivergenceError(RuntimeError):
     """The loss or a gradient is not finite; the message names the phase, epoch, step and terms."""
 
 
+class PhaseStep(nn.Module):
+    """A phase's loss on one batch as a module, so that DistributedDataParallel can wrap it (DDP
+    synchronises the gradients of what runs inside its wrapper's forward)."""
+
+    def __init__(self, model: RACNN, phase: Phase):
+        super().__init__()
+        self.model, self.phase = model, phase
+
+    def forward(self, images, target, part_boxes):
+        return self.phase.loss(self.model, images, target, part_boxes)
+
+
+class _NoWriter:
+    """What ranks other than 0 use in place of a SummaryWriter: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class Trainer:
     def __init__(self, cfg: dict, datasets: dict, work_dir: str, plan: list[Phase] | None = None):
         self.cfg, self.work_dir = cfg, work_dir
+        self.world = current_world()
         self.device = resolve_device(cfg["device"])
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
+        t = cfg["train"]
+        self.amp_dtype = amp_dtype(t["amp"], self.device)
+        self.scaler = grad_scaler(self.amp_dtype, self.device)
+        self.skipped_steps = 0
+        self.channels_last = use_channels_last(t["channels_last"], self.device)
         self.classes = list(datasets["train"].classes)
         self.num_classes = len(self.classes)
         self.part_names = list(datasets["train"].part_names)
@@ -78,21 +118,32 @@ class Trainer:
         if cfg["deterministic"]:
             # on CUDA the backward of grid_sample / interpolate has no deterministic kernel: warn there
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
-        self.model: RACNN = build_racnn(cfg, self.num_classes, self.part_names).to(self.device)
+        self.model: RACNN = build_racnn(cfg, self.num_classes, self.part_names)
+        if cfg["model"]["sync_bn"] and self.world.distributed:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        if t["compile"]:  # in place: parameter names, state dicts and checkpoints stay the same
+            for net in self.model.scales:
+                net.compile()
+        self.step_module: nn.Module | None = None  # the current phase's PhaseStep (DDP-wrapped under torchrun)
         self.plan = plan if plan is not None else build_plan(cfg)
         self.progress = Progress()
         self.sample_gen = torch.Generator()
+        # data.batch_size is per process; the generator also seeds the loader's workers, as before
+        sampler = ShardSampler(len(datasets["train"]), self.sample_gen, self.world)
         self.train_loader = DataLoader(
-            datasets["train"], batch_size=d["batch_size"], shuffle=True, drop_last=len(datasets["train"]) > d["batch_size"],
+            datasets["train"], batch_size=d["batch_size"], sampler=sampler, drop_last=len(sampler) > d["batch_size"],
             num_workers=d["num_workers"], generator=self.sample_gen, pin_memory=self.device.type == "cuda",
         )
-        self.val_loader = DataLoader(datasets["val"], batch_size=d["eval_batch_size"], num_workers=d["num_workers"])
+        self.val_loader = DataLoader(datasets["val"], batch_size=d["eval_batch_size"], num_workers=d["num_workers"],
+                                     sampler=EvalShardSampler(len(datasets["val"]), self.world))
         self.optimizer = None
         self.scheduler = None
-        for name in remove_stale_temporaries(work_dir):
-            log.info("removed %s, left by an interrupted checkpoint write", name)
+        if self.world.main:
+            for name in remove_stale_temporaries(work_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", name)
         # TensorBoard event files go into the work dir, so `tensorboard --logdir work_dirs` lists runs
-        self.writer = SummaryWriter(log_dir=work_dir)
+        self.writer = SummaryWriter(log_dir=work_dir) if self.world.main else _NoWriter()
         self.panel_batch = fixed_images(datasets["val"], n=8)  # the same images at every phase end
         self.panel_part = part_index(datasets["val"].part_names, d["hit_parts"])
 
@@ -102,6 +153,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "progress": asdict(self.progress),
             "phase": self.plan[min(self.progress.phase_index, len(self.plan) - 1)].label,
             "rng": capture_rng_state(),
@@ -112,7 +164,8 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
-        save_checkpoint(os.path.join(self.work_dir, name), self.state())
+        if self.world.main:
+            save_checkpoint(os.path.join(self.work_dir, name), self.state())
 
     def resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, weights_only=False)
@@ -126,10 +179,13 @@ class Trainer:
             if ckpt["scheduler"] is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
             self.apply_new_lr(self.plan[self.progress.phase_index])
+        if ckpt.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
         # drop TensorBoard points written after this checkpoint by the interrupted run
         self.writer.close()
-        self.writer = SummaryWriter(log_dir=self.work_dir, purge_step=self.progress.step + 1)
+        if self.world.main:
+            self.writer = SummaryWriter(log_dir=self.work_dir, purge_step=self.progress.step + 1)
         log.info("resumed from %s at %s, epoch %d, step %d", path, ckpt["phase"], self.progress.epoch, self.progress.step)
 
     # ---------------------------------------------------------------- one phase
@@ -146,6 +202,7 @@ class Trainer:
             self.optimizer = torch.optim.Adam(params, lr=sec["lr"])
         total = max(1, phase.max_epochs() * len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        self.step_module = None  # wrapped again at the phase's first step, over its own parameters
         if fresh:
             self.progress.epoch, self.progress.best_loss, self.progress.bad_epochs = 0, math.inf, 0
             log.info("== phase %s: %d trainable tensors, %s lr %g, up to %d epochs", phase.label, len(params),
@@ -162,16 +219,41 @@ class Trainer:
         self.scheduler.base_lrs = [new] * len(self.scheduler.base_lrs)
 
     def check_finite(self, phase: Phase, loss, terms: dict) -> None:
+        """A non-finite loss or gradient norm stops the run. With the fp16 loss scaler an infinite
+        gradient is the scaler's business (it skips the step and lowers the scale), so only the
+        loss is checked here and ``count_skipped`` watches the skips."""
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
-        if torch.isfinite(loss.detach() + norm):  # one host sync for both
+        norm = torch.nn.utils.get_total_norm(grads) if grads and self.scaler is None else loss.new_zeros(())
+        if torch.isfinite(loss.detach().float() + norm):  # one host sync for both
             return
-        shown = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+        self.diverged(phase, f"loss {loss.item():.4g} ({self.shown(terms)}), gradient norm {norm.item():.4g}")
+
+    def count_skipped(self, phase: Phase, scale_before: float, terms: dict) -> None:
+        self.skipped_steps = self.skipped_steps + 1 if self.scaler.get_scale() < scale_before else 0
+        if self.skipped_steps >= MAX_SKIPPED_STEPS:
+            self.diverged(phase, f"the fp16 loss scaler skipped {self.skipped_steps} steps in a row (scale now "
+                                 f"{self.scaler.get_scale():.3g}; {self.shown(terms)})")
+
+    @staticmethod
+    def shown(terms: dict) -> str:
+        return ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+
+    def diverged(self, phase: Phase, what: str):
         key = "train." + ".".join(phase.section) + ".lr"
         raise DivergenceError(
             f"training diverged in {phase.label}, epoch {self.progress.epoch + 1}, step {self.progress.step + 1}: "
-            f"loss {loss.item():.4g} ({shown}), gradient norm {norm.item():.4g}. last.pt and the best checkpoints "
-            f"hold the last finite epoch; lower {key} (now {phase.settings['lr']:g}) and resume with --resume auto")
+            f"{what}. last.pt and the best checkpoints hold the last finite epoch; lower {key} "
+            f"(now {phase.settings['lr']:g}) and resume with --resume auto")
+
+    def phase_step(self, phase: Phase) -> nn.Module:
+        """The module whose forward is the phase's loss; under torchrun wrapped in DDP, built after
+        the phase froze the rest of the model (DDP then hooks only the trainable parameters)."""
+        if self.step_module is None:
+            self.step_module = PhaseStep(self.model, phase)
+            if self.world.distributed:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
+        return self.step_module
 
     def set_modes(self, phase: Phase) -> None:
         """Frozen parts run in eval mode, so their BatchNorm statistics do not move either."""
@@ -185,14 +267,24 @@ class Trainer:
         total, count, start = 0.0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"{phase.label} ep {self.progress.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
+        step = self.phase_step(phase)
         for batch in bar:
-            images = batch["image"].to(self.device, non_blocking=True)
+            images = self.to_input(batch["image"])
             target = batch["label"].to(self.device, non_blocking=True)
-            loss, terms = phase.loss(self.model, images, target, batch.get("part_boxes"))
+            with autocast(self.device, self.amp_dtype):
+                loss, terms = step(images, target, batch.get("part_boxes"))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.check_finite(phase, loss, terms)
-            self.optimizer.step()
+            if self.scaler is None:
+                loss.backward()
+                self.check_finite(phase, loss, terms)
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.check_finite(phase, loss, terms)
+                scale = self.scaler.get_scale()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.count_skipped(phase, scale, terms)
             self.scheduler.step()
             self.progress.step += 1
             total += loss.item() * len(images)
@@ -202,14 +294,15 @@ class Trainer:
                 for tag, value in terms.items():
                     self.writer.add_scalar(tag, value.item(), self.progress.step)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
-        self.progress.train_images += count
+        self.progress.train_images += count * self.world.size
         self.progress.train_seconds += time.perf_counter() - start
         return total / max(count, 1)
 
     def validate(self) -> tuple[dict, dict]:
         """Validation losses, accuracies and box statistics of the current model, and the raw
         outputs (``collect_outputs``)."""
-        out = collect_outputs(self.model, self.val_loader, self.device, desc="val")
+        with autocast(self.device, self.amp_dtype):
+            out = gather_outputs(collect_outputs(self.model, self.val_loader, self.device, desc="val"))
         label = out["label"]
         logits = [out[f"logits_scale{s + 1}"] for s in range(self.model.n_scales)]
         res = accuracies(out)
@@ -275,7 +368,8 @@ class Trainer:
                 done = phase.done(p, val)
                 self.select(phase, val)
             if done:
-                log_phase_crops(self.writer, self.model, self.panel_batch, phase.label, p.step, self.panel_part)
+                if self.world.main:
+                    log_phase_crops(self.writer, self.model, self.panel_batch, phase.label, p.step, self.panel_part)
                 phase.on_end(self)
                 p.phase_index += 1
                 p.epoch, p.best_loss, p.bad_epochs = 0, math.inf, 0
@@ -287,3 +381,19 @@ class Trainer:
                 return
         self.writer.close()
         log.info("schedule finished after %d steps", p.step)
+        if self.world.distributed:
+            self.check_ranks_agree()
+
+    def to_input(self, images):
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights (DDP averages the same gradients everywhere)."""
+        digest = hashlib.sha256()
+        for key, value in self.model.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        if not all_equal(digest.hexdigest()):
+            raise RuntimeError(f"the {self.world.size} ranks ended with different weights")
+        log.info("weights identical on all %d ranks (sha256 %s)", self.world.size, digest.hexdigest()[:16])

@@ -84,7 +84,8 @@ class APN(nn.Module):
         return torch.stack((ux, uy, ul), dim=1).clamp(eps, 1 - eps)
 
     def forward(self, feats: Tensor) -> Tensor:
-        return self.to_box(torch.sigmoid(self.raw(feats)))
+        # the box arithmetic in fp32 also under autocast (the crop samples with these numbers)
+        return self.to_box(torch.sigmoid(self.raw(feats).float()))
 
     def init_loss(self, fmap: Tensor, tl: float) -> Tensor:
         """MSE between this APN's squares and the ``peak_targets`` of ``fmap`` (clipped into the

@@ -148,7 +148,7 @@ class RACNN(nn.Module):
             maps.append(fmap)
             if s + 1 < self.n_scales:
                 given = boxes[s] if boxes is not None and s < len(boxes) else None
-                rel = given if given is not None else self.apns[s](fmap)
+                rel = (given if given is not None else self.apns[s](fmap)).float()  # fp32 under autocast
                 if detach_boxes:
                     rel = rel.detach()
                 parent = abs_box if abs_box is not None else full_image_boxes(len(images), rel.device, rel.dtype)

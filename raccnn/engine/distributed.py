@@ -1,0 +1,126 @@
+"""Several processes through torchrun: the process group, the data shards, gathering outputs.
+
+``torchrun --nproc_per_node=N tools/train.py ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
+``init_distributed`` then joins the process group (NCCL on CUDA, gloo on the CPU) and gives each
+process its GPU. Without those variables everything here is the single-process identity, so a plain
+``python tools/train.py`` run is unchanged.
+
+Training: every rank draws the same seeded permutation of the training set each epoch and takes its
+own slice of it (``ShardSampler``), so the union over ranks is the epoch a single process would see
+and a resumed run sees the same batches again. Evaluation: each rank runs every ``world``-th image
+(no padding, so no image counts twice) and ``gather_outputs`` puts the outputs back in dataset order
+on every rank, so every rank computes the same metrics and takes the same schedule decisions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes files, logs and TensorBoard events."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_distributed(device_name: str) -> World:
+    """Join the torchrun process group if this process was started by torchrun (else a World of
+    one). On CUDA each process uses the GPU of its ``LOCAL_RANK``."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(world.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return world
+
+
+def current_world() -> World:
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    if current_world().distributed:
+        dist.barrier()
+
+
+def all_equal(value) -> bool:
+    """Whether every rank passed an equal (picklable) value."""
+    world = current_world()
+    if not world.distributed:
+        return True
+    values = [None] * world.size
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
+
+
+SHARED_OUTPUTS = ("image_size", "tl_bounds")  # collect_outputs' entries that are not one per image
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's slice of a permutation drawn from ``generator`` (seeded identically on every
+    rank). With one process it yields exactly what ``RandomSampler(generator=...)`` yields, so a
+    single-process run keeps its sample order. With several, the permutation is padded by wrapping
+    around to a multiple of the world size, so every rank runs the same number of steps.
+    (torch's ``DistributedSampler`` reseeds its own generator every epoch, which would change the
+    single-process order of existing runs, hence this sampler.)"""
+
+    def __init__(self, n: int, generator: torch.Generator, world: World):
+        self.n, self.generator, self.world = n, generator, world
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world.size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if self.world.size == 1:
+            return iter(order)
+        total = len(self) * self.world.size
+        order = (order * (total // self.n + 1))[:total]
+        return iter(order[self.world.rank::self.world.size])
+
+
+class EvalShardSampler(Sampler[int]):
+    """Images rank, rank + world, rank + 2 world, ... in order: each image on exactly one rank."""
+
+    def __init__(self, n: int, world: World):
+        self.indices = list(range(world.rank, n, world.size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-image outputs of every rank (each with an ``index`` entry) concatenated and sorted by
+    dataset index, on every rank; entries that are not per image are taken from this rank."""
+    world = current_world()
+    if not world.distributed:
+        return outputs
+    per_image = {k: v for k, v in outputs.items() if k not in SHARED_OUTPUTS}
+    parts = [None] * world.size
+    dist.all_gather_object(parts, per_image)
+    merged = {k: torch.cat([p[k] for p in parts]) for k in per_image}
+    order = torch.argsort(merged["index"])
+    return {**outputs, **{k: v[order] for k, v in merged.items()}}

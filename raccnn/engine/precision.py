@@ -1,0 +1,40 @@
+"""Numeric precision and memory layout of training: autocast, the fp16 loss scaler, channels_last.
+
+``train.amp``: ``auto`` (bf16 on CUDA, none on the CPU), ``bf16``, ``fp16`` (with
+``torch.amp.GradScaler``) or ``none``. Under autocast the convolutions and matrix products run in
+16 bits; what must stay exact stays in fp32: the crop's box arithmetic and sampling grid
+(``models/crop.py`` promotes), the softmax of the rank loss and every cross-entropy
+(``losses.py`` and the phases call ``.float()`` on the logits first).
+``train.channels_last``: ``auto`` (on CUDA only), true or false: the model and its inputs in NHWC,
+which tensor-core convolutions prefer.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return _DTYPES[mode]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def use_channels_last(setting, device: torch.device) -> bool:
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None

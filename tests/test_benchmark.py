@@ -1,0 +1,33 @@
+"""tools/benchmark.py at a tiny size on the CPU: every case measured, the table and the JSON agree."""
+from __future__ import annotations
+
+import json
+import sys
+
+from test_recovery import run
+
+TINY = ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "data.resize=48", "data.crop=48"]
+
+
+def test_benchmark_measures_every_case_and_the_loader(tmp_path):
+    out = tmp_path / "bench.json"
+    res = run([sys.executable, "tools/benchmark.py", "--config", "experiments/configs/fgsynth_default.yaml",
+               "--opts", *TINY, "--classes", "5", "--batch", "2", "--steps", "2", "--warmup", "1",
+               "--cases", "alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls", "plain_apn",
+               "--loader-images", "4", "--loader-workers", "0", "1", "--peak-tflops", "1", "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    model_rows = [r for r in rows if r["case"] != "loader"]
+    assert [r["case"] for r in model_rows] == ["alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls",
+                                                "plain_apn"]
+    for r in model_rows:
+        assert r["images_per_s"] > 0 and abs(r["images_per_s"] * r["ms_per_step"] / 1000 - 2) < 1e-6
+        assert r["gflop_per_image"] > 0 and abs(r["mfu"] - r["tflops"]) < 1e-12  # peak 1 TFLOP/s
+        assert 0 <= r["crop_share"] < 1
+    by_case = {r["case"]: r for r in model_rows}
+    # a training step counts forward and backward: more FLOPs than the forward alone
+    assert by_case["alternate_cls"]["gflop_per_image"] > 2 * by_case["eval"]["gflop_per_image"]
+    assert by_case["fusion"]["crop_share"] == 0 and by_case["alternate_apn"]["crop_share"] > 0
+    loaders = [r for r in rows if r["case"] == "loader"]
+    assert [r["workers"] for r in loaders] == [0, 1] and all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
+    assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6

@@ -1,0 +1,82 @@
+"""torchrun with two CPU processes (gloo): the whole schedule, one set of files, exact resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from raccnn.engine.distributed import EvalShardSampler, ShardSampler, World, gather_outputs
+from test_recovery import KILLER, assert_same_tensors, model_tensors, run, train_cmd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shard_sampler_of_one_process_is_the_random_sampler():
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert list(ShardSampler(10, a, World())) == list(torch.utils.data.RandomSampler(range(10), generator=b))
+
+
+def test_shards_cover_the_same_permutation_and_pad_by_wrapping():
+    shards = [list(ShardSampler(10, torch.Generator().manual_seed(3), World(r, 3))) for r in range(3)]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert [len(s) for s in shards] == [4, 4, 4]
+    merged = [shards[i % 3][i // 3] for i in range(12)]  # rank r holds positions r, r + 3, ...
+    assert merged == order + order[:2]
+    evals = [list(EvalShardSampler(10, World(r, 3))) for r in range(3)]
+    assert sorted(sum(evals, [])) == list(range(10))
+
+
+def _gather_worker(rank, path):
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    idx = torch.tensor(list(EvalShardSampler(5, World(rank, 2))))
+    out = {"index": idx, "logits_scale1": idx[:, None].float() * torch.ones(1, 3), "image_size": torch.tensor([8, 8])}
+    merged = gather_outputs(out)
+    assert merged["index"].tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(merged["logits_scale1"][:, 0], torch.arange(5.0))
+    assert merged["image_size"].tolist() == [8, 8]
+    dist.destroy_process_group()
+
+
+def test_gather_outputs_puts_every_image_once_in_dataset_order(tmp_path):
+    mp.spawn(_gather_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2)
+
+
+def torchrun(script, *args, env=None):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args],
+               env={"OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
+def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, tmp_path):
+    run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
+         "train.init_apn.epochs=0", "train.alternate.rounds=0", "train.fusion.epochs=0"])  # data generated
+    ref = tmp_path / "ddp"
+    res = torchrun(*train_cmd(data_root, ref))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "weights identical on all 2 ranks" in res.stdout
+    assert "2 process(es)" in res.stdout
+    files = sorted(p.name for p in ref.iterdir())
+    assert [f for f in files if not f.startswith("events")] == [
+        "best.pt", "best_alternate.pt", "config.yaml", "last.pt", "metrics.json", "train.log"]
+    assert sum(f.startswith("events") for f in files) == 1
+    metrics = json.loads((ref / "metrics.json").read_text())
+    assert metrics["num_images"] == 24  # the tiny test split, each image once
+    assert (ref / "train.log").read_text().count("== phase fusion") == 1  # one process logs
+
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    work = tmp_path / "ddp_killed"
+    res = torchrun(str(killer), *train_cmd(data_root, work)[1:], env={"KILL_AT": "step|alternate_apn[round 1]|1"})
+    assert res.returncode != 0 and not (work / "best.pt").exists()
+    res = torchrun(*train_cmd(data_root, work))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed from" in (work / "train.log").read_text()
+    for name in ("best_alternate.pt", "best.pt", "last.pt"):
+        assert_same_tensors(model_tensors(work / name), model_tensors(ref / name), name)

@@ -1,0 +1,275 @@
+"""Throughput of a config's training steps and data loading, on random tensors (no dataset needed).
+
+    python tools/benchmark.py [--config experiments/configs/cub200_vgg19.yaml] [--opts KEY=VALUE ...]
+        [--batch 16 32] [--amp none bf16] [--channels-last false true] [--compile false]
+        [--cases alternate_cls alternate_apn fusion eval plain_cls plain_apn] [--steps 20] [--warmup 5]
+        [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--device cuda] [--json out.json]
+
+One line per case (phase step x batch x amp x channels_last x compile) with: images/s, ms per step
+(median of ``--steps`` after ``--warmup``), peak memory, model FLOPs per image (counted by
+``torch.utils.flop_counter`` over one step: forward, backward), achieved TFLOP/s, MFU against
+``--peak-tflops`` (default 989, the dense bf16 spec of the H100/H200, on CUDA; none on the CPU), and
+the crop's share of the step (the crops of one step, forward and, where the step differentiates
+them, backward, timed alone at the same shapes, divided by the step time). Cases:
+
+- ``alternate_cls`` / ``alternate_apn`` / ``fusion``: one optimiser step of that phase, with the
+  phase's own freezing, loss and optimiser (``raccnn/engine/phases.py``).
+- ``eval``: the forward pass of all scales under ``no_grad``.
+- ``plain_cls``: the three scale networks trained on their own input sizes, one after the other,
+  nothing else (no APN, crop or rank loss); ``alternate_cls`` / ``plain_cls`` is RA-CNN's overhead.
+- ``plain_apn``: the three scale networks' forward and backward to their inputs with frozen weights,
+  the same work as ``alternate_apn``'s backward minus the APNs, crops and rank loss.
+
+Then the data loader's images/s for the config's training transforms on generated JPEGs of CUB's
+size (about 500 x 375, ``raccnn/data/standin.py``) with each ``--loader-workers``, so one sees at
+once whether the data or the model bounds an epoch. A table on stdout; ``--json`` writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from raccnn.config import load_config
+from raccnn.data.cub import CUBDataset
+from raccnn.data.standin import write_cub_standin
+from raccnn.data.transforms import build_transforms
+from raccnn.device import resolve_device
+from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
+from raccnn.engine.precision import autocast
+from raccnn.models.crop import attention_crop
+from raccnn.models.racnn import build_racnn
+
+PHASES = {"alternate_cls": AlternateCls, "alternate_apn": AlternateAPN, "fusion": Fusion}
+CASES = ("alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls", "plain_apn")
+DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_step(case, model, cfg, images, target, device, dtype):
+    """A closure running one step of ``case``."""
+    if case in PHASES:
+        phase = PHASES[case](cfg, 0)
+        params = phase.parameters(model)
+        trainable = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        model.eval()
+        for m in phase.train_modules(model):
+            m.train()
+        opt = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+
+        def step():
+            with autocast(device, dtype):
+                loss, _ = phase.loss(model, images, target, None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    if case == "eval":
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast(device, dtype):
+                model(images)
+        return step
+    inputs = [torch.randn(len(images), 3, s, s, device=device) for s in model.input_sizes]
+    if case == "plain_cls":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        opt = torch.optim.SGD([p for net in model.scales for p in net.parameters()], lr=1e-6, momentum=0.9)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            for net, x in zip(model.scales, inputs):
+                with autocast(device, dtype):
+                    loss = torch.nn.functional.cross_entropy(net(x)[0].float(), target)
+                loss.backward()
+            opt.step()
+        return step
+    for p in model.parameters():  # plain_apn: frozen weights, gradient to the inputs
+        p.requires_grad_(False)
+    model.eval()
+    leaves = [x.requires_grad_(True) for x in inputs]
+
+    def step():
+        for net, x in zip(model.scales, leaves):
+            with autocast(device, dtype):
+                out = net(x)[0].float().softmax(1)[:, 0].mean()
+            out.backward()
+            x.grad = None
+    return step
+
+
+def crop_step(model, images, case, device):
+    """The crops of one step of ``case`` (None when it has none)."""
+    if case not in ("alternate_cls", "alternate_apn", "eval"):
+        return None
+    boxes = torch.tensor([[0.5, 0.5, 0.3]], device=device).repeat(len(images), 1)
+    backward = case == "alternate_apn"
+
+    def step():
+        b = boxes.clone().requires_grad_(backward)
+        outs = [attention_crop(images, b, size, k=model.crop_k, grad=model.crop_grad) for size in model.input_sizes[1:]]
+        if backward:
+            sum(o.float().square().mean() for o in outs).backward()
+    return step
+
+
+def timed(step, steps, warmup, device):
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def count_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def peak_memory_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def bench_model(cfg, args, device):
+    rows = []
+    num_classes = args.classes
+    for batch, amp, cl, comp in itertools.product(args.batch, args.amp, args.channels_last, args.compile):
+        torch.manual_seed(0)
+        model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), num_classes)
+        fmt = torch.channels_last if cl else torch.preserve_format
+        model.to(device, memory_format=fmt)
+        if comp:
+            for net in model.scales:
+                net.compile()
+        size = cfg["data"]["crop"]
+        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        target = torch.randint(0, num_classes, (batch,), device=device)
+        for case in args.cases:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            step = make_step(case, model, cfg, images, target, device, DTYPES[amp])
+            t0 = time.perf_counter()
+            try:
+                step()  # the first call compiles when compile is on
+                sync(device)
+            except torch.OutOfMemoryError:
+                rows.append(dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, error="out of memory"))
+                torch.cuda.empty_cache()
+                continue
+            first = time.perf_counter() - t0
+            sec = timed(step, args.steps, args.warmup, device)
+            flops = count_flops(step) / batch
+            crop = crop_step(model, images, case, device)
+            crop_sec = timed(crop, args.steps, args.warmup, device) if crop else 0.0
+            row = dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp,
+                       images_per_s=batch / sec, ms_per_step=1000 * sec, first_step_s=first,
+                       peak_memory_mib=peak_memory_mib(device), gflop_per_image=flops / 1e9,
+                       tflops=flops * batch / sec / 1e12, crop_share=crop_sec / sec)
+            row["mfu"] = row["tflops"] / args.peak_tflops if args.peak_tflops else None
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def bench_loader(cfg, args):
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        per_class = max(2, args.loader_images)  # half of them train: 2 classes x half = loader_images
+        write_cub_standin(tmp, classes=2, images_per_class=per_class)
+        d = cfg["data"]
+        transform = build_transforms(True, d["resize"], d["crop"], flip=d["flip"])
+        ds = CUBDataset(tmp, split="trainval", transform=transform, val_fraction=0.1)
+        for workers in args.loader_workers:
+            loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=workers, drop_last=False)
+            for _ in loader:  # warm-up: worker start, page cache
+                break
+            t = time.perf_counter()
+            n = sum(len(b["image"]) for b in loader)
+            sec = time.perf_counter() - t
+            row = dict(case="loader", workers=workers, images=n, images_per_s=n / sec, input_size=d["crop"])
+            rows.append(row)
+            print(f"loader  workers {workers:3d}  {n / sec:9.1f} images/s  ({n} JPEGs ~500x375 -> "
+                  f"{d['resize']}/{d['crop']} px, training transforms)", flush=True)
+    return rows
+
+
+def format_row(r) -> str:
+    if "error" in r:
+        return f"{r['case']:14s} b{r['batch']:<4d} {r['amp']:5s} cl={int(r['channels_last'])} compile={int(r['compile'])}  {r['error']}"
+    mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   - "
+    return (f"{r['case']:14s} b{r['batch']:<4d} {r['amp']:5s} cl={int(r['channels_last'])} compile={int(r['compile'])} "
+            f"{r['images_per_s']:9.1f} img/s {r['ms_per_step']:9.1f} ms {r['peak_memory_mib']:8.0f} MiB "
+            f"{r['gflop_per_image']:8.4g} GFLOP/img {r['tflops']:8.4g} TFLOP/s MFU {mfu} crop {100 * r['crop_share']:5.1f}%")
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="experiments/configs/cub200_vgg19.yaml")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--classes", type=int, default=200)
+    p.add_argument("--batch", type=int, nargs="+", default=[16])
+    p.add_argument("--amp", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 on CUDA, none on the CPU")
+    p.add_argument("--channels-last", type=parse_bool, nargs="+", default=None, help="default: true on CUDA")
+    p.add_argument("--compile", type=parse_bool, nargs="+", default=[False])
+    p.add_argument("--cases", nargs="+", default=list(CASES[:4]), choices=CASES)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--peak-tflops", type=float, default=None, help="default: 989 on CUDA (H100/H200 dense bf16)")
+    p.add_argument("--loader-workers", type=int, nargs="*", default=None, help="default: the config's num_workers")
+    p.add_argument("--loader-images", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.opts)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    args.amp = args.amp or (["bf16"] if cuda else ["none"])
+    args.channels_last = args.channels_last if args.channels_last is not None else [cuda]
+    args.peak_tflops = args.peak_tflops or (989.0 if cuda else None)
+    args.loader_workers = args.loader_workers if args.loader_workers is not None else [cfg["data"]["num_workers"]]
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"{args.config} {' '.join(args.opts)} on {name}, torch {torch.__version__}, input "
+          f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}", flush=True)
+    rows = bench_model(cfg, args, device) + bench_loader(cfg, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "opts": args.opts, "device": name, "torch": torch.__version__,
+                       "peak_tflops": args.peak_tflops, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
