@@ -8,7 +8,8 @@ block contributes the cartesian product of its axes (label -> config overrides):
 
     config: experiments/configs/fgsynth_default.yaml
     opts: {train.alternate.rounds: 2}
-    seeds: [0, 1]
+    seeds: [0, 1, 2]
+    baseline: attention=none,proposer=apn      # optional; default: the first row
     blocks:
       - attention: {none: {}, se: {model.attention.type: se, model.attention.stages: [3, 4]}}
         proposer: {apn: {model.proposer: apn}}
@@ -16,9 +17,12 @@ block contributes the cartesian product of its axes (label -> config overrides):
 
 Every run trains with tools/train.py in its own work dir (<out>/<row>/seed<k>) and is evaluated on
 the test split; a run whose metrics.json exists is skipped, so re-running the command resumes the
-grid. Writes <out>/results.csv, <out>/results.md (mean ± std over seeds per row) and TensorBoard
-hparams under <out>/hparams. Parameters and forward FLOPs (torch.utils.flop_counter, one image)
-are those of the model each row builds; images/s is measured during its training.
+grid. Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
+<out>/hparams. Per row and metric: mean, standard deviation and the 95 % t-interval of the mean over
+seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
+(``raccnn/stats.py``), marked * when the interval excludes zero. Parameters and forward FLOPs
+(torch.utils.flop_counter, one image) are those of the model each row builds; images/s is measured
+during its training.
 """
 from __future__ import annotations
 
@@ -41,8 +45,10 @@ from raccnn.config import ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.models import build_racnn
 from raccnn.models.racnn import fusion_names
+from raccnn.stats import LEVEL, paired_difference, t_interval
 
-GRID_KEYS = {"config", "opts", "seeds", "blocks"}
+GRID_KEYS = {"config", "opts", "seeds", "blocks", "baseline"}
+DIFF_METRICS = ("acc_scale2", "acc_fused_all")  # the columns compared with the baseline in results.md
 
 
 def load_grid(path: str) -> dict:
@@ -122,13 +128,6 @@ def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
     return metrics
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True)
@@ -145,6 +144,9 @@ def main(argv=None) -> int:
         folders = [row_dir(Path(""), name) for name, _, _ in rows]
         if len(set(folders)) != len(folders):
             raise ConfigError(f"{args.grid}: two rows map to the same folder name; rename their labels")
+        baseline = grid.get("baseline", rows[0][0])
+        if baseline not in configs:
+            raise ConfigError(f"{args.grid}: baseline {baseline!r} is not a row; rows: {list(configs)}")
     except (ConfigError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -157,33 +159,55 @@ def main(argv=None) -> int:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    results, failed = [], 0
+    per_row, failed = {}, 0
     for name, labels, overrides in rows:
-        per_seed, errors = [], []
+        per_row[name] = {}
         for seed in grid["seeds"]:
             opts = shared + to_opts(overrides) + [f"seed={seed}"]
             try:
-                per_seed.append(run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}"))
+                per_row[name][seed] = run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}")
             except (RunFailed, ConfigError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
-                errors.append(f"seed {seed}")
-        row = {"row": name, "seeds": len(per_seed), "failed": ", ".join(errors)}
-        failed += bool(errors)
-        if per_seed:
-            params, flops = model_cost(configs[name], per_seed[0]["num_classes"])
-            row.update(params=params, gflops=flops / 1e9,
-                       images_per_s=statistics.fmean(m["images_per_s"] for m in per_seed))
+        failed += len(per_row[name]) < len(grid["seeds"])
+
+    results = []
+    for name, labels, _ in rows:
+        row = summarise(name, per_row[name], per_row[baseline], configs[name], grid["seeds"])
+        row["baseline"] = baseline
+        results.append(row)
+        if row["seeds"]:
             metrics = row_metrics(configs[name]["model"]["n_scales"])
-            for key in metrics:
-                row[key], row[key + "_std"] = mean_std([m.get(key) for m in per_seed])
-            row["acc_fused_all"], row["acc_fused_all_std"] = row[metrics[-2]], row[metrics[-2] + "_std"]
             with SummaryWriter(log_dir=str(row_dir(out / "hparams", name))) as w:
                 w.add_hparams(labels, {f"hparam/{k}": row[k] for k in metrics if row[k] == row[k]}, run_name=".")
-        results.append(row)
 
     write_results(out, results)
     print((out / "results.md").read_text())
     return 1 if failed else 0
+
+
+def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list) -> dict:
+    """One table row: per metric the t-interval over seeds and the paired difference with the
+    baseline's runs of the same seeds."""
+    row = {"row": name, "seeds": len(runs), "failed": ", ".join(f"seed {s}" for s in seeds if s not in runs)}
+    if not runs:
+        return row
+    first = next(iter(runs.values()))
+    params, flops = model_cost(cfg, first["num_classes"])
+    row.update(params=params, gflops=flops / 1e9, images_per_s=statistics.fmean(m["images_per_s"] for m in runs.values()))
+    metrics = row_metrics(cfg["model"]["n_scales"])
+    fused_all = metrics[-2]
+
+    def value(m, key):
+        return m.get(fused_all if key == "acc_fused_all" else key)
+
+    for key in metrics + ["acc_fused_all"]:
+        ci = t_interval([value(m, key) for m in runs.values()])
+        row.update({key: ci.mean, f"{key}_std": ci.std, f"{key}_ci_lo": ci.lo, f"{key}_ci_hi": ci.hi})
+        diff = paired_difference({s: value(m, key) for s, m in runs.items()},
+                                 {s: value(m, key) for s, m in baseline_runs.items()})
+        row.update({f"{key}_diff": diff.mean, f"{key}_diff_ci_lo": diff.lo, f"{key}_diff_ci_hi": diff.hi,
+                    f"{key}_diff_pairs": diff.n, f"{key}_diff_excludes_zero": diff.excludes_zero})
+    return row
 
 
 def write_results(out: Path, results: list[dict]) -> None:
@@ -198,20 +222,36 @@ def write_results(out: Path, results: list[dict]) -> None:
 
     def pct(row, key):
         m, s = row.get(key, float("nan")), row.get(key + "_std", float("nan"))
-        return "n/a" if m != m else f"{100 * m:.1f} ± {100 * s:.1f}"
+        if m != m:
+            return "n/a"
+        lo, hi = row[key + "_ci_lo"], row[key + "_ci_hi"]
+        ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo == lo else ""
+        return f"{100 * m:.1f} ± {100 * s:.1f}{ci}"
+
+    def diff(row, key):
+        d = row.get(key + "_diff", float("nan"))
+        if d != d or row["row"] == row.get("baseline"):
+            return "-"
+        lo, hi = row[key + "_diff_ci_lo"], row[key + "_diff_ci_hi"]
+        ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo == lo else ""
+        return f"{100 * d:+.1f}{ci}{' *' if row[key + '_diff_excludes_zero'] else ''}"
 
     n = max((int(k[len("acc_scale"):]) for r in results for k in r if re.fullmatch(r"acc_scale\d+", k)), default=0)
     scales = [f"acc_scale{s}" for s in range(1, n + 1)]
     lines = ["| row | " + " | ".join(f"scale {s}" for s in range(1, n + 1)) + " | fused (all) | part hit s2 | "
-             "params (M) | GFLOPs | img/s | failed runs |", "|---|" + "---:|" * (n + 5) + "---|"]
+             "Δ scale 2 | Δ fused | params (M) | GFLOPs | img/s | failed runs |", "|---|" + "---:|" * (n + 7) + "---|"]
     for r in results:
         cost = (f"{r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.0f}" if "params" in r
                 else "n/a | n/a | n/a")
         lines.append(f"| {r['row']} | " + " | ".join(pct(r, k) for k in scales + ["acc_fused_all", "part_hit_scale2"])
-                     + f" | {cost} | {r['failed'] or '-'} |")
+                     + " | " + " | ".join(diff(r, k) for k in DIFF_METRICS) + f" | {cost} | {r['failed'] or '-'} |")
+    baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
     lines.append("")
-    lines.append(f"Test-split accuracy and part hit in %, mean ± std over the seeds that finished "
-                 f"({max(r['seeds'] for r in results)} per row at most); a failed run's log is in its work dir.")
+    lines.append(f"Test-split accuracy and part hit in %: mean ± standard deviation [{100 * LEVEL:.0f} % Student-t "
+                 f"interval of the mean] over the seeds that finished ({max(r['seeds'] for r in results)} per row at "
+                 f"most). Δ: mean difference from the baseline row ({baseline}) paired by seed, in points, with its "
+                 f"{100 * LEVEL:.0f} % t-interval; * when that interval excludes zero. A failed run's log is in its "
+                 f"work dir.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 

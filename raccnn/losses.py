@@ -1,6 +1,7 @@
 """RA-CNN losses: cross-entropy at every scale and the inter-scale pairwise ranking loss."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +25,14 @@ def rank_loss(logits_per_scale: list[Tensor], target: Tensor, margin: float = 0.
     for coarse, fine in zip(probs[:-1], probs[1:]):
         total = total + (coarse - fine + margin).clamp_min(0).mean()
     return total
+
+
+def hinge_active(logits_per_scale: list[Tensor], target: Tensor, margin: float = 0.05) -> Tensor:
+    """[n_scales - 1]: for each neighbouring pair (s, s+1), the fraction of the batch whose hinge
+    p_t(s) - p_t(s+1) + margin is positive, i.e. the images that give the rank loss a gradient. When
+    the softmax saturates (p_t near 1 at every scale) it falls to 0 and the rank loss is silent."""
+    probs = [true_class_prob(logits, target).detach() for logits in logits_per_scale]
+    return torch.stack([((c - f + margin) > 0).float().mean() for c, f in zip(probs[:-1], probs[1:])])
 
 
 def scale_ce_losses(logits_per_scale: list[Tensor], target: Tensor) -> list[Tensor]:

@@ -41,6 +41,7 @@ TRAINABLE_AT_INIT = {
     "sagan": ["v.weight"],
     "bam": ["channel.3.weight", "channel.3.bias", "spatial.9.weight", "spatial.9.bias"],
     "parsenet": ["proj.weight", "proj.bias"],
+    "sasa": ["out.weight"],
 }
 # Blocks whose paper already initialises them to the identity (a zero last layer or zero
 # residual scale): identity_init=False, which keeps the paper's init, is the identity too.
@@ -310,3 +311,39 @@ def test_racnn_without_attention_is_unchanged():
     none = RACNN(num_classes=5, backbone="vgg_small", width=4, input_sizes=[32, 24, 24],
                  attention={"type": "none", "stages": [1, 2]})
     assert set(plain.state_dict()) == set(none.state_dict())
+
+
+def test_sasa_against_a_per_pixel_loop():
+    """Each output pixel computed alone: the in-map neighbours of a k x k window, the logits
+    q.k + q.r(offset) per head, softmax over those neighbours, the weighted sum of values, W_o."""
+    torch.manual_seed(0)
+    heads, k = 2, 3
+    block = build_attention("sasa", 8, identity_init=False, heads=heads, kernel_size=k)
+    x = torch.randn(2, 8, 4, 5)
+    q, key, v = block.qkv(x).chunk(3, dim=1)
+    d = 8 // heads
+    o = torch.zeros(2, 8, 4, 5)
+    for b in range(2):
+        for i in range(4):
+            for j in range(5):
+                for h in range(heads):
+                    ch = slice(h * d, (h + 1) * d)
+                    qp = q[b, ch, i, j] / math.sqrt(d)
+                    logits, values = [], []
+                    for a in range(-(k // 2), k // 2 + 1):
+                        for c in range(-(k // 2), k // 2 + 1):
+                            if 0 <= i + a < 4 and 0 <= j + c < 5:
+                                r = torch.cat((block.rel_rows[h, :, a + k // 2], block.rel_cols[h, :, c + k // 2]))
+                                logits.append(qp @ (key[b, ch, i + a, j + c] + r))
+                                values.append(v[b, ch, i + a, j + c])
+                    weights = torch.stack(logits).softmax(0)
+                    o[b, ch, i, j] = (weights[:, None] * torch.stack(values)).sum(0)
+    expected = x + torch.nn.functional.conv2d(o, block.out.weight)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sasa_refuses_heads_that_do_not_split_the_channels():
+    with pytest.raises(ValueError, match="even width"):
+        build_attention("sasa", 12, heads=4)  # 3 channels per head cannot split into rows and columns
+    with pytest.raises(ValueError, match="odd"):
+        build_attention("sasa", 16, kernel_size=4)

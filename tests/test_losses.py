@@ -59,3 +59,20 @@ def test_true_class_prob_and_ce():
     ce = scale_ce_losses([logits, logits], target)
     assert len(ce) == 2
     assert ce[0].item() == pytest.approx(-(math.log(0.75) + math.log(0.1)) / 2, rel=1e-5)
+
+
+def test_hinge_active_fraction_on_a_hand_made_batch():
+    from raccnn.losses import hinge_active
+    # two classes; logits chosen so that p_t = softmax(...)[target] is known exactly
+    def logits_for(p):  # [B, 2] with softmax(.)[:, 0] == p
+        p = torch.tensor(p)
+        return torch.stack([torch.log(p), torch.log(1 - p)], 1)
+    target = torch.zeros(4, dtype=torch.long)
+    s1 = logits_for([0.50, 0.50, 0.90, 0.20])
+    s2 = logits_for([0.60, 0.52, 0.80, 0.99])  # p1 - p2 + 0.05: -0.05, +0.03, +0.15, -0.74
+    s3 = logits_for([0.60, 0.52, 0.80, 0.99])  # equal to scale 2: every hinge at +0.05 is active
+    active = hinge_active([s1, s2, s3], target, margin=0.05)
+    assert active.tolist() == [0.5, 1.0]
+    # a saturated softmax: p_t = 1 at every scale leaves exactly the margin, active only if margin > 0
+    sat = logits_for([1 - 1e-7] * 4)
+    assert hinge_active([sat, sat], target, margin=0.0).tolist() == [0.0]

@@ -266,3 +266,23 @@ def test_stale_temporaries_are_removed_and_resume_outside_the_work_dir_refused(d
                           "--work-dir", str(tmp_path / "new"), "--resume", str(tmp_path / "wd" / "last.pt"),
                           "--opts", *TINY, f"data.root={data_root}"], capture_output=True, text=True)
     assert res.returncode == 2 and "outside the work dir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rank_loss_diagnostics_are_logged_every_epoch(data_root, tmp_path, caplog):
+    import logging
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    trainer = make_trainer(data_root, tmp_path)
+    with caplog.at_level(logging.INFO, logger="raccnn"):
+        trainer.run()
+    epochs = trainer.progress.history
+    assert all(0 <= e["rank_active_1_2"] <= 1 and 0 <= e["rank_active_2_3"] <= 1 for e in epochs)
+    assert "apn1_dtx" not in epochs[0] and all("apn1_dtx" in e and e["apn2_dtl"] >= 0 for e in epochs[1:])
+    apn_lines = [r.getMessage() for r in caplog.records if "active rank hinges" in r.getMessage()]
+    assert len(apn_lines) == len(epochs)
+    assert sum("train 1_2=" in line for line in apn_lines) == sum(e["phase"].startswith(("alternate_apn", "init_apn"))
+                                                                  for e in epochs)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_epoch/rank_active_1_2", "train_epoch/grad_norm", "val/rank_active_2_3", "apn1/dtx"} <= tags
+    grad_norms = [s.value for s in events.Scalars("train_epoch/grad_norm")]
+    assert len(grad_norms) == len(epochs) and all(v > 0 for v in grad_norms)

@@ -20,6 +20,7 @@ from .global_context import gc_block
 from .nonlocal_block import NonLocal
 from .parsenet import ParseNetContext
 from .sagan import SelfAttention
+from .sasa import SASA
 from .se import se_block
 
 
@@ -44,6 +45,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "sagan": SelfAttention,
     "bam": BAM,
     "parsenet": ParseNetContext,
+    "sasa": SASA,
 }
 ATTENTION_TYPES = tuple(BUILDERS)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import rank_loss, scale_ce_losses
+from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.racnn import RACNN
 from .checkpoint import load_checkpoint
 
@@ -109,11 +109,11 @@ class InitAPN(Phase):
 
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():  # feature maps along the APNs' current squares
-            maps = model(images, part_boxes=part_boxes).maps
+            out = model(images, part_boxes=part_boxes)
         loss = images.new_zeros(())
         for s, apn in enumerate(model.apns):
-            loss = loss + apn.init_loss(maps[s], self.cfg["train"]["init_apn"]["tl"])
-        return loss, {"train/init_apn_mse": loss}
+            loss = loss + apn.init_loss(out.maps[s], self.cfg["train"]["init_apn"]["tl"])
+        return loss, {"train/init_apn_mse": loss, **_active_terms(out.logits, target, self.cfg)}
 
 
 class Alternating(Phase):
@@ -150,8 +150,9 @@ class AlternateAPN(Alternating):
     name, section, trains, monitor = "alternate_apn", ("alternate", "apn"), "apns", "rank"
 
     def loss(self, model, images, target, part_boxes):
-        loss = rank_loss(model(images, part_boxes=part_boxes).logits, target, margin=self.cfg["train"]["alternate"]["margin"])
-        return loss, {"train/rank": loss}
+        logits = model(images, part_boxes=part_boxes).logits
+        loss = rank_loss(logits, target, margin=self.cfg["train"]["alternate"]["margin"])
+        return loss, {"train/rank": loss, **_active_terms(logits, target, self.cfg)}
 
 
 class Fusion(Phase):
@@ -178,6 +179,12 @@ class Fusion(Phase):
             trainer.model.load_state_dict(best["model"])
             log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
                      best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))
+
+
+def _active_terms(logits, target, cfg) -> dict:
+    """The APN phases' diagnostic: the fraction of active rank-loss hinges per scale pair."""
+    active = hinge_active(logits, target, cfg["train"]["alternate"]["margin"])
+    return {f"train/rank_active_{s + 1}_{s + 2}": a for s, a in enumerate(active)}
 
 
 def build_plan(cfg: dict) -> list[Phase]:

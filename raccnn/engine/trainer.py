@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..fileio import remove_stale_temporaries
-from ..losses import rank_loss, scale_ce_losses
+from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
@@ -126,6 +126,8 @@ class Trainer:
             for net in self.model.scales:
                 net.compile()
         self.step_module: nn.Module | None = None  # the current phase's PhaseStep (DDP-wrapped under torchrun)
+        self.epoch_terms: dict[str, float] = {}  # the mean of every logged term over the last training epoch
+        self.previous_boxes: dict[str, torch.Tensor] = {}  # the last validation's squares, to measure their moves
         self.plan = plan if plan is not None else build_plan(cfg)
         self.progress = Progress()
         self.sample_gen = torch.Generator()
@@ -218,14 +220,15 @@ class Trainer:
                 group["initial_lr"] = new
         self.scheduler.base_lrs = [new] * len(self.scheduler.base_lrs)
 
-    def check_finite(self, phase: Phase, loss, terms: dict) -> None:
-        """A non-finite loss or gradient norm stops the run. With the fp16 loss scaler an infinite
-        gradient is the scaler's business (it skips the step and lowers the scale), so only the
-        loss is checked here and ``count_skipped`` watches the skips."""
+    def check_finite(self, phase: Phase, loss, terms: dict):
+        """The gradient norm of the phase's parameters; a non-finite loss or norm stops the run.
+        With the fp16 loss scaler (gradients unscaled before this) an infinite gradient is the
+        scaler's business (it skips the step and lowers the scale), so only the loss counts here
+        and ``count_skipped`` watches the skips."""
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads and self.scaler is None else loss.new_zeros(())
-        if torch.isfinite(loss.detach().float() + norm):  # one host sync for both
-            return
+        norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        if torch.isfinite(loss.detach().float() + (0 if self.scaler else norm)):  # one host sync for both
+            return norm
         self.diverged(phase, f"loss {loss.item():.4g} ({self.shown(terms)}), gradient norm {norm.item():.4g}")
 
     def count_skipped(self, phase: Phase, scale_before: float, terms: dict) -> None:
@@ -265,6 +268,7 @@ class Trainer:
         self.set_modes(phase)
         self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + self.progress.epochs_run)
         total, count, start = 0.0, 0, time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}  # every logged term over the epoch (host sync once, at the end)
         bar = tqdm(self.train_loader, desc=f"{phase.label} ep {self.progress.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
         step = self.phase_step(phase)
@@ -276,11 +280,12 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is None:
                 loss.backward()
-                self.check_finite(phase, loss, terms)
+                terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
                 self.optimizer.step()
             else:
                 self.scaler.scale(loss).backward()
-                self.check_finite(phase, loss, terms)
+                self.scaler.unscale_(self.optimizer)
+                terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
                 scale = self.scaler.get_scale()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -289,6 +294,8 @@ class Trainer:
             self.progress.step += 1
             total += loss.item() * len(images)
             count += len(images)
+            for tag, value in terms.items():
+                sums[tag] = sums.get(tag, 0) + value.detach().float() * len(images)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.progress.step % self.cfg["train"]["log_interval"] == 0:
                 for tag, value in terms.items():
@@ -296,6 +303,7 @@ class Trainer:
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
         self.progress.train_images += count * self.world.size
         self.progress.train_seconds += time.perf_counter() - start
+        self.epoch_terms = {tag: (v / max(count, 1)).item() for tag, v in sums.items()}
         return total / max(count, 1)
 
     def validate(self) -> tuple[dict, dict]:
@@ -306,12 +314,20 @@ class Trainer:
         label = out["label"]
         logits = [out[f"logits_scale{s + 1}"] for s in range(self.model.n_scales)]
         res = accuracies(out)
+        margin = self.cfg["train"]["alternate"]["margin"]
         res["ce"] = sum(scale_ce_losses(logits, label)).item()
-        res["rank"] = rank_loss(logits, label, margin=self.cfg["train"]["alternate"]["margin"]).item()
+        res["rank"] = rank_loss(logits, label, margin=margin).item()
+        for s, active in enumerate(hinge_active(logits, label, margin).tolist()):
+            res[f"rank_active_{s + 1}_{s + 2}"] = active
         a = self.cfg["model"]["apn"]
+        previous = self.previous_boxes
         for s in range(2, self.model.n_scales + 1):
-            stats = box_stats(out[f"rel_boxes_scale{s}"], a["tl_min"], a["tl_max"])
+            boxes = out[f"rel_boxes_scale{s}"]
+            stats = box_stats(boxes, a["tl_min"], a["tl_max"])
+            if f"scale{s}" in previous:  # mean |change| of (tx, ty, tl) on the same images since the last epoch
+                stats.update(zip(("dtx", "dty", "dtl"), (boxes - previous[f"scale{s}"]).abs().mean(0).tolist()))
             res.update({f"apn{s - 1}_{k}": v for k, v in stats.items()})
+        self.previous_boxes = {f"scale{s}": out[f"rel_boxes_scale{s}"] for s in range(2, self.model.n_scales + 1)}
         return res, out
 
     def log_validation(self, phase: Phase, train_loss: float, val: dict, out: dict) -> None:
@@ -320,18 +336,27 @@ class Trainer:
         log.info("%s epoch %d: train loss %.4f | val ce %.4f rank %.4f | %s", phase.label, p.epoch, train_loss,
                  val["ce"], val["rank"], accs)
         for s in range(1, self.model.n_scales):
-            log.info("  apn%d boxes: tl %.3f±%.3f, centre (%.3f±%.3f, %.3f±%.3f), at tl_min %.0f%%, at tl_max %.0f%%",
+            moved = (f", moved |dtx| {val[f'apn{s}_dtx']:.4f} |dty| {val[f'apn{s}_dty']:.4f} |dtl| "
+                     f"{val[f'apn{s}_dtl']:.4f}") if f"apn{s}_dtx" in val else ""
+            log.info("  apn%d boxes: tl %.3f±%.3f, centre (%.3f±%.3f, %.3f±%.3f), at tl_min %.0f%%, at tl_max %.0f%%%s",
                      s, val[f"apn{s}_tl_mean"], val[f"apn{s}_tl_std"], val[f"apn{s}_tx_mean"], val[f"apn{s}_tx_std"],
                      val[f"apn{s}_ty_mean"], val[f"apn{s}_ty_std"],
-                     100 * val[f"apn{s}_frac_at_min"], 100 * val[f"apn{s}_frac_at_max"])
+                     100 * val[f"apn{s}_frac_at_min"], 100 * val[f"apn{s}_frac_at_max"], moved)
+        active = [k for k in val if k.startswith("rank_active_")]
+        log.info("  active rank hinges: val %s | train %s; train grad norm %.4g",
+                 " ".join(f"{k[12:]}={val[k]:.2f}" for k in active),
+                 " ".join(f"{k[18:]}={v:.2f}" for k, v in self.epoch_terms.items() if k.startswith("train/rank_active_"))
+                 or "-", self.epoch_terms.get("train/grad_norm", float("nan")))
         w = self.writer
         for k, v in val.items():
             if k.startswith("apn"):  # "apn1_tl_mean" -> "apn1/tl_mean"
                 apn, stat = k.split("_", 1)
-                if stat in ("tl_mean", "tl_std", "tx_mean", "ty_mean", "frac_at_min", "frac_at_max"):
+                if stat in ("tl_mean", "tl_std", "tx_mean", "ty_mean", "frac_at_min", "frac_at_max", "dtx", "dty", "dtl"):
                     w.add_scalar(f"{apn}/{stat}", v, p.step)
             else:
                 w.add_scalar(f"val/{k}", v, p.step)
+        for tag, v in self.epoch_terms.items():  # "train/rank" -> "train_epoch/rank"
+            w.add_scalar("train_epoch/" + tag.split("/", 1)[1], v, p.step)
         w.add_scalar("schedule/phase_index", p.phase_index, p.step)
         w.add_scalar("schedule/round", 0 if phase.round is None else phase.round + 1, p.step)
         log_box_histograms(w, [out[f"rel_boxes_scale{s}"] for s in range(2, self.model.n_scales + 1)], p.step)

@@ -1,0 +1,50 @@
+"""Statistics over seeds for ablation tables: t-intervals of a mean and of paired differences.
+
+Seeds are few (3 to 5), so the intervals use Student's t distribution with n - 1 degrees of freedom
+(``scipy.stats.t``, which scikit-learn already installs), not the normal one: with 3 seeds the 95 %
+half width is 2.48 standard errors, not 1.96.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from scipy import stats as _scipy_stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    std: float  # sample standard deviation (n - 1); 0 for one value
+    lo: float  # the two-sided t-interval of the mean at ``LEVEL``; NaN for fewer than two values
+    hi: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean, standard deviation and the t-interval of the mean of ``values`` (None skipped)."""
+    xs = [float(v) for v in values if v is not None]
+    n = len(xs)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = statistics.fmean(xs)
+    if n == 1:
+        return Interval(mean, 0.0, math.nan, math.nan, 1)
+    std = statistics.stdev(xs)
+    half = _scipy_stats.t.ppf(0.5 + level / 2, df=n - 1) * std / math.sqrt(n)
+    return Interval(mean, std, mean - half, mean + half, n)
+
+
+def paired_difference(values: dict, baseline: dict, level: float = LEVEL) -> Interval:
+    """The t-interval of the mean of ``values[seed] - baseline[seed]`` over the seeds both have
+    (pairing by seed removes what the seed does to both rows alike)."""
+    seeds = [s for s in values if s in baseline and values[s] is not None and baseline[s] is not None]
+    return t_interval([values[s] - baseline[s] for s in seeds], level)

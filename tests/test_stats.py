@@ -1,0 +1,73 @@
+"""Seed statistics of the ablation tables against hand-computed values."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import DEFAULT_CONFIG, TINY
+from raccnn.config import load_config
+from raccnn.stats import paired_difference, t_interval
+
+T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t, 97.5 % quantile, 2 d.f.: (2p-1)/sqrt(2p(1-p))
+T_975_DF4 = 2.776445105  # 4 d.f., from printed tables
+
+
+def test_t_interval_of_three_values():
+    ci = t_interval([1.0, 2.0, 3.0])
+    half = T_975_DF2 * 1.0 / math.sqrt(3)  # std of 1, 2, 3 is exactly 1
+    assert (ci.mean, ci.std, ci.n) == (2.0, 1.0, 3)
+    assert ci.lo == pytest.approx(2 - half, abs=1e-12) and ci.hi == pytest.approx(2 + half, abs=1e-12)
+    assert not ci.excludes_zero
+
+
+def test_t_interval_of_five_values_and_the_degenerate_cases():
+    ci = t_interval([0.8, 0.9, 0.85, 0.75, 0.95])
+    std = math.sqrt(sum((v - 0.85) ** 2 for v in [0.8, 0.9, 0.85, 0.75, 0.95]) / 4)
+    assert ci.mean == pytest.approx(0.85) and ci.std == pytest.approx(std)
+    assert ci.hi - ci.mean == pytest.approx(T_975_DF4 * std / math.sqrt(5), rel=1e-9)
+    one = t_interval([0.7, None])
+    assert one.mean == 0.7 and one.std == 0 and math.isnan(one.lo) and not one.excludes_zero
+    assert t_interval([]).n == 0
+
+
+def test_pairing_by_seed_finds_a_difference_that_the_spread_over_seeds_hides():
+    row = {0: 0.80, 1: 0.70, 2: 0.90}
+    base = {0: 0.70, 1: 0.65, 2: 0.80, 3: 0.99}  # seed 3 has no partner and is left out
+    d = paired_difference(row, base)
+    diffs = [0.10, 0.05, 0.10]
+    std = math.sqrt(sum((x - sum(diffs) / 3) ** 2 for x in diffs) / 2)
+    assert d.n == 3 and d.mean == pytest.approx(0.25 / 3)
+    assert d.lo == pytest.approx(0.25 / 3 - T_975_DF2 * std / math.sqrt(3))
+    assert d.excludes_zero
+    # the rows' own intervals overlap: compared unpaired the difference would not show
+    assert t_interval(list(row.values())).lo < t_interval(list(base.values())[:3]).hi
+
+
+def test_the_table_shows_intervals_paired_differences_and_marks(tmp_path):
+    spec = importlib.util.spec_from_file_location("ablation", Path("experiments/ablation.py"))
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    cfg = load_config(DEFAULT_CONFIG, TINY)
+
+    def runs(s2):
+        return {seed: {"num_classes": 3, "images_per_s": 10.0, "acc_scale1": 0.5, "acc_scale2": v,
+                       "acc_scale3": 0.6, "acc_fused123": v + 0.01, "part_hit_scale2": 0.9}
+                for seed, v in enumerate(s2)}
+
+    base, better, noisy = runs([0.70, 0.65, 0.80]), runs([0.80, 0.70, 0.90]), runs([0.60, 0.90, 0.70])
+    rows = [ablation.summarise(n, r, base, cfg, [0, 1, 2]) for n, r in (("base", base), ("better", better),
+                                                                       ("noisy", noisy))]
+    for r in rows:
+        r["baseline"] = "base"
+    assert rows[1]["acc_scale2_diff"] == pytest.approx(0.25 / 3) and rows[1]["acc_scale2_diff_excludes_zero"]
+    assert not rows[2]["acc_scale2_diff_excludes_zero"]
+    ablation.write_results(tmp_path, rows)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    better_line = next(line for line in md if line.startswith("| better |"))
+    noisy_line = next(line for line in md if line.startswith("| noisy |"))
+    assert "80.0 ± 10.0 [" in better_line and "+8.3 [+1.2, +15.5] *" in better_line
+    assert "+1.7 [" in noisy_line and "] *" not in noisy_line
+    assert "Student-t" in md[-1] and "(base)" in md[-1]
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert "acc_scale2_ci_lo" in header and "acc_fused_all_diff_ci_hi" in header
