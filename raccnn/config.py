@@ -126,6 +126,7 @@ SCHEMA: dict = {
             "cls": _alternating(lr=0.01, min_delta=1e-3),
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
+        "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
         "fusion": {**_stage(epochs=3, lr=0.05), "epochs": Key(3, min=1)},  # best.pt is a fused model
     },
     "eval": {"split": Key("test", choices=["val", "test"])},

@@ -286,3 +286,19 @@ def test_rank_loss_diagnostics_are_logged_every_epoch(data_root, tmp_path, caplo
     assert {"train_epoch/rank_active_1_2", "train_epoch/grad_norm", "val/rank_active_2_3", "apn1/dtx"} <= tags
     grad_norms = [s.value for s in events.Scalars("train_epoch/grad_norm")]
     assert len(grad_norms) == len(epochs) and all(v > 0 for v in grad_norms)
+
+
+def test_joint_phase_trains_scales_and_apns_together(data_root, tmp_path):
+    trainer = make_trainer(data_root, tmp_path, ["train.alternate.rounds=0", "train.joint.epochs=2",
+                                                 "train.joint.rank_weight=0.5"])
+    assert [p.label for p in trainer.plan] == ["pretrain_cls", "init_apn", "joint", "fusion"]
+    joint = trainer.plan[2]
+    trainer.run(stop_after_step=trainer.progress.step + 1)
+    while trainer.plan[trainer.progress.phase_index] is not joint:
+        trainer.run(stop_after_step=trainer.progress.step + 1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run(stop_after_step=trainer.progress.step + 1)  # one joint epoch
+    after = trainer.model.state_dict()
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"scales", "apns"}
+    assert all(e["phase"] != "joint" or "rank_active_1_2" in e for e in trainer.progress.history)

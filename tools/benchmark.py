@@ -17,8 +17,8 @@ them, backward, timed alone at the same shapes, divided by the step time). Cases
 - ``eval``: the forward pass of all scales under ``no_grad``.
 - ``plain_cls``: the three scale networks trained on their own input sizes, one after the other,
   nothing else (no APN, crop or rank loss); ``alternate_cls`` / ``plain_cls`` is RA-CNN's overhead.
-- ``plain_apn``: the three scale networks' forward and backward to their inputs with frozen weights,
-  the same work as ``alternate_apn``'s backward minus the APNs, crops and rank loss.
+- ``plain_apn``: with frozen weights, scale 1's forward and the other scales' forward and backward
+  to their inputs: ``alternate_apn``'s network work without the APNs, crops and rank loss.
 
 Then the data loader's images/s for the config's training transforms on generated JPEGs of CUB's
 size (about 500 x 375, ``raccnn/data/standin.py``) with each ``--loader-workers``, so one sees at
@@ -100,13 +100,16 @@ def make_step(case, model, cfg, images, target, device, dtype):
                 loss.backward()
             opt.step()
         return step
-    for p in model.parameters():  # plain_apn: frozen weights, gradient to the inputs
+    for p in model.parameters():  # plain_apn: frozen weights; scale 1 forward, scales 2.. back to their inputs
         p.requires_grad_(False)
     model.eval()
-    leaves = [x.requires_grad_(True) for x in inputs]
+    for x in inputs[1:]:
+        x.requires_grad_(True)
 
     def step():
-        for net, x in zip(model.scales, leaves):
+        with torch.no_grad(), autocast(device, dtype):
+            model.scales[0](inputs[0])
+        for net, x in zip(model.scales[1:], inputs[1:]):
             with autocast(device, dtype):
                 out = net(x)[0].float().softmax(1)[:, 0].mean()
             out.backward()

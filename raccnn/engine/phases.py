@@ -11,8 +11,12 @@
     alternate_apn   (round r) classifiers frozen: APNs trained on the rank loss.
                     Each alternating sub-phase stops when its own validation loss has not improved
                     by ``min_delta`` for ``patience`` epochs, within [min_epochs, max_epochs].
+    joint           (off unless ``train.joint.epochs`` > 0) scales and APNs trained together on
+                    the sum of the scales' CE + ``rank_weight`` x rank loss, the CE's gradient also
+                    reaching the squares: the single-phase training most later re-implementations
+                    use, kept to compare with the alternation (experiments/grids/schedule.yaml).
     fusion          backbones frozen: the fusion heads over the concatenated scale features,
-                    starting from the alternating epoch with the best validation accuracy.
+                    starting from the alternating (or joint) epoch with the best validation accuracy.
 
 A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
 it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and
@@ -155,6 +159,30 @@ class AlternateAPN(Alternating):
         return loss, {"train/rank": loss, **_active_terms(logits, target, self.cfg)}
 
 
+class Joint(Alternating):
+    """Everything but the fusion heads trained at once on CE + rank_weight x rank; its epochs are
+    kept in best_alternate.pt like the alternation's, so fusion starts from the best of them."""
+
+    name, section = "joint", ("joint",)
+
+    def parameters(self, model):
+        return list(model.scales.parameters()) + list(model.apns.parameters())
+
+    def train_modules(self, model):
+        return [model.scales, model.apns]
+
+    def done(self, progress, val):
+        return progress.epoch >= self.max_epochs()
+
+    def loss(self, model, images, target, part_boxes):
+        logits = model(images, part_boxes=part_boxes).logits
+        ces = scale_ce_losses(logits, target)
+        rank = rank_loss(logits, target, margin=self.cfg["train"]["alternate"]["margin"])
+        terms = {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
+        terms.update({"train/rank": rank, **_active_terms(logits, target, self.cfg)})
+        return sum(ces) + self.settings["rank_weight"] * rank, terms
+
+
 class Fusion(Phase):
     """The fusion heads on frozen scales, from best_alternate.pt; best.pt then holds the fused model
     with the best validation accuracy of the last head (over all scales)."""
@@ -193,4 +221,6 @@ def build_plan(cfg: dict) -> list[Phase]:
     plan: list[Phase] = [PretrainCls(cfg)] + ([InitAPN(cfg)] if learned else [])
     for r in range(cfg["train"]["alternate"]["rounds"]):
         plan += [AlternateCls(cfg, r)] + ([AlternateAPN(cfg, r)] if learned else [])
+    if cfg["train"]["joint"]["epochs"] > 0:
+        plan.append(Joint(cfg))
     return plan + [Fusion(cfg)]
