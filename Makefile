@@ -15,7 +15,7 @@ GRID   ?= experiments/grids/full.yaml
 LOGDIR ?= work_dirs
 TB_PORT ?= 6006
 
-.PHONY: setup test train-alternate ablation ablation-quick tensorboard clean-venv
+.PHONY: setup test train-alternate train-seeds ablation ablation-quick tensorboard clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 train-alternate: $(STAMP)
 	$(LAUNCH) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))
+
+# The default run with seeds 0-4 and its mean ± sd (work_dirs/ablation_seeds/results.md); re-running resumes.
+train-seeds: $(STAMP)
+	$(PY) experiments/ablation.py --grid experiments/grids/seeds.yaml
 
 # A grid of trainings compared in one table (work_dirs/ablation_<grid>/results.md); re-running resumes.
 ablation: $(STAMP)

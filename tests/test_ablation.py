@@ -80,4 +80,4 @@ def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_pa
     assert "acc_scale3" not in rows["weights=none"]
     md = (out / "results.md").read_text()
     assert "| scale 1 | scale 2 | fused (all) |" in md and "scale 3" not in md
-    assert "| weights=missing | n/a | n/a | n/a | n/a | n/a | n/a | n/a | seed 0 |" in md
+    assert "| weights=missing | n/a | n/a | n/a | n/a | - | - | n/a | n/a | n/a | seed 0 |" in md

@@ -1,5 +1,4 @@
 import math
-import time
 
 import pytest
 import torch
@@ -169,20 +168,3 @@ def test_bad_arguments_raise_clear_errors():
         attention_crop(torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4, grad="masks")
     with pytest.raises(ValueError, match=r"boxes \[B, 3\]"):
         attention_crop(torch.rand(2, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4)
-
-
-def _fwd_bwd_time(batch, repeats=3):
-    x = torch.rand(batch, 3, 112, 112)
-    boxes = torch.rand(batch, 3).mul(0.2).add(torch.tensor([0.4, 0.4, 0.2])).requires_grad_(True)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        attention_crop(x, boxes, 56).sum().backward()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def test_batch_of_64_costs_far_less_than_64_single_images():
-    _fwd_bwd_time(1)
-    single, batch64 = _fwd_bwd_time(1), _fwd_bwd_time(64)
-    assert batch64 < 0.5 * 64 * single, (single, batch64)

@@ -38,9 +38,10 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 real_check, real_save = T.Trainer.check_finite, T.save_checkpoint
 def check_finite(self, phase, loss, terms):
-    real_check(self, phase, loss, terms)
+    norm = real_check(self, phase, loss, terms)
     if kind == "step" and phase.label == target and reached():
         die()
+    return norm
 def save_checkpoint(path, state):
     mine = os.path.basename(path) == target
     if kind == "writing" and mine and reached():
