@@ -14,7 +14,8 @@ TINY_DATA = ["data.synth.classes=3", "data.synth.images_per_class=16", "data.syn
 # every phase, two alternation rounds, a few steps each (seconds on the CPU)
 TINY = TINY_DATA + TINY_MODEL + [
     "data.batch_size=8", "train.pretrain_cls.epochs=1", "train.init_apn.epochs=1", "train.alternate.rounds=2",
-    "train.alternate.cls.max_epochs=2", "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
+    "train.alternate.cls.min_epochs=1", "train.alternate.cls.max_epochs=2", "train.alternate.cls.patience=1",
+    "train.alternate.apn.max_epochs=2", "train.alternate.apn.lr=0.01",
     "train.fusion.epochs=1", "train.log_interval=1", "deterministic=true",
 ]
 
