@@ -62,13 +62,8 @@ def make_step(case, model, cfg, images, target, device, dtype):
     """A closure running one step of ``case``."""
     if case in PHASES:
         phase = PHASES[case](cfg, 0)
-        params = phase.parameters(model)
-        trainable = {id(p) for p in params}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
-        model.eval()
-        for m in phase.train_modules(model):
-            m.train()
+        params = phase.freeze(model)
+        phase.set_modes(model)
         opt = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
 
         def step():

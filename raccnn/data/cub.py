@@ -17,7 +17,6 @@ checked (:mod:`raccnn.data.verify`), so a broken download fails before training 
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,7 @@ from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample
-from .verify import unreadable_message, verify_images
-
-log = logging.getLogger(__name__)
+from .verify import drop_unreadable, unreadable_message, verify_images
 
 REQUIRED_FILES = (
     "images.txt",
@@ -187,12 +184,7 @@ class CUBDataset(torch.utils.data.Dataset):
         train_pool = [r for r in records if r.is_train]
         chosen = choose_split(split, train_pool, [r for r in records if not r.is_train], lambda r: r.label,
                               val_fraction, split_seed)
-        if bad:
-            dropped = [r.path for r in chosen if r.path in bad]
-            chosen = [r for r in chosen if r.path not in bad]
-            if dropped:
-                log.warning("split %s: skipping %d unreadable image(s) (data.skip_unreadable), e.g. %s",
-                            split, len(dropped), dropped[0])
+        chosen = drop_unreadable(chosen, bad, lambda r: r.path, split)
         if not chosen:
             raise DatasetError(
                 f"split {split!r} of {self.root} is empty "

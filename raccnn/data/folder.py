@@ -14,7 +14,6 @@ keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -24,9 +23,7 @@ from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample
-from .verify import unreadable_message, verify_images
-
-log = logging.getLogger(__name__)
+from .verify import drop_unreadable, unreadable_message, verify_images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TEST_SPLIT_SEED = 0
@@ -87,12 +84,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if bad and not skip_unreadable:
             raise DatasetError(unreadable_message(bad, str(self.root)))
         chosen = choose_split(split, pool, test, lambda item: item[1], val_fraction, split_seed)
-        if bad:
-            dropped = [path for path, _ in chosen if path in bad]
-            chosen = [item for item in chosen if item[0] not in bad]
-            if dropped:
-                log.warning("split %s: skipping %d unreadable image(s) (data.skip_unreadable), e.g. %s",
-                            split, len(dropped), dropped[0])
+        chosen = drop_unreadable(chosen, bad, lambda item: item[0], split)
         if not chosen:
             raise DatasetError(f"split {split!r} of {self.root} ({self.layout}) is empty")
         self.samples = chosen[:max_images] if max_images else chosen

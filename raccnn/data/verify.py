@@ -129,6 +129,16 @@ def verify_images(paths: Sequence[Path], mode: str, cache_folder: Path, workers:
     return sizes, bad
 
 
+def drop_unreadable(items: list, bad: dict[Path, str], path_of, split: str) -> list:
+    """``items`` without those whose image is in ``bad``, with one warning for the split."""
+    kept = [item for item in items if path_of(item) not in bad]
+    if len(kept) < len(items):
+        first = next(path_of(item) for item in items if path_of(item) in bad)
+        log.warning("split %s: skipping %d unreadable image(s) (data.skip_unreadable), e.g. %s",
+                    split, len(items) - len(kept), first)
+    return kept
+
+
 def unreadable_message(bad: dict[Path, str], where: str) -> str:
     """One message naming the first few unreadable files, their reasons and the count."""
     items = sorted(bad.items())

@@ -57,8 +57,10 @@ def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
     return parts
 
 
-def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict[str, Tensor]:
-    """Run ``model`` in eval mode over ``loader`` and return CPU tensors (see the module docstring).
+def collect_outputs(model, loader: Iterable, device, desc: str = "eval", amp=None) -> dict[str, Tensor]:
+    """Run ``model`` in eval mode over ``loader`` (under autocast to ``amp``, a dtype or None) and
+    return CPU tensors (see the module docstring). Under torchrun, where each rank's loader holds
+    its share of the images, the outputs of all ranks are gathered back in dataset order.
 
     Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}`` and
     ``rel_boxes_scale{s}`` [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
@@ -68,7 +70,8 @@ def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict
     was_training = model.training
     model.eval()
     try:
-        parts = _run(model, loader, device, desc)
+        with autocast(torch.device(device), amp):
+            parts = _run(model, loader, device, desc)
     finally:
         model.train(was_training)
 
@@ -77,7 +80,7 @@ def collect_outputs(model, loader: Iterable, device, desc: str = "eval") -> dict
     apns = getattr(model, "apns", [])
     if len(apns):
         outputs["tl_bounds"] = torch.tensor([[float(a.tl_min), float(a.tl_max)] for a in apns], dtype=torch.float64)
-    return outputs
+    return gather_outputs(outputs)
 
 
 def load_trained_model(checkpoint: str | os.PathLike, device=None, part_names=None):
@@ -121,8 +124,7 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
                         sampler=EvalShardSampler(len(dataset), world))
     dev = next(model.parameters()).device
-    with autocast(dev, amp_dtype(cfg["train"].get("amp", "none"), dev)):
-        outputs = gather_outputs(collect_outputs(model, loader, dev, desc=f"eval {split}"))
+    outputs = collect_outputs(model, loader, dev, f"eval {split}", amp_dtype(cfg["train"].get("amp", "none"), dev))
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
     # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
     name = "metrics.json" if split == "test" else f"metrics_{split}.json"

@@ -76,6 +76,20 @@ class Phase:
         """Modules in train mode during the phase's steps (all others run in eval mode)."""
         return [model.get_submodule(self.trains)]
 
+    def freeze(self, model: RACNN) -> list[nn.Parameter]:
+        """Let only the phase's parameters require gradient; returns them."""
+        params = self.parameters(model)
+        trainable = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        return params
+
+    def set_modes(self, model: RACNN) -> None:
+        """Frozen parts run in eval mode, so their BatchNorm statistics do not move either."""
+        model.eval()
+        for module in self.train_modules(model):
+            module.train()
+
     def loss(self, model: RACNN, images: Tensor, target: Tensor, part_boxes: Tensor | None):
         """(loss to minimise, {TensorBoard tag: term}) of one batch."""
         raise NotImplementedError

@@ -44,7 +44,7 @@ from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
 from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
-from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world, gather_outputs
+from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
@@ -193,10 +193,7 @@ class Trainer:
     # ---------------------------------------------------------------- one phase
     def start_phase(self, phase: Phase, fresh: bool = True) -> None:
         """Freeze all but the phase's parameters; a new optimiser and cosine schedule for them."""
-        params, sec = phase.parameters(self.model), phase.settings
-        trainable = {id(p) for p in params}
-        for p in self.model.parameters():
-            p.requires_grad_(id(p) in trainable)
+        params, sec = phase.freeze(self.model), phase.settings
         t = self.cfg["train"]
         if sec["optimizer"] == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=sec["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
@@ -258,14 +255,8 @@ class Trainer:
                 self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
         return self.step_module
 
-    def set_modes(self, phase: Phase) -> None:
-        """Frozen parts run in eval mode, so their BatchNorm statistics do not move either."""
-        self.model.eval()
-        for module in phase.train_modules(self.model):
-            module.train()
-
     def train_epoch(self, phase: Phase) -> float:
-        self.set_modes(phase)
+        phase.set_modes(self.model)
         self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + self.progress.epochs_run)
         total, count, start = 0.0, 0, time.perf_counter()
         sums: dict[str, torch.Tensor] = {}  # every logged term over the epoch (host sync once, at the end)
@@ -309,8 +300,7 @@ class Trainer:
     def validate(self) -> tuple[dict, dict]:
         """Validation losses, accuracies and box statistics of the current model, and the raw
         outputs (``collect_outputs``)."""
-        with autocast(self.device, self.amp_dtype):
-            out = gather_outputs(collect_outputs(self.model, self.val_loader, self.device, desc="val"))
+        out = collect_outputs(self.model, self.val_loader, self.device, "val", self.amp_dtype)
         label = out["label"]
         logits = [out[f"logits_scale{s + 1}"] for s in range(self.model.n_scales)]
         res = accuracies(out)
