@@ -5,11 +5,14 @@ Trains the same small classifier (backbone -> global average pool -> linear) twi
   (b) on the "oracle crop": a square centred on the ground-truth crest box (half side =
       margin * max(w, h) / 2) cut from the full-resolution image and resized to the same
       input size (what a perfect attention zoom would see).
-The benchmark is valid when (b) >= 90 % and (b) - (a) >= 25 points on the test split.
+The benchmark is valid when (b) >= 90 % and (b) - (a) >= 25 points on the test split. The set is
+generated at ``--size`` px with the texture scale the config would use for a ``--input-size``
+scale 1, and the signal-level check (``raccnn.data.synthetic.certificate``) is printed beside it.
 Optionally (c): whole images downsampled WITHOUT anti-aliasing, to show how much texture
 leaks through aliasing when a pipeline shrinks images with plain bilinear sampling.
 
     python experiments/calibrate_fgsynth.py --data data/fgsynth --out work_dirs/calibration
+    python experiments/calibrate_fgsynth.py --data data/fgsynth_320 --size 320 --out work_dirs/calibration_320
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from raccnn.data import CUBDataset, DISCRIMINATIVE_PART, IMAGENET_MEAN, IMAGENET_STD, ensure_fgsynth
 from raccnn.data.images import load_rgb
+from raccnn.data.synthetic import certificate, texture_scale_for
 from raccnn.models.backbones import build_backbone
 from raccnn.models.boxes import part_squares
 
@@ -113,7 +117,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/fgsynth", help="folder holding (or to receive) CUB_200_2011/")
     p.add_argument("--out", default="work_dirs/calibration")
-    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--size", type=int, default=160, help="stored image side (data.synth.size)")
+    p.add_argument("--input-size", type=int, default=64, help="scale 1's view of the whole image, and the zoom's size")
     p.add_argument("--margin", type=float, default=1.1, help="oracle square half side = margin * max(w, h) / 2")
     p.add_argument("--backbone", default="vgg_small")
     p.add_argument("--width", type=int, default=16)
@@ -129,7 +134,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    root = ensure_fgsynth(args.data)
+    cert = certificate(args.size, args.input_size)
+    print(f"certificate: factor {cert['factor']:.2f}, texture scale {cert['texture_scale']}, fine texture keeps "
+          f"{cert['fine_at_scale1']:.1%} of its contrast at scale 1 -> {cert['problem'] or 'passes'}", flush=True)
+    root = ensure_fgsynth(args.data, size=args.size, texture_scale=texture_scale_for(args.size, args.input_size))
     data = {s: load_split(root, s, args.val_fraction, args.seed) for s in ("train", "val", "test")}
     num_classes = data["train"][3]
     s = args.input_size
@@ -166,7 +174,7 @@ def main() -> None:
     report = dict(
         data=str(root), args=vars(args), stored_size=n_img, num_classes=num_classes,
         n_train=len(data["train"][1]), n_val=len(data["val"][1]), n_test=len(data["test"][1]),
-        results=results, gap=b - a, passed=passed,
+        results=results, gap=b - a, passed=passed, certificate=cert,
     )
     (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'calibration.json'}")

@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .attention.create import ATTENTION_TYPES, build_attention
-from .data.build import DATASETS
+from .data.build import DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
-from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE
+from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
 from .device import DEVICES
 from .engine.precision import AMP_MODES
 from .engine.trainer import OPTIMIZERS
@@ -68,6 +68,7 @@ SCHEMA: dict = {
             "images_per_class": Key(SYNTH["images_per_class"], min=MIN_IMAGES_PER_CLASS),
             "size": Key(SYNTH["size"], min=MIN_SIZE),  # stored image side, px
             "seed": Key(SYNTH["seed"]),
+            "check": Key(True),  # refuse settings where the whole image alone shows the class (certificate)
         },
         "resize": Key(160, min=8),  # shorter side after resizing
         "crop": Key(160, min=8),  # square crop: random (train) or centre (eval)
@@ -153,6 +154,14 @@ def _cross_checks(c: dict):
         if s["min_epochs"] > s["max_epochs"]:
             yield ((f"{key}.min_epochs", f"{key}.max_epochs"), f"{key}.min_epochs ({s['min_epochs']}) must not "
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
+    if d["dataset"] == "fgsynth" and d["synth"]["check"]:
+        size, scale1 = d["synth"]["size"], scale1_size(c)
+        problem = certificate(size, scale1)["problem"]
+        if problem:
+            fits = next((s for s in range(size, 8 * size, 8) if not certificate(s, scale1)["problem"]), None)
+            hint = f"data.synth.size={fits} passes" if fits else "no stored size nearby passes"
+            yield (("data.synth.size", "model.input_sizes", "data.resize", "data.crop"),
+                   f"{problem} ({hint}; data.synth.check=false runs it anyway)")
     if m["proposer"] == "oracle" and not d["hit_parts"]:
         yield ("model.proposer", "data.hit_parts"), "model.proposer: 'oracle' needs data.hit_parts to name its part"
     if not c["train"]["force_lr"]:

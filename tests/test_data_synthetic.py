@@ -1,6 +1,9 @@
 """FG-Synth: determinism, loader compatibility, geometry of the annotations, speed."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -8,7 +11,11 @@ import pytest
 import torch
 
 from raccnn.data import CUBDataset, DISCRIMINATIVE_PART, DatasetError, build_transforms, ensure_fgsynth, generate_fgsynth
-from raccnn.data.synthetic import COARSE, FINE
+from raccnn.config import load_config
+from raccnn.data.build import prepare_data
+from raccnn.data.synthetic import (COARSE, FINE, FINE_LEAK_MAX, PATTERNS, certificate, contrast_kept, render_image,
+                                   texture_scale_for)
+from raccnn.errors import ConfigError
 
 TINY = dict(classes=3, images_per_class=6, size=96, seed=7)
 ANNOTATIONS = [
@@ -23,10 +30,6 @@ def tiny(tmp_path_factory):
     t0 = time.perf_counter()
     d = generate_fgsynth(out, **TINY)
     return out, d, time.perf_counter() - t0
-
-
-def test_generation_is_fast(tiny):
-    assert tiny[2] < 5.0
 
 
 def test_same_seed_same_bytes(tiny, tmp_path):
@@ -71,12 +74,64 @@ def test_part_boxes_inside_image_and_object(tiny):
             assert 0.01 < pb[k, 2] * pb[k, 3] / size**2 < 0.06
 
 
-def test_patterns_survive_horizontal_flip():
+@pytest.mark.parametrize("half", [1, 2, 4, 8])
+def test_patterns_survive_horizontal_flip(half):
     # flipping x must give the same texture up to a shift (the phase is random anyway)
-    y, x = np.mgrid[0:16, 0:16]
+    y, x = np.mgrid[0:32, 0:32]
     for name, fn in {**COARSE, **FINE}.items():
-        m = fn(x, y)
-        assert any(np.array_equal(m[:, ::-1], fn(x + k, y)) for k in range(8)), name
+        m = fn(x, y, half)
+        assert any(np.array_equal(m[:, ::-1], fn(x + k, y, half)) for k in range(2 * half)), name
+
+
+def test_contrast_kept_against_hand_computed_filters():
+    # no resampling keeps everything; shrinking a 2-px period by 2 with the anti-aliased bilinear
+    # filter (taps 1/8, 3/8, 3/8, 1/8) cancels it exactly: 1/8 - 3/8 + 3/8 - 1/8 = 0
+    assert contrast_kept(1, 1.0) == pytest.approx(1.0)
+    assert contrast_kept(1, 2.0) == pytest.approx(0.0, abs=1e-6)
+    # a 4-px period (+,+,-,-) shrunk by 2: at the best phase the taps cover (-,+,+,-), giving
+    # -1/8 + 3/8 + 3/8 - 1/8 = 1/2 of the amplitude, alternating in sign: std ratio 1/2
+    assert contrast_kept(2, 2.0) == pytest.approx(0.5, abs=1e-6)
+    # enlarging (the crop's zoom, no anti-aliasing) keeps a 4-px period mostly
+    assert contrast_kept(2, 0.5, antialias=False) > 0.6
+
+
+def test_certificate_default_and_refused_settings():
+    default = certificate(160, 64)  # make train-alternate's setting
+    assert default["texture_scale"] == 1 and default["problem"] is None
+    assert default["fine_at_scale1"] == pytest.approx(0.04, abs=0.005)
+    # a 96-px set seen at 64 px: the fine texture keeps 11 % of its contrast
+    small = certificate(96, 64)
+    assert small["fine_at_scale1"] > FINE_LEAK_MAX and "keeps 11% of its contrast" in small["problem"]
+    # larger sets get coarser textures, with the leak of the default
+    assert texture_scale_for(320, 64) == 2 and certificate(320, 64)["problem"] is None
+    assert texture_scale_for(480, 64) == 3 and texture_scale_for(320, 128) == 1
+
+
+def test_texture_scale_multiplies_the_crest_period(tmp_path):
+    # the class's fine layer, alone (coarse "flat"), read off the crest's row profile: half-period
+    # 1 px at texture_scale 1 and 2 px at 2 (pixel noise is 0.02, the fine amplitude 0.28)
+    c = list(PATTERNS).index("flat_lines")
+    for scale in (1, 2):
+        img, _, parts = render_image(c, np.random.default_rng([0, c, 0]), 192, texture_scale=scale)
+        x, y, w, h = (int(round(v)) for v in parts["crest"])
+        inner = img[y + h // 3: y + 2 * h // 3, x + w // 3: x + 2 * w // 3].astype(float).mean(axis=(1, 2))
+        d = inner - inner.mean()
+        corr = [np.corrcoef(d[:-k], d[k:])[0, 1] for k in (scale, 2 * scale)]
+        assert corr[0] < -0.9 and corr[1] > 0.9, (scale, corr)
+
+
+def test_config_derives_texture_scale_and_refuses_failing_sets(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("experiments/configs/fgsynth_default.yaml", ["data.synth.size=96"])
+    msg = str(e.value)
+    assert msg.startswith("stored at 96 px and seen at 64 px by scale 1") and "data.synth.size=104 passes" in msg
+    assert "data.synth.check=false runs it anyway" in msg
+    load_config("experiments/configs/fgsynth_default.yaml", ["data.synth.size=96", "data.synth.check=false"])
+    cfg = load_config("experiments/configs/fgsynth_default.yaml",
+                      [f"data.root={tmp_path}", "data.synth.size=320", "data.synth.classes=2",
+                       "data.synth.images_per_class=3"])
+    root = prepare_data(cfg)
+    assert json.loads((root / "fgsynth.json").read_text())["texture_scale"] == 2
 
 
 def test_ensure_reuses_complete_set_and_refuses_foreign_folder(tiny, tmp_path):
@@ -87,3 +142,12 @@ def test_ensure_reuses_complete_set_and_refuses_foreign_folder(tiny, tmp_path):
     (tmp_path / "CUB_200_2011").mkdir()
     with pytest.raises(DatasetError, match="not an FG-Synth folder"):
         generate_fgsynth(tmp_path, **TINY)
+
+
+def test_make_synthetic_refuses_a_failing_set(tmp_path):
+    cmd = [sys.executable, "tools/make_synthetic.py", "--out", str(tmp_path), "--size", "96",
+           "--classes", "2", "--images-per-class", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: stored at 96 px") and not (tmp_path / "CUB_200_2011").exists()
+    r = subprocess.run(cmd + ["--no-check"], capture_output=True, text=True)
+    assert r.returncode == 0 and (tmp_path / "CUB_200_2011" / "fgsynth.json").is_file(), r.stderr

@@ -114,7 +114,7 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("fgsynth")
     cfg = load_config("experiments/configs/fgsynth_default.yaml", [
         "data.synth.classes=3", "data.synth.images_per_class=16", "data.synth.size=96", "data.resize=96",
-        "data.crop=80", "data.val_fraction=0.25", f"data.root={root}",
+        "data.crop=80", "data.val_fraction=0.25", f"data.root={root}", "data.synth.check=false",
     ])
     return build_datasets(cfg, splits=("train", "val"))
 

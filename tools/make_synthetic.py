@@ -2,6 +2,11 @@
 
     python tools/make_synthetic.py --out data/fgsynth            # defaults
     python tools/make_synthetic.py --out /tmp/tiny --classes 3 --images-per-class 8
+    python tools/make_synthetic.py --out data/fgsynth_320 --size 320   # for a 64-px scale 1
+
+The textures' periods follow the factor from the stored size to scale 1's view of the whole image
+(``--scale1-size``: model.input_sizes[0] x data.resize / data.crop); a setting where the whole image
+alone would show the class is refused (``--no-check`` writes it anyway).
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import sys
 import time
 
 from raccnn.data import DatasetError
-from raccnn.data.synthetic import DEFAULTS, generate_fgsynth
+from raccnn.data.synthetic import DEFAULTS, DEFAULT_SCALE1_SIZE, certificate, generate_fgsynth, texture_scale_for
 from raccnn.fileio import describe_os_error
 
 
@@ -22,11 +27,19 @@ def main() -> int:
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="stored image side in pixels")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--train-fraction", type=float, default=DEFAULTS["train_fraction"])
+    p.add_argument("--scale1-size", type=float, default=DEFAULT_SCALE1_SIZE,
+                   help="side of the whole image at scale 1, px (model.input_sizes[0] x data.resize / data.crop)")
+    p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
     args = p.parse_args()
+    problem = certificate(args.size, args.scale1_size)["problem"]
+    if problem and not args.no_check:
+        print(f"error: {problem} (--no-check writes it anyway)", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
-                                size=args.size, seed=args.seed, train_fraction=args.train_fraction)
+                                size=args.size, seed=args.seed, train_fraction=args.train_fraction,
+                                texture_scale=texture_scale_for(args.size, args.scale1_size))
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2

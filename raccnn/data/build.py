@@ -5,18 +5,25 @@ from pathlib import Path
 
 from .cub import CUBDataset
 from .folder import FolderDataset
-from .synthetic import ensure_fgsynth
+from .synthetic import ensure_fgsynth, texture_scale_for
 from .transforms import build_transforms
 
 
 DATASETS = ("fgsynth", "cub", "folder")
 
 
+def scale1_size(cfg: dict) -> float:
+    """The side, in px, that a whole square stored image has at scale 1: resized to data.resize,
+    cropped to data.crop, shrunk to model.input_sizes[0]."""
+    return cfg["model"]["input_sizes"][0] * cfg["data"]["resize"] / cfg["data"]["crop"]
+
+
 def prepare_data(cfg: dict) -> Path:
     """The dataset root; FG-Synth is generated there first when it is absent."""
     d = cfg["data"]
     if d["dataset"] == "fgsynth":
-        return ensure_fgsynth(d["root"], **d["synth"])
+        synth = {k: v for k, v in d["synth"].items() if k != "check"}
+        return ensure_fgsynth(d["root"], **synth, texture_scale=texture_scale_for(synth["size"], scale1_size(cfg)))
     return Path(d["root"])
 
 

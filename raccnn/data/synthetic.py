@@ -15,6 +15,10 @@ Why a whole-image CNN at a low input size cannot solve it, while a zoom on the c
   * the same textures also appear on the wing and on crest-like decoys in the background,
     so "is texture X somewhere in the image" is not a shortcut: the network must look at
     the crest, which always sits on top of the head, with a dark outline.
+The periods above are those of the default setting, where the stored image is shrunk by f = 2.5
+for scale 1 (160 -> 64). For another factor the periods are scaled with it (``texture_scale``), and
+``certificate`` checks, from the signal alone, that the fine layer vanishes at scale 1 and shows
+after a zoom on the crest; the config refuses FG-Synth settings that fail it (README "Data").
 All textures are symmetric under a horizontal flip, so flip augmentation keeps the class.
 
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
@@ -34,34 +38,38 @@ from .errors import DatasetError
 DISCRIMINATIVE_PART = "crest"
 PART_NAMES = ("body", "crest", "head", "tail", "wing")  # parts.txt order, ids 1..5
 
-# Crest textures: a class is a (coarse, fine) pair. The coarse pattern (period 8 px at 160 px,
-# about 3 px after the 64-px downsampling) survives the shrink and tells the class's group; the
-# fine pattern (period 2 px) averages away at 64 px and tells the two classes of a group apart.
-# So a whole-image network can at best pick the group (about half the classes' accuracy), it has
-# a reason to look at the crest, and a zoom on the crest resolves the rest.
+# Crest textures: a class is a (coarse, fine) pair. Each layer is a binary pattern of half-period
+# h px (stored pixels): the fine layer uses h = texture_scale, the coarse one 4 x texture_scale. At
+# the default (texture_scale 1: periods 2 and 8 px at 160 px, about 0.8 and 3 px after the 64-px
+# downsampling) the coarse layer survives the shrink and tells the class's group, the fine layer
+# averages away and tells the two classes of a group apart. So a whole-image network can at best
+# pick the group (about half the classes' accuracy), it has a reason to look at the crest, and a
+# zoom on the crest resolves the rest.
 COARSE = {
-    "bands": lambda x, y: ((y // 4) % 2).astype(np.float32),
-    "columns": lambda x, y: ((x // 4) % 2).astype(np.float32),
-    "blocks": lambda x, y: ((x // 4 + y // 4) % 2).astype(np.float32),
-    "spots": lambda x, y: (((x % 8) < 4) & ((y % 8) < 4)).astype(np.float32),
-    "flat": lambda x, y: np.zeros(np.broadcast(x, y).shape, dtype=np.float32),
+    "bands": lambda x, y, h: ((y // h) % 2).astype(np.float32),
+    "columns": lambda x, y, h: ((x // h) % 2).astype(np.float32),
+    "blocks": lambda x, y, h: ((x // h + y // h) % 2).astype(np.float32),
+    "spots": lambda x, y, h: (((x % (2 * h)) < h) & ((y % (2 * h)) < h)).astype(np.float32),
+    "flat": lambda x, y, h: np.zeros(np.broadcast(x, y).shape, dtype=np.float32),
 }
 FINE = {
-    "lines": lambda x, y: (y % 2).astype(np.float32),
-    "bars": lambda x, y: (x % 2).astype(np.float32),
+    "lines": lambda x, y, h: ((y // h) % 2).astype(np.float32),
+    "bars": lambda x, y, h: ((x // h) % 2).astype(np.float32),
 }
+COARSE_HALF, FINE_HALF = 4, 1  # half-periods in px at texture_scale 1
 COARSE_AMPLITUDE, FINE_AMPLITUDE = 0.22, 0.28  # half peak-to-peak contrast of each layer
-TILE = 8  # a multiple of every period: the exact mean of a pattern is its mean over one tile
-
+TILE = 2 * COARSE_HALF  # at texture_scale 1 a multiple of every period: a pattern's exact mean is its mean over one tile
 
 # class name -> (coarse layer, fine layer); each layer is invariant to x -> -x up to a shift, and
 # each gets its own random phase, so a flipped texture is as likely as the original.
 PATTERNS = {f"{c}_{f}": (COARSE[c], FINE[f]) for c in COARSE for f in FINE}
 PATTERN_NAMES = tuple(PATTERNS)
 
-DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5)
+DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5, texture_scale=1)
 MAX_CLASSES = len(PATTERN_NAMES)
 MIN_SIZE = 96  # the bird's geometry needs it to fit inside the image
+BIRD_SCALE = (0.9, 1.2)  # range of the bird's size factor (times size / 160)
+CREST_SEMI_AXES = (14, 10)  # px at bird size 1 and 160 px
 # With the default train_fraction 0.5, three images per class leave two training images, one of
 # which the stratified split can move to validation.
 MIN_IMAGES_PER_CLASS = 3
@@ -79,14 +87,17 @@ def _ellipse(xx, yy, cx, cy, a, b, angle=0.0):
     return u * u + v * v <= 1.0
 
 
-def _texture(name, xx, yy, rng):
-    """Zero-mean texture of pattern ``name`` (both layers, each with a random phase), float array."""
-    t = np.arange(TILE)
+def _texture(name, xx, yy, rng, scale=1):
+    """Zero-mean texture of pattern ``name`` (both layers, each with a random phase), float array;
+    ``scale`` multiplies both layers' periods (``texture_scale``)."""
+    tile = TILE * scale
+    t = np.arange(tile)
     out = np.zeros(xx.shape, dtype=np.float32)
-    for layer, amplitude in zip(PATTERNS[name], (COARSE_AMPLITUDE, FINE_AMPLITUDE)):
-        ox, oy = rng.integers(0, TILE, size=2)
-        m = layer(xx.astype(np.int64) + ox, yy.astype(np.int64) + oy)
-        out += 2 * amplitude * (m - layer(t[None, :], t[:, None]).mean())
+    for layer, half, amplitude in zip(PATTERNS[name], (COARSE_HALF * scale, FINE_HALF * scale),
+                                      (COARSE_AMPLITUDE, FINE_AMPLITUDE)):
+        ox, oy = rng.integers(0, tile, size=2)
+        m = layer(xx.astype(np.int64) + ox, yy.astype(np.int64) + oy, half)
+        out += 2 * amplitude * (m - layer(t[None, :], t[:, None], half).mean())
     return out
 
 
@@ -106,7 +117,7 @@ def _mask_box(mask):
     return float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())
 
 
-def _background(rng, size, xx, yy):
+def _background(rng, size, xx, yy, texture_scale):
     # smooth colour field: a random 4x4 grid, bilinearly enlarged
     small = (rng.uniform(0.15, 0.85, size=(4, 4, 3)) * 255).astype(np.uint8)
     field = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
@@ -121,18 +132,18 @@ def _background(rng, size, xx, yy):
         a, b = rng.uniform(0.06, 0.11, 2) * size
         _paint(canvas, _ellipse(xx, yy, cx, cy, a + 1.5, b + 1.5), rng.uniform(0.0, 0.2, 3))
         name = PATTERN_NAMES[rng.integers(len(PATTERN_NAMES))]
-        _paint_textured(canvas, _ellipse(xx, yy, cx, cy, a, b), rng.uniform(0.38, 0.62, 3), _texture(name, xx, yy, rng))
+        _paint_textured(canvas, _ellipse(xx, yy, cx, cy, a, b), rng.uniform(0.38, 0.62, 3), _texture(name, xx, yy, rng, texture_scale))
     return canvas
 
 
-def render_image(class_index: int, rng: np.random.Generator, size: int):
+def render_image(class_index: int, rng: np.random.Generator, size: int, texture_scale: int = 1):
     """Draw one image. Returns (uint8 HxWx3, object box xywh, {part: (x, y, w, h)})."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     u = size / 160.0  # geometry below is tuned for 160 px and scales with the image
-    canvas = _background(rng, size, xx, yy)
+    canvas = _background(rng, size, xx, yy, texture_scale)
 
     for _attempt in range(100):
-        s = rng.uniform(0.9, 1.2) * u
+        s = rng.uniform(*BIRD_SCALE) * u
         facing = rng.choice([-1.0, 1.0])      # head on the right (+1) or left (-1)
         tilt = rng.uniform(-0.3, 0.3)
         cx, cy = rng.uniform(0.25, 0.75) * size, rng.uniform(0.4, 0.75) * size
@@ -152,7 +163,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int):
             "head": _ellipse(xx, yy, hx, hy, rh, rh),
         }
         # the crest is axis-aligned (never tilted) so stripe orientation stays meaningful
-        ka, kb = 14 * s, 10 * s
+        ka, kb = CREST_SEMI_AXES[0] * s, CREST_SEMI_AXES[1] * s
         kx, ky = hx, hy - rh - 0.55 * kb
         crest_outline = _ellipse(xx, yy, kx, ky, ka + 1.5, kb + 1.5)
         masks["crest"] = _ellipse(xx, yy, kx, ky, ka, kb)
@@ -170,18 +181,65 @@ def render_image(class_index: int, rng: np.random.Generator, size: int):
     _paint(canvas, masks["tail"], body_col * rng.uniform(0.6, 0.9))
     _paint(canvas, masks["body"], body_col)
     wing_pattern = PATTERN_NAMES[rng.integers(len(PATTERN_NAMES))]
-    _paint_textured(canvas, masks["wing"], rng.uniform(0.38, 0.62, 3), _texture(wing_pattern, xx, yy, rng))
+    _paint_textured(canvas, masks["wing"], rng.uniform(0.38, 0.62, 3), _texture(wing_pattern, xx, yy, rng, texture_scale))
     _paint(canvas, beak, rng.uniform(0.6, 1.0, 3) * np.array([1.0, 0.8, 0.2]))
     _paint(canvas, masks["head"], rng.uniform(0.1, 0.9, 3))
     _paint(canvas, _ellipse(xx, yy, hx + facing * 0.45 * rh, hy - 0.15 * rh, 0.18 * rh, 0.18 * rh), np.zeros(3))
     _paint(canvas, crest_outline, rng.uniform(0.0, 0.15, 3))
     crest_pattern = PATTERN_NAMES[class_index]
-    _paint_textured(canvas, masks["crest"], rng.uniform(0.38, 0.62, 3), _texture(crest_pattern, xx, yy, rng))
+    _paint_textured(canvas, masks["crest"], rng.uniform(0.38, 0.62, 3), _texture(crest_pattern, xx, yy, rng, texture_scale))
 
     canvas += rng.normal(0.0, 0.02, canvas.shape).astype(np.float32)
     image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     parts = {name: _mask_box(masks[name]) for name in PART_NAMES}
     return image, _mask_box(union), parts
+
+
+# ----------------------------------------------------------------------------- certificate
+# FG-Synth tests attention only while the fine layer is invisible in the whole image at scale 1 and
+# visible in a zoom on the crest. Both are properties of the signal and the resampling, checked here
+# without training (the trained calibration, experiments/calibrate_fgsynth.py, is the full test).
+DEFAULT_SCALE1_SIZE = 64  # the whole stored image's side at scale 1 in the default config (f = 2.5)
+FINE_LEAK_MAX = 0.08  # most of the fine layer's contrast that scale 1 may keep
+
+
+def texture_scale_for(size: int, scale1_size: float) -> int:
+    """The ``texture_scale`` for a stored ``size`` seen at ``scale1_size`` px by scale 1: the
+    shrink factor f = size / scale1_size over the fine period stays near the default's 2.5 / 2."""
+    return max(1, round(size / scale1_size / (2.5 * FINE_HALF)))
+
+
+def contrast_kept(half: int, factor: float, antialias: bool = True, worst=max) -> float:
+    """Fraction of a stripe pattern's contrast (standard deviation; half-period ``half`` px) left
+    after resampling by 1 / ``factor`` with bilinear interpolation (as the pipeline's resize and
+    the crop do); ``worst`` picks over the pattern's phases (max: the most that leaks)."""
+    import torch  # the generator itself needs only numpy
+    import torch.nn.functional as F
+
+    out = 64
+    n = max(1, round(out * factor))
+    kept = []
+    for phase in range(2 * half):
+        stripes = torch.from_numpy(FINE["lines"](np.zeros(1, np.int64), np.arange(n) + phase, half))
+        image = (stripes - 0.5)[:, None].expand(n, n)[None, None].contiguous()
+        small = F.interpolate(image, size=(out, out), mode="bilinear", align_corners=False, antialias=antialias)
+        kept.append(float(small[..., 4:-4, 4:-4].std(correction=0) / 0.5))  # away from the borders; the stripes' std is 1/2
+    return worst(kept)
+
+
+def certificate(size: int, scale1_size: float) -> dict:
+    """Signal-level check that FG-Synth stored at ``size`` px stays fine-grained for a model whose
+    scale 1 sees the whole image at ``scale1_size`` px: generated with ``texture_scale_for``, the
+    fine layer keeps at most FINE_LEAK_MAX of its contrast there. (A zoom on the crest always shows
+    it: the crop resamples without anti-aliasing.) ``problem`` says what fails, else None."""
+    scale = texture_scale_for(size, scale1_size)
+    leak = contrast_kept(FINE_HALF * scale, size / scale1_size)
+    problem = None
+    if leak > FINE_LEAK_MAX:
+        problem = (f"stored at {size} px and seen at {scale1_size:g} px by scale 1 (factor {size / scale1_size:.2f}), "
+                   f"FG-Synth's fine texture keeps {leak:.0%} of its contrast in the whole image (at most "
+                   f"{FINE_LEAK_MAX:.0%} keeps it invisible), so scale 1 alone could tell the classes apart")
+    return dict(factor=size / scale1_size, texture_scale=scale, fine_at_scale1=leak, problem=problem)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -196,12 +254,15 @@ def generate_fgsynth(
     size: int = DEFAULTS["size"],
     seed: int = DEFAULTS["seed"],
     train_fraction: float = DEFAULTS["train_fraction"],
+    texture_scale: int = DEFAULTS["texture_scale"],
 ) -> Path:
     """Write FG-Synth to ``out_dir/CUB_200_2011`` (replacing an earlier FG-Synth there).
 
     Image ``j`` of class ``c`` is drawn from ``numpy.random.default_rng([seed, c, j])``; the
     first ``round(train_fraction * images_per_class)`` images of each class form the
-    official train split, the rest the test split.  Returns the ``CUB_200_2011`` folder.
+    official train split, the rest the test split.  ``texture_scale`` multiplies the textures'
+    periods (``texture_scale_for`` gives it for a model's scale-1 input).  Returns the
+    ``CUB_200_2011`` folder.
     """
     if not 1 <= classes <= MAX_CLASSES:
         raise ValueError(f"classes must be in 1..{MAX_CLASSES}, got {classes}")
@@ -211,8 +272,10 @@ def generate_fgsynth(
                          f"per class, got {images_per_class} images of which {n_train} train")
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE} px, got {size}")
+    if not (isinstance(texture_scale, int) and texture_scale >= 1):
+        raise ValueError(f"texture_scale must be an integer >= 1, got {texture_scale!r}")
     params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
-                  train_fraction=train_fraction, version=1)
+                  train_fraction=train_fraction, texture_scale=texture_scale, version=1)
 
     d = Path(out_dir) / "CUB_200_2011"
     if d.exists():
@@ -230,7 +293,7 @@ def generate_fgsynth(
         for j in range(images_per_class):
             image_id += 1
             rng = np.random.default_rng([seed, c, j])
-            img, box, parts = render_image(c, rng, size)
+            img, box, parts = render_image(c, rng, size, texture_scale)
             rel = f"{_class_dir_name(c)}/fgsynth_{c + 1:03d}_{j + 1:04d}.png"
             Image.fromarray(img).save(d / "images" / rel, compress_level=1)
             lines["images"].append(f"{image_id} {rel}")
