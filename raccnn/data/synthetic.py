@@ -68,8 +68,6 @@ PATTERN_NAMES = tuple(PATTERNS)
 DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5, texture_scale=1)
 MAX_CLASSES = len(PATTERN_NAMES)
 MIN_SIZE = 96  # the bird's geometry needs it to fit inside the image
-BIRD_SCALE = (0.9, 1.2)  # range of the bird's size factor (times size / 160)
-CREST_SEMI_AXES = (14, 10)  # px at bird size 1 and 160 px
 # With the default train_fraction 0.5, three images per class leave two training images, one of
 # which the stratified split can move to validation.
 MIN_IMAGES_PER_CLASS = 3
@@ -143,7 +141,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int, texture_
     canvas = _background(rng, size, xx, yy, texture_scale)
 
     for _attempt in range(100):
-        s = rng.uniform(*BIRD_SCALE) * u
+        s = rng.uniform(0.9, 1.2) * u
         facing = rng.choice([-1.0, 1.0])      # head on the right (+1) or left (-1)
         tilt = rng.uniform(-0.3, 0.3)
         cx, cy = rng.uniform(0.25, 0.75) * size, rng.uniform(0.4, 0.75) * size
@@ -163,7 +161,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int, texture_
             "head": _ellipse(xx, yy, hx, hy, rh, rh),
         }
         # the crest is axis-aligned (never tilted) so stripe orientation stays meaningful
-        ka, kb = CREST_SEMI_AXES[0] * s, CREST_SEMI_AXES[1] * s
+        ka, kb = 14 * s, 10 * s
         kx, ky = hx, hy - rh - 0.55 * kb
         crest_outline = _ellipse(xx, yy, kx, ky, ka + 1.5, kb + 1.5)
         masks["crest"] = _ellipse(xx, yy, kx, ky, ka, kb)
