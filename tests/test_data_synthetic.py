@@ -151,3 +151,5 @@ def test_make_synthetic_refuses_a_failing_set(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: stored at 96 px") and not (tmp_path / "CUB_200_2011").exists()
     r = subprocess.run(cmd + ["--no-check"], capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path / "CUB_200_2011" / "fgsynth.json").is_file(), r.stderr
+    r = subprocess.run(cmd[:4] + ["--scale1-size", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--scale1-size must be > 0, got 0" in r.stderr

@@ -31,6 +31,8 @@ def main() -> int:
                    help="side of the whole image at scale 1, px (model.input_sizes[0] x data.resize / data.crop)")
     p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
     args = p.parse_args()
+    if not args.scale1_size > 0:
+        p.error(f"--scale1-size must be > 0, got {args.scale1_size:g}")
     problem = certificate(args.size, args.scale1_size)["problem"]
     if problem and not args.no_check:
         print(f"error: {problem} (--no-check writes it anyway)", file=sys.stderr)
