@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .attention.create import ATTENTION_TYPES, build_attention
-from .data.build import DATASETS, scale1_size
+from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
 from .device import DEVICES
@@ -79,6 +79,7 @@ SCHEMA: dict = {
         "batch_size": Key(32, min=1),
         "eval_batch_size": Key(64, min=1),
         "num_workers": Key(0, min=0),
+        "cache": Key("auto", choices=CACHE_SETTINGS),  # images kept in memory (data/build.py); auto: FG-Synth only
         "skip_unreadable": Key(False),  # drop images that fail the check instead of stopping
         "verify_images": Key("header", choices=VERIFY_MODES),  # checked when a dataset opens (data/verify.py)
         "max_images": Key(0, min=0),  # per split: only the first N after the split rule (smoke tests); 0 = all

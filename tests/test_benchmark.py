@@ -14,10 +14,10 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     res = run([sys.executable, "tools/benchmark.py", "--config", "experiments/configs/fgsynth_default.yaml",
                "--opts", *TINY, "--classes", "5", "--batch", "2", "--steps", "2", "--warmup", "1",
                "--cases", "alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls", "plain_apn",
-               "--loader-images", "4", "--loader-workers", "0", "1", "--peak-tflops", "1", "--json", str(out)])
+               "--loader-images", "4", "--loader-workers", "0", "1", "--peak-tflops", "1", "--overhead", "--json", str(out)])
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    model_rows = [r for r in rows if r["case"] != "loader"]
+    model_rows = [r for r in rows if r["case"] != "loader" and not r["case"].startswith("overhead")]
     assert [r["case"] for r in model_rows] == ["alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls",
                                                 "plain_apn"]
     for r in model_rows:
@@ -28,6 +28,10 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     # a training step counts forward and backward: more FLOPs than the forward alone
     assert by_case["alternate_cls"]["gflop_per_image"] > 2 * by_case["eval"]["gflop_per_image"]
     assert by_case["fusion"]["crop_share"] == 0 and by_case["alternate_apn"]["crop_share"] > 0
+    overhead = [r for r in rows if r["case"].startswith("overhead")]
+    assert [r["case"] for r in overhead] == ["overhead_cls", "overhead_apn"]
+    assert all(r["rounds"] == 2 and r["ratio"] > 0 and r["plain_ms"] > 0 and r["alternate_ms"] > 0 for r in overhead)
+    assert "alternate_apn / plain_apn" in res.stdout
     loaders = [r for r in rows if r["case"] == "loader"]
     assert [r["workers"] for r in loaders] == [0, 1] and all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
     assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6

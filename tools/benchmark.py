@@ -3,7 +3,8 @@
     python tools/benchmark.py [--config experiments/configs/cub200_vgg19.yaml] [--opts KEY=VALUE ...]
         [--batch 16 32] [--amp none bf16] [--channels-last false true] [--compile false]
         [--cases alternate_cls alternate_apn fusion eval plain_cls plain_apn] [--steps 20] [--warmup 5]
-        [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--device cuda] [--json out.json]
+        [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--device cuda] [--overhead]
+        [--json out.json]
 
 One line per case (phase step x batch x amp x channels_last x compile) with: images/s, ms per step
 (median of ``--steps`` after ``--warmup``), peak memory, model FLOPs per image (counted by
@@ -19,6 +20,10 @@ them, backward, timed alone at the same shapes, divided by the step time). Cases
   nothing else (no APN, crop or rank loss); ``alternate_cls`` / ``plain_cls`` is RA-CNN's overhead.
 - ``plain_apn``: with frozen weights, scale 1's forward and the other scales' forward and backward
   to their inputs: ``alternate_apn``'s network work without the APNs, crops and rank loss.
+
+``--overhead`` adds RA-CNN's overhead ratios, ``alternate_cls`` / ``plain_cls`` and ``alternate_apn`` /
+``plain_apn``, from the two steps of each pair timed in turn, round by round: the median of the
+rounds' ratios, which drift in the machine's speed (other work on a shared CPU) does not bias.
 
 Then the data loader's images/s for the config's training transforms on generated JPEGs of CUB's
 size (about 500 x 375, ``raccnn/data/standin.py``) with each ``--loader-workers``, so one sees at
@@ -140,6 +145,49 @@ def timed(step, steps, warmup, device):
     return statistics.median(times)
 
 
+def bench_overhead(cfg, args, device):
+    """RA-CNN's overhead, ``alternate_cls`` / ``plain_cls`` and ``alternate_apn`` / ``plain_apn``, with
+    the two steps of a pair timed in alternation (their order swapped every round), so that drift in
+    the machine's speed between runs cancels in each round's ratio; the median over rounds."""
+    rows = []
+    for batch, amp, cl, comp in itertools.product(args.batch, args.amp, args.channels_last, args.compile):
+        fmt = torch.channels_last if cl else torch.preserve_format
+        size = cfg["data"]["crop"]
+        torch.manual_seed(0)
+        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        target = torch.randint(0, args.classes, (batch,), device=device)
+        for plain, full in (("plain_cls", "alternate_cls"), ("plain_apn", "alternate_apn")):
+            steps = []
+            for case in (plain, full):  # one model each: the cases freeze different parameters
+                torch.manual_seed(0)
+                model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), args.classes)
+                model.to(device, memory_format=fmt)
+                if comp:
+                    for net in model.scales:
+                        net.compile()
+                steps.append(make_step(case, model, cfg, images, target, device, DTYPES[amp]))
+            for _ in range(args.warmup):
+                for step in steps:
+                    step()
+            times = ([], [])
+            for r in range(args.steps):
+                for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    sync(device)
+                    t = time.perf_counter()
+                    steps[k]()
+                    sync(device)
+                    times[k].append(time.perf_counter() - t)
+            row = dict(case=f"overhead_{full.split('_')[1]}", batch=batch, amp=amp, channels_last=cl, compile=comp,
+                       rounds=args.steps, plain_ms=1000 * statistics.median(times[0]),
+                       alternate_ms=1000 * statistics.median(times[1]),
+                       ratio=statistics.median(b / a for a, b in zip(*times)))
+            rows.append(row)
+            print(f"{full} / {plain}  b{batch:<4d} {amp:5s} cl={int(cl)} compile={int(comp)}  ratio {row['ratio']:.3f} "
+                  f"(median of {args.steps} interleaved rounds; medians {row['alternate_ms']:.1f} / "
+                  f"{row['plain_ms']:.1f} ms)", flush=True)
+    return rows
+
+
 def count_flops(step) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
@@ -247,6 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--loader-workers", type=int, nargs="*", default=None, help="default: the config's num_workers")
     p.add_argument("--loader-images", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--overhead", action="store_true", help="also time alternate_cls/plain_cls and "
+                   "alternate_apn/plain_apn interleaved, round by round (RA-CNN's overhead ratios)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -261,7 +311,8 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.config} {' '.join(args.opts)} on {name}, torch {torch.__version__}, input "
           f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}", flush=True)
-    rows = bench_model(cfg, args, device) + bench_loader(cfg, args)
+    rows = bench_model(cfg, args, device) + (bench_overhead(cfg, args, device) if args.overhead else [])
+    rows += bench_loader(cfg, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config, "opts": args.opts, "device": name, "torch": torch.__version__,

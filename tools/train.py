@@ -123,8 +123,9 @@ def train(args) -> int:
 
     log = logging.getLogger("raccnn")
     log.info("work dir %s; %d train / %d val / %d test images, %d classes, device %s, %d process(es); data ready "
-             "in %.1f s", work_dir, len(datasets["train"]), len(datasets["val"]), len(datasets["test"]),
-             trainer.num_classes, trainer.device, world.size, data_seconds)
+             "in %.1f s, %.0f MiB held in memory (data.cache)", work_dir, len(datasets["train"]), len(datasets["val"]),
+             len(datasets["test"]), trainer.num_classes, trainer.device, world.size, data_seconds,
+             sum(ds.cache.nbytes() for ds in datasets.values()) / 2**20)
     trainer.run()
     log.info("training took %.1f s", time.time() - t0)
 

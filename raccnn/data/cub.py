@@ -29,6 +29,7 @@ from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample
+from .cache import ItemCache
 from .verify import drop_unreadable, unreadable_message, verify_images
 
 REQUIRED_FILES = (
@@ -168,7 +169,7 @@ class CUBDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0, skip_unreadable: bool = False,
-                 verify: str = "header", max_images: int = 0):
+                 verify: str = "header", max_images: int = 0, cache: str = "none"):
         self.root = resolve_cub_dir(root)
         self.split = split
         self.transform = transform if transform is not None else build_transforms(False, None, None)
@@ -193,6 +194,7 @@ class CUBDataset(torch.utils.data.Dataset):
             )
         self.records = chosen[:max_images] if max_images else chosen
         self.targets = [r.label for r in self.records]
+        self.cache = ItemCache(cache, len(self.records), self._decode, self._build)  # data/cache.py
 
     # ------------------------------------------------------------------ annotations
     @staticmethod
@@ -311,8 +313,13 @@ class CUBDataset(torch.utils.data.Dataset):
         """``image`` [3,H,W] float normalised; ``label``, ``index`` int64; ``box`` [4] XYXY;
         ``parts`` [P,3] (x, y, visible); ``part_boxes`` [P,4] XYXY (NaN where unknown).
         Coordinates are in the pixels of the returned (transformed) image."""
+        return self.cache[index]
+
+    def _decode(self, index: int) -> torch.Tensor:
+        return pil_to_uint8(load_rgb(self.records[index].path))
+
+    def _build(self, index: int, image: torch.Tensor) -> dict:
         r = self.records[index]
-        image = pil_to_uint8(load_rgb(r.path))
         x, y, w, h = r.box_xywh
         pb = torch.from_numpy(r.part_boxes.copy())
         pb[:, 2:] += pb[:, :2]  # xywh -> xyxy

@@ -23,6 +23,7 @@ from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample
+from .cache import ItemCache
 from .verify import drop_unreadable, unreadable_message, verify_images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -57,7 +58,8 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], li
 class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0, test_fraction: float = 0.2,
-                 skip_unreadable: bool = False, verify: str = "header", max_images: int = 0):
+                 skip_unreadable: bool = False, verify: str = "header", max_images: int = 0,
+                 cache: str = "none"):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(
@@ -91,6 +93,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.targets = [l for _, l in self.samples]
         self.num_classes = len(self.classes)
         self.part_names: list[str] = []
+        self.cache = ItemCache(cache, len(self.samples), self._decode, self._build)  # data/cache.py
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -100,11 +103,15 @@ class FolderDataset(torch.utils.data.Dataset):
         return {"path": str(path), "label": label}
 
     def __getitem__(self, index: int) -> dict:
-        path, label = self.samples[index]
-        image = pil_to_uint8(load_rgb(path))
+        return self.cache[index]
+
+    def _decode(self, index: int) -> torch.Tensor:
+        return pil_to_uint8(load_rgb(self.samples[index][0]))
+
+    def _build(self, index: int, image: torch.Tensor) -> dict:
         empty = torch.zeros(0, 2)
         sample = make_sample(image, None, empty, torch.zeros(0, dtype=torch.bool), torch.zeros(0, 4), ())
         out = finalize(self.transform(sample))
-        out["label"] = torch.tensor(label, dtype=torch.int64)
+        out["label"] = torch.tensor(self.samples[index][1], dtype=torch.int64)
         out["index"] = torch.tensor(index, dtype=torch.int64)
         return out
