@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from .attention.create import ATTENTION_TYPES, build_attention
+from .attention.sasa import SASAConv
 from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
@@ -106,6 +107,7 @@ SCHEMA: dict = {
             "stages": Key([], item=int, min=1),  # 1-based
             "identity_init": Key(arg(build_attention, "identity_init")),
             "kwargs": Key({}),  # extra arguments of the block, e.g. {reduction: 8}
+            "replace_convs": Key(False),  # sasa only: the stages' 3x3 convs become SASA layers (its paper's use)
         },
         "proposer": Key(arg(RACNN, "proposer"), choices=list(PROPOSERS)),
         "proposer_cfg": {key: Key(float(arg(PROPOSERS[name], a)), min=lo, max=hi)
@@ -170,15 +172,21 @@ def _cross_checks(c: dict):
             if key.endswith(".lr") and lr > MAX_LR:
                 yield (key,), f"{key}: {lr} is above {MAX_LR}, no sane learning rate; set train.force_lr=true to run it anyway"
     att = m["attention"]
-    if att["type"] != "none" and att["stages"]:
+    if att["replace_convs"] and att["type"] != "sasa":
+        yield (("model.attention.replace_convs", "model.attention.type"), f"model.attention.replace_convs: only "
+               f"type sasa replaces convolutions, not {att['type']!r}")
+    elif att["type"] != "none" and att["stages"]:
         stages = vgg_stages(m["backbone"])
         if max(att["stages"]) > stages:
             yield (("model.attention.stages", "model.backbone"), f"model.attention.stages {att['stages']}: "
                    f"{m['backbone']} has {stages} stages that can take a block" if stages else
                    f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
-        try:  # a block of the asked kind, built aside (the global RNG is left as it was)
+        try:  # a block (or layer) of the asked kind, built aside (the global RNG is left as it was)
             with torch.random.fork_rng(devices=[]):
-                build_attention(att["type"], 16, att["identity_init"], **att["kwargs"])
+                if att["replace_convs"]:
+                    SASAConv(16, 16, **att["kwargs"])
+                else:
+                    build_attention(att["type"], 16, att["identity_init"], **att["kwargs"])
         except (ValueError, TypeError) as e:
             yield ("model.attention.kwargs",), f"model.attention.kwargs: {e}"
 

@@ -10,8 +10,10 @@ from torchvision.models.vgg import make_layers as tv_make_vgg_layers
 from raccnn.attention import ATTENTION_TYPES, build_attention, insert_attention
 from raccnn.attention.danet import channel_affinity
 from raccnn.attention.eca import eca_kernel_size
-from raccnn.attention.placement import ReLUThenAttention, stage_ends
+from raccnn.attention.placement import ReLUThenAttention, replace_convs, stage_ends
+from raccnn.attention.sasa import SASAConv
 from raccnn.config import SCHEMA, resolve_config
+from raccnn.errors import ConfigError
 from raccnn.models import RACNN, build_backbone, build_racnn
 
 C = 32
@@ -313,33 +315,88 @@ def test_racnn_without_attention_is_unchanged():
     assert set(plain.state_dict()) == set(none.state_dict())
 
 
-def test_sasa_against_a_per_pixel_loop():
+def _local_attention_loop(q, key, v, rel_rows, rel_cols, heads, k):
     """Each output pixel computed alone: the in-map neighbours of a k x k window, the logits
-    q.k + q.r(offset) per head, softmax over those neighbours, the weighted sum of values, W_o."""
+    q.k + q.r(offset) per head (q scaled by d^-1/2), softmax over those neighbours, the weighted
+    sum of values."""
+    b, c, h, w = q.shape
+    d = c // heads
+    o = torch.zeros(b, c, h, w)
+    for n in range(b):
+        for i in range(h):
+            for j in range(w):
+                for hd in range(heads):
+                    ch = slice(hd * d, (hd + 1) * d)
+                    qp = q[n, ch, i, j] / math.sqrt(d)
+                    logits, values = [], []
+                    for a in range(-(k // 2), k // 2 + 1):
+                        for e in range(-(k // 2), k // 2 + 1):
+                            if 0 <= i + a < h and 0 <= j + e < w:
+                                r = torch.cat((rel_rows[hd, :, a + k // 2], rel_cols[hd, :, e + k // 2]))
+                                logits.append(qp @ (key[n, ch, i + a, j + e] + r))
+                                values.append(v[n, ch, i + a, j + e])
+                    weights = torch.stack(logits).softmax(0)
+                    o[n, ch, i, j] = (weights[:, None] * torch.stack(values)).sum(0)
+    return o
+
+
+def test_sasa_against_a_per_pixel_loop():
+    """The block: x + W_o o, o from the per-pixel loop."""
     torch.manual_seed(0)
     heads, k = 2, 3
     block = build_attention("sasa", 8, identity_init=False, heads=heads, kernel_size=k)
     x = torch.randn(2, 8, 4, 5)
     q, key, v = block.qkv(x).chunk(3, dim=1)
-    d = 8 // heads
-    o = torch.zeros(2, 8, 4, 5)
-    for b in range(2):
-        for i in range(4):
-            for j in range(5):
-                for h in range(heads):
-                    ch = slice(h * d, (h + 1) * d)
-                    qp = q[b, ch, i, j] / math.sqrt(d)
-                    logits, values = [], []
-                    for a in range(-(k // 2), k // 2 + 1):
-                        for c in range(-(k // 2), k // 2 + 1):
-                            if 0 <= i + a < 4 and 0 <= j + c < 5:
-                                r = torch.cat((block.rel_rows[h, :, a + k // 2], block.rel_cols[h, :, c + k // 2]))
-                                logits.append(qp @ (key[b, ch, i + a, j + c] + r))
-                                values.append(v[b, ch, i + a, j + c])
-                    weights = torch.stack(logits).softmax(0)
-                    o[b, ch, i, j] = (weights[:, None] * torch.stack(values)).sum(0)
+    o = _local_attention_loop(q, key, v, block.rel_rows, block.rel_cols, heads, k)
     expected = x + torch.nn.functional.conv2d(o, block.out.weight)
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sasa_layer_against_a_per_pixel_loop():
+    """The layer that replaces a convolution: 6 -> 8 channels, o itself, no residual."""
+    torch.manual_seed(0)
+    heads, k = 2, 3
+    layer = SASAConv(6, 8, heads=heads, kernel_size=k)
+    x = torch.randn(2, 6, 4, 5)
+    q, key, v = layer.qkv(x).chunk(3, dim=1)
+    expected = _local_attention_loop(q, key, v, layer.rel_rows, layer.rel_cols, heads, k)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="even width"):
+        SASAConv(8, 12, heads=4)
+
+
+def test_replace_convs_swaps_only_the_stage_convolutions():
+    plain = small_trunk()
+    trunk = replace_convs(small_trunk(), [3, 4], heads=2, kernel_size=3)
+    convs = [(i, m) for i, m in enumerate(plain.features) if isinstance(m, nn.Conv2d)]
+    pools = [i for i, m in enumerate(plain.features) if isinstance(m, nn.MaxPool2d)]
+    for i, conv in convs:
+        stage = 1 + sum(p < i for p in pools)
+        new = trunk.features[i]
+        if stage in (3, 4):
+            assert isinstance(new, SASAConv) and (new.in_channels, new.out_channels) == \
+                (conv.in_channels, conv.out_channels)
+        else:
+            assert isinstance(new, nn.Conv2d) and torch.equal(new.weight, conv.weight)
+    x = torch.randn(2, 3, 32, 32)
+    out = trunk(x)
+    assert out.shape == plain(x).shape
+    out.square().mean().backward()
+    sasa = [m for m in trunk.features if isinstance(m, SASAConv)]
+    assert sasa and all(m.qkv.weight.grad.abs().sum() > 0 and m.rel_rows.grad.abs().sum() > 0 for m in sasa)
+    with pytest.raises(ValueError, match=r"valid stages: \[1, 2, 3, 4\]"):
+        replace_convs(small_trunk(), [5])
+
+
+def test_config_replace_convs_builds_a_racnn_and_is_sasa_only():
+    cfg = resolve_config({"model": {"backbone": "vgg_small", "width": 8, "input_sizes": [32, 32, 32],
+                                    "attention": {"type": "sasa", "stages": [4], "replace_convs": True,
+                                                  "kwargs": {"heads": 2, "kernel_size": 3}}}})
+    model = build_racnn(cfg, 5)
+    assert all(sum(isinstance(m, SASAConv) for m in net.modules()) > 0 for net in model.scales)
+    assert model(torch.randn(2, 3, 64, 64)).logits[0].shape == (2, 5)
+    with pytest.raises(ConfigError, match="model.attention.replace_convs: only type sasa"):
+        resolve_config({"model": {"attention": {"type": "se", "stages": [4], "replace_convs": True}}})
 
 
 def test_sasa_refuses_heads_that_do_not_split_the_channels():

@@ -1,5 +1,9 @@
 """Insert attention blocks at the end of VGG stages without renaming any trunk parameter.
 
+``replace_convs`` is the other placement, for SASA as its paper uses it: a stage's 3×3
+convolutions become attention layers (their ImageNet weights are dropped; the other layers keep
+their names and weights).
+
 A VGG ``features`` Sequential is a list of stages, each ending with its last ReLU followed by a
 2×2 max-pool (torchvision's VGG-19: ReLUs at indices 3, 8, 17, 26, 35). Stage s's block goes right
 after that ReLU: ``features[i]`` becomes ``ReLUThenAttention(relu, block)``, whose block
@@ -11,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .create import ATTENTION_TYPES, build_attention
+from .sasa import SASAConv
 
 
 class ReLUThenAttention(nn.Module):
@@ -64,4 +69,28 @@ def insert_attention(trunk: nn.Module, type: str, stages, identity_init: bool = 
             raise ValueError(f"stage {s} already has an attention block")
         block = build_attention(type, channels, identity_init=identity_init, **kwargs)
         features[index] = ReLUThenAttention(features[index], block)
+    return trunk
+
+
+def replace_convs(trunk: nn.Module, stages, **kwargs) -> nn.Module:
+    """Replace every 3×3 stride-1 convolution of each listed stage (1-based) of ``trunk.features``
+    with ``SASAConv(in, out, **kwargs)`` (``heads``, ``kernel_size``); in place, returns ``trunk``."""
+    features = getattr(trunk, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise ValueError(f"model.attention.replace_convs supports the VGG trunks (vgg11 ... vgg19_bn, vgg_small); "
+                         f"{trunk.__class__.__name__} has no VGG 'features' Sequential")
+    stage, convs = 1, {}
+    for i, layer in enumerate(features):
+        if isinstance(layer, nn.MaxPool2d):
+            stage += 1
+        elif isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3) and layer.stride == (1, 1):
+            convs.setdefault(stage, []).append(i)
+    stages = sorted({int(s) for s in stages})
+    bad = [s for s in stages if s not in convs]
+    if bad:
+        raise ValueError(f"attention stages {bad} do not exist in this trunk; valid stages: {sorted(convs)}")
+    for s in stages:
+        for i in convs[s]:
+            conv = features[i]
+            features[i] = SASAConv(conv.in_channels, conv.out_channels, **kwargs)
     return trunk

@@ -1,5 +1,12 @@
 """Stand-alone self-attention (SASA; Ramachandran et al., "Stand-Alone Self-Attention in Vision
-Models", NeurIPS 2019), as a residual block.
+Models", NeurIPS 2019): every pixel attends over its own k×k neighbourhood.
+
+Two forms share one attention function (``local_attention``):
+
+- ``SASA``: a residual block after a stage (``build_attention("sasa", C)``), identity at init;
+- ``SASAConv``: the paper's use, a layer in place of a spatial convolution (C_in -> C_out, stride 1);
+  ``raccnn.attention.placement.replace_convs`` swaps a stage's 3×3 convolutions for it
+  (``model.attention.replace_convs``).
 
 timm's nearest layers are not this one: ``HaloAttn`` attends from non-overlapping blocks to a haloed
 window, and ``BottleneckAttn`` attends globally; SASA gives every pixel its own k x k neighbourhood,
@@ -14,56 +21,81 @@ from torch import Tensor, nn
 from .gate import zero_
 
 
+def local_attention(q: Tensor, key: Tensor, v: Tensor, rel_rows: Tensor, rel_cols: Tensor) -> Tensor:
+    """o_p = Σ_{n ∈ N_k(p)} softmax_n( q_pᵀ k_n + q_pᵀ r_{n - p} ) v_n, per head and pixel p.
+
+    q, key, v: [B, heads·d, H, W] (q already scaled); rel_rows, rel_cols: [heads, d/2, k], the row and
+    column halves of the relative embedding r_{(a, b)} = [rows[a] ; cols[b]], the same at every
+    position (the paper's factorised form). N_k(p): the k×k neighbourhood of p inside the map
+    (positions beyond the border are left out of the softmax). Returns o, [B, heads·d, H, W].
+    Memory: the unfolded keys and values are k² times the map (49× for k = 7).
+    """
+    b, c, h, w = q.shape
+    heads, half, k = rel_rows.shape
+    d = 2 * half
+    rel = torch.cat((rel_rows[:, :, :, None].expand(heads, half, k, k),
+                     rel_cols[:, :, None, :].expand(heads, half, k, k)), 1).reshape(heads, d, k * k)
+
+    def neighbours(t: Tensor) -> Tensor:  # [B, C, H, W] -> [B, heads, d, k*k, H*W]
+        return F.unfold(t, k, padding=k // 2).reshape(b, heads, d, k * k, h * w)
+
+    q = q.reshape(b, heads, d, h * w)
+    inside = F.unfold(q.new_ones(1, 1, h, w), k, padding=k // 2).bool()  # [1, k*k, H*W]
+    logits = torch.einsum("bhdn,bhdjn->bhjn", q, neighbours(key))
+    logits = logits + torch.einsum("bhdn,hdj->bhjn", q, rel.to(q.dtype))
+    attn = logits.masked_fill(~inside[:, None], float("-inf")).softmax(dim=2)
+    return torch.einsum("bhjn,bhdjn->bhdn", attn, neighbours(v)).reshape(b, c, h, w)
+
+
+def _check(channels: int, heads: int, kernel_size: int, what: str) -> None:
+    if channels % heads or (channels // heads) % 2:
+        raise ValueError(f"{what}: channels ({channels}) must split into {heads} heads of even width")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{what}: kernel_size must be odd and positive, got {kernel_size}")
+
+
+def _relative(heads: int, dim: int, kernel_size: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(heads, dim // 2, kernel_size) * dim ** -0.5)
+
+
 class SASA(nn.Module):
-    """y = x + W_o·o, with per head h and pixel p:
-
-        o_p = Σ_{n ∈ N_k(p)} softmax_n( q_pᵀ k_n + q_pᵀ r_{n - p} ) v_n,
-
-    q, k, v: 1×1 convs (no bias), ``heads`` heads of width d = channels / heads, q scaled by d^-½;
-    N_k(p): the k×k neighbourhood of p inside the map (positions beyond the border are left out of
-    the softmax); r_{(a, b)} = [row embedding of a ; column embedding of b], each of width d/2, per head,
-    the same at every position (the paper's factorised relative embedding). W_o: 1×1 conv.
+    """y = x + W_o·o, o = ``local_attention`` of q, k, v = 1×1 convs of x (no bias), ``heads`` heads
+    of width d = channels / heads, q scaled by d^-½. W_o: 1×1 conv.
 
     identity_init=True: W_o is zero, so y = x at initialisation while W_o receives gradient.
-    identity_init=False: W_o keeps the default init.
-    Memory: the unfolded keys and values are k² times the feature map (49× for k = 7); place it on
-    late, small stages.
+    identity_init=False: W_o keeps the default init. Place it on late, small stages (memory: k²×).
     """
 
     def __init__(self, channels: int, heads: int = 4, kernel_size: int = 7, identity_init: bool = True):
         super().__init__()
-        if channels % heads or (channels // heads) % 2:
-            raise ValueError(f"sasa: channels ({channels}) must split into {heads} heads of even width")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"sasa: kernel_size must be odd and positive, got {kernel_size}")
+        _check(channels, heads, kernel_size, "sasa")
         self.heads, self.kernel_size, self.dim = heads, kernel_size, channels // heads
         self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
-        half = self.dim // 2
-        self.rel_rows = nn.Parameter(torch.randn(heads, half, kernel_size) * self.dim ** -0.5)
-        self.rel_cols = nn.Parameter(torch.randn(heads, half, kernel_size) * self.dim ** -0.5)
+        self.rel_rows = _relative(heads, self.dim, kernel_size)
+        self.rel_cols = _relative(heads, self.dim, kernel_size)
         self.out = nn.Conv2d(channels, channels, 1, bias=False)
         if identity_init:
             zero_(self.out)
 
-    def relative(self) -> Tensor:
-        """r for every neighbour, [heads, d, k*k] (neighbour index = row offset * k + column offset)."""
-        k, half = self.kernel_size, self.dim // 2
-        rows = self.rel_rows[:, :, :, None].expand(self.heads, half, k, k)
-        cols = self.rel_cols[:, :, None, :].expand(self.heads, half, k, k)
-        return torch.cat((rows, cols), 1).reshape(self.heads, self.dim, k * k)
+    def forward(self, x: Tensor) -> Tensor:
+        q, key, v = self.qkv(x).chunk(3, dim=1)
+        return x + self.out(local_attention(q * self.dim ** -0.5, key, v, self.rel_rows, self.rel_cols))
+
+
+class SASAConv(nn.Module):
+    """The paper's attention layer in place of a spatial convolution: y = o, o = ``local_attention``
+    of q, k, v = W_Q x, W_K x, W_V x (1×1, C_in -> C_out, no bias), ``heads`` heads of width
+    d = C_out / heads, q scaled by d^-½; stride 1, output size = input size (as a padded 3×3 conv)."""
+
+    def __init__(self, in_channels: int, out_channels: int, heads: int = 4, kernel_size: int = 7):
+        super().__init__()
+        _check(out_channels, heads, kernel_size, "sasa layer")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.heads, self.kernel_size, self.dim = heads, kernel_size, out_channels // heads
+        self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
+        self.rel_rows = _relative(heads, self.dim, kernel_size)
+        self.rel_cols = _relative(heads, self.dim, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        k, heads, d = self.kernel_size, self.heads, self.dim
         q, key, v = self.qkv(x).chunk(3, dim=1)
-        q = q.reshape(b, heads, d, h * w) * d ** -0.5
-
-        def neighbours(t: Tensor) -> Tensor:  # [B, C, H, W] -> [B, heads, d, k*k, H*W]
-            return F.unfold(t, k, padding=k // 2).reshape(b, heads, d, k * k, h * w)
-
-        inside = F.unfold(x.new_ones(1, 1, h, w), k, padding=k // 2).bool()  # [1, k*k, H*W]
-        logits = torch.einsum("bhdn,bhdjn->bhjn", q, neighbours(key))
-        logits = logits + torch.einsum("bhdn,hdj->bhjn", q, self.relative().to(q.dtype))
-        attn = logits.masked_fill(~inside[:, None], float("-inf")).softmax(dim=2)
-        o = torch.einsum("bhjn,bhdjn->bhdn", attn, neighbours(v)).reshape(b, c, h, w)
-        return x + self.out(o)
+        return local_attention(q * self.dim ** -0.5, key, v, self.rel_rows, self.rel_cols)

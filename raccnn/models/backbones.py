@@ -22,7 +22,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
 
-from ..attention.placement import insert_attention
+from ..attention.placement import insert_attention, replace_convs
 
 TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
@@ -126,10 +126,13 @@ def build_backbone(name: str = "vgg_small", pretrained=False, width: int = 16, a
 
     ``attention`` (``model.attention``: ``type``, ``stages``, ``identity_init``, ``kwargs``) inserts
     attention blocks at the end of VGG stages after the pretrained weights are loaded (see
-    ``raccnn.attention.placement``); the trunk's own parameter names do not change.
+    ``raccnn.attention.placement``); the trunk's own parameter names do not change. With
+    ``replace_convs`` (type ``sasa`` only) the stages' 3×3 convolutions become SASA layers instead.
     """
     trunk = _build_trunk(name, pretrained, width)
-    if attention:
+    if attention and attention.get("replace_convs"):
+        replace_convs(trunk, attention.get("stages", ()), **dict(attention.get("kwargs") or {}))
+    elif attention:
         insert_attention(trunk, attention.get("type", "none"), attention.get("stages", ()),
                          attention.get("identity_init", True), **dict(attention.get("kwargs") or {}))
     return trunk
