@@ -71,6 +71,9 @@ def test_folder_dataset_from_memory_equals_the_files(tmp_path):
     disk, kept = FolderDataset(tmp_path, "trainval", tf), FolderDataset(tmp_path, "trainval", tf, cache="samples")
     assert all(_equal(disk[i], kept[i]) for i in range(len(disk)))
     assert kept.cache.nbytes() > len(kept) * 3 * 24 * 24 * 4  # the float images at least
+    # DataLoader workers forked after the dataset opened read the same kept samples
+    batch = next(iter(torch.utils.data.DataLoader(kept, batch_size=len(kept), num_workers=1)))
+    assert torch.equal(batch["image"], torch.stack([disk[i]["image"] for i in range(len(disk))]))
 
 
 def _config(**data) -> dict:
