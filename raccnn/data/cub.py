@@ -25,11 +25,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .cache import ItemCache
 from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample
-from .cache import ItemCache
 from .verify import drop_unreadable, unreadable_message, verify_images
 
 REQUIRED_FILES = (
@@ -164,7 +164,9 @@ class CUBDataset(torch.utils.data.Dataset):
     ``transform`` is called on the tv_tensors sample dict described in
     :mod:`raccnn.data.transforms` (any ``torchvision.transforms.v2`` pipeline accepts it;
     :func:`~raccnn.data.transforms.build_transforms` builds the standard one).  ``None`` only
-    converts to float and normalises, keeping the stored size.
+    converts to float and normalises, keeping the stored size. ``cache`` (``none``, ``decoded`` or
+    ``samples``, :mod:`raccnn.data.cache`) keeps the split in memory from the moment it opens;
+    ``samples`` fixes each item's transformed sample then, so it suits a deterministic transform only.
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,

@@ -10,7 +10,8 @@ Two layouts are accepted:
 
 In both layouts ``val`` is carved from the training images with ``val_fraction`` and
 ``split_seed``.  Classes are the sorted training class-folder names.  Samples have the same
-keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts.
+keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts, and the same
+``cache`` modes.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from typing import Callable
 
 import torch
 
+from .cache import ItemCache
 from .errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample
-from .cache import ItemCache
 from .verify import drop_unreadable, unreadable_message, verify_images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
