@@ -145,6 +145,25 @@ def timed(step, steps, warmup, device):
     return statistics.median(times)
 
 
+def build_model(cfg, num_classes, device, fmt, compile):
+    """A randomly initialised RA-CNN (seed 0) on ``device`` in memory format ``fmt``, its scale
+    networks compiled in place when ``compile``."""
+    torch.manual_seed(0)
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), num_classes)
+    model.to(device, memory_format=fmt)
+    if compile:
+        for net in model.scales:
+            net.compile()
+    return model
+
+
+def random_batch(cfg, batch, num_classes, device, fmt):
+    """Random images at the config's crop size and random labels."""
+    size = cfg["data"]["crop"]
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    return images, torch.randint(0, num_classes, (batch,), device=device)
+
+
 def bench_overhead(cfg, args, device):
     """RA-CNN's overhead, ``alternate_cls`` / ``plain_cls`` and ``alternate_apn`` / ``plain_apn``, with
     the two steps of a pair timed in alternation (their order swapped every round), so that drift in
@@ -152,20 +171,12 @@ def bench_overhead(cfg, args, device):
     rows = []
     for batch, amp, cl, comp in itertools.product(args.batch, args.amp, args.channels_last, args.compile):
         fmt = torch.channels_last if cl else torch.preserve_format
-        size = cfg["data"]["crop"]
         torch.manual_seed(0)
-        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-        target = torch.randint(0, args.classes, (batch,), device=device)
+        images, target = random_batch(cfg, batch, args.classes, device, fmt)
         for plain, full in (("plain_cls", "alternate_cls"), ("plain_apn", "alternate_apn")):
-            steps = []
-            for case in (plain, full):  # one model each: the cases freeze different parameters
-                torch.manual_seed(0)
-                model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), args.classes)
-                model.to(device, memory_format=fmt)
-                if comp:
-                    for net in model.scales:
-                        net.compile()
-                steps.append(make_step(case, model, cfg, images, target, device, DTYPES[amp]))
+            # one model each: the cases freeze different parameters
+            steps = [make_step(case, build_model(cfg, args.classes, device, fmt, comp), cfg, images, target, device,
+                               DTYPES[amp]) for case in (plain, full)]
             for _ in range(args.warmup):
                 for step in steps:
                     step()
@@ -204,16 +215,9 @@ def bench_model(cfg, args, device):
     rows = []
     num_classes = args.classes
     for batch, amp, cl, comp in itertools.product(args.batch, args.amp, args.channels_last, args.compile):
-        torch.manual_seed(0)
-        model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), num_classes)
         fmt = torch.channels_last if cl else torch.preserve_format
-        model.to(device, memory_format=fmt)
-        if comp:
-            for net in model.scales:
-                net.compile()
-        size = cfg["data"]["crop"]
-        images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-        target = torch.randint(0, num_classes, (batch,), device=device)
+        model = build_model(cfg, num_classes, device, fmt, comp)
+        images, target = random_batch(cfg, batch, num_classes, device, fmt)
         for case in args.cases:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

@@ -47,55 +47,44 @@ def local_attention(q: Tensor, key: Tensor, v: Tensor, rel_rows: Tensor, rel_col
     return torch.einsum("bhjn,bhdjn->bhdn", attn, neighbours(v)).reshape(b, c, h, w)
 
 
-def _check(channels: int, heads: int, kernel_size: int, what: str) -> None:
-    if channels % heads or (channels // heads) % 2:
-        raise ValueError(f"{what}: channels ({channels}) must split into {heads} heads of even width")
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"{what}: kernel_size must be odd and positive, got {kernel_size}")
-
-
-def _relative(heads: int, dim: int, kernel_size: int) -> nn.Parameter:
-    return nn.Parameter(torch.randn(heads, dim // 2, kernel_size) * dim ** -0.5)
-
-
-class SASA(nn.Module):
-    """y = x + W_o·o, o = ``local_attention`` of q, k, v = 1×1 convs of x (no bias), ``heads`` heads
-    of width d = channels / heads, q scaled by d^-½. W_o: 1×1 conv.
-
-    identity_init=True: W_o is zero, so y = x at initialisation while W_o receives gradient.
-    identity_init=False: W_o keeps the default init. Place it on late, small stages (memory: k²×).
-    """
-
-    def __init__(self, channels: int, heads: int = 4, kernel_size: int = 7, identity_init: bool = True):
-        super().__init__()
-        _check(channels, heads, kernel_size, "sasa")
-        self.heads, self.kernel_size, self.dim = heads, kernel_size, channels // heads
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
-        self.rel_rows = _relative(heads, self.dim, kernel_size)
-        self.rel_cols = _relative(heads, self.dim, kernel_size)
-        self.out = nn.Conv2d(channels, channels, 1, bias=False)
-        if identity_init:
-            zero_(self.out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, key, v = self.qkv(x).chunk(3, dim=1)
-        return x + self.out(local_attention(q * self.dim ** -0.5, key, v, self.rel_rows, self.rel_cols))
-
-
 class SASAConv(nn.Module):
     """The paper's attention layer in place of a spatial convolution: y = o, o = ``local_attention``
     of q, k, v = W_Q x, W_K x, W_V x (1×1, C_in -> C_out, no bias), ``heads`` heads of width
     d = C_out / heads, q scaled by d^-½; stride 1, output size = input size (as a padded 3×3 conv)."""
 
+    name = "sasa layer"  # in error messages
+
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, kernel_size: int = 7):
         super().__init__()
-        _check(out_channels, heads, kernel_size, "sasa layer")
+        if out_channels % heads or (out_channels // heads) % 2:
+            raise ValueError(f"{self.name}: channels ({out_channels}) must split into {heads} heads of even width")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"{self.name}: kernel_size must be odd and positive, got {kernel_size}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.heads, self.kernel_size, self.dim = heads, kernel_size, out_channels // heads
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
-        self.rel_rows = _relative(heads, self.dim, kernel_size)
-        self.rel_cols = _relative(heads, self.dim, kernel_size)
+        self.rel_rows = nn.Parameter(torch.randn(heads, self.dim // 2, kernel_size) * self.dim ** -0.5)
+        self.rel_cols = nn.Parameter(torch.randn(heads, self.dim // 2, kernel_size) * self.dim ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         q, key, v = self.qkv(x).chunk(3, dim=1)
         return local_attention(q * self.dim ** -0.5, key, v, self.rel_rows, self.rel_cols)
+
+
+class SASA(SASAConv):
+    """y = x + W_o·o: the layer above with C_in = C_out = ``channels``, as a residual block. W_o: 1×1 conv.
+
+    identity_init=True: W_o is zero, so y = x at initialisation while W_o receives gradient.
+    identity_init=False: W_o keeps the default init. Place it on late, small stages (memory: k²×).
+    """
+
+    name = "sasa"
+
+    def __init__(self, channels: int, heads: int = 4, kernel_size: int = 7, identity_init: bool = True):
+        super().__init__(channels, channels, heads, kernel_size)
+        self.out = nn.Conv2d(channels, channels, 1, bias=False)
+        if identity_init:
+            zero_(self.out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.out(super().forward(x))
