@@ -30,7 +30,7 @@ from .configtree import Key, arg, config_diff, parse_cli_opts, read_config, save
 from .errors import ConfigError
 from .models.apn import APN
 from .models.backbones import check_backbone_name, min_input_size, vgg_stages
-from .models.crop import GRAD_MODES, K_DEFAULT
+from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
 from .models.racnn import RACNN
 
@@ -43,6 +43,12 @@ def _dirname(v):
 
 
 MAX_LR = 10.0  # a learning rate above this is refused unless train.force_lr is true
+
+
+def _auto_bool() -> Key:
+    """A key taking ``auto`` (decided per device where it is used), true or false."""
+    return Key("auto", (str, bool), check=lambda v: None if v in ("auto", True, False)
+               else f"{v!r} is not one of auto, true, false")
 
 
 def _stage(epochs: int, lr: float, optimizer: str = "sgd") -> dict:
@@ -101,7 +107,8 @@ SCHEMA: dict = {
             "tl_max": Key(arg(APN, "tl_max"), min=0.0, max=0.5),
             "keep_inside": Key(arg(APN, "keep_inside")),
         },
-        "crop": {"k": Key(K_DEFAULT, min=0.0), "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES)},
+        "crop": {"k": Key(K_DEFAULT, min=0.0), "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES),
+                 "impl": Key(arg(RACNN, "crop_impl"), choices=CROP_IMPLS)},  # same formulas (models/crop.py)
         "attention": {  # blocks at the end of VGG stages
             "type": Key("none", choices=ATTENTION_TYPES),
             "stages": Key([], item=int, min=1),  # 1-based
@@ -119,8 +126,8 @@ SCHEMA: dict = {
         "log_interval": Key(20, min=1),  # steps between TensorBoard points
         "force_lr": Key(False),  # accept learning rates above MAX_LR
         "amp": Key("auto", choices=AMP_MODES),  # autocast: auto = bf16 on CUDA, none on the CPU
-        "channels_last": Key("auto", (str, bool), check=lambda v: None if v in ("auto", True, False)
-                             else f"{v!r} is not one of auto, true, false"),  # auto = on CUDA
+        "channels_last": _auto_bool(),  # auto = on CUDA
+        "cudnn_benchmark": _auto_bool(),  # auto = on CUDA unless deterministic
         "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, README "Speed and scale")
         "pretrain_cls": _stage(epochs=8, lr=0.05),
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},

@@ -35,3 +35,25 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     loaders = [r for r in rows if r["case"] == "loader"]
     assert [r["workers"] for r in loaders] == [0, 1] and all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
     assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6
+    assert all(set(r["crop_ms"]) == ({"gather", "grid_sample"} if r["case"] in ("alternate_cls", "alternate_apn", "eval")
+                                      else set()) for r in model_rows)
+    assert all(r["crop_impl"] == "gather" for r in model_rows)  # the default
+
+
+def test_benchmark_ddp_rows_wrap_the_phase_steps(tmp_path):
+    """--ddp false true: the phase steps twice, the second time through DistributedDataParallel over
+    a one-process gloo group; eval is not a DDP step and is measured once."""
+    out = tmp_path / "bench.json"
+    res = run([sys.executable, "tools/benchmark.py", "--config", "experiments/configs/fgsynth_default.yaml",
+               "--opts", *TINY, "--classes", "5", "--batch", "2", "--steps", "2", "--warmup", "1",
+               "--cases", "alternate_cls", "alternate_apn", "eval", "--ddp", "false", "true",
+               "--loader-workers", "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["case"], r["ddp"]) for r in rows] == [("alternate_cls", False), ("alternate_apn", False),
+                                                     ("eval", False), ("alternate_cls", True),
+                                                     ("alternate_apn", True)]
+    # the same step: the same FLOPs with and without the wrapper
+    for case in ("alternate_cls", "alternate_apn"):
+        plain, wrapped = (r["gflop_per_image"] for r in rows if r["case"] == case)
+        assert wrapped == plain > 0

@@ -63,12 +63,13 @@ def test_mask_is_one_inside_zero_outside():
     torch.testing.assert_close(m[10, 20].item(), torch.sigmoid(torch.tensor(10.0, dtype=torch.float64)).item(), atol=1e-7, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
 @pytest.mark.parametrize("out_hw", [(5, 5), (4, 7)])
-def test_random_boxes_match_naive_formulas(out_hw):
+def test_random_boxes_match_naive_formulas(out_hw, impl):
     torch.manual_seed(1)
     images = torch.rand(3, 2, 9, 11, dtype=torch.float64)
     boxes = torch.tensor([[0.4, 0.6, 0.3], [0.8, 0.2, 0.35], [0.5, 0.5, 0.12]], dtype=torch.float64)
-    out = attention_crop(images, boxes, out_hw, k=10.0)
+    out = attention_crop(images, boxes, out_hw, k=10.0, impl=impl)
     for b in range(3):
         ref = naive_crop(images[b], boxes[b], *out_hw, k=10.0)
         torch.testing.assert_close(out[b], ref, atol=1e-10, rtol=1e-10)
@@ -94,6 +95,19 @@ def test_gradcheck(grad):
     got = torch.autograd.grad((crop(images, boxes) * weights).sum(), (images, boxes))
     want = torch.autograd.grad((selected(images, boxes) * weights).sum(), (images, boxes))
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_grid_sample_impl_has_the_gather_gradients(grad):
+    """Both implementations differentiate the same formulas: equal image and box gradients."""
+    torch.manual_seed(5)
+    images = torch.rand(2, 3, 12, 10, dtype=torch.float64, requires_grad=True)
+    boxes = torch.tensor([[0.47, 0.52, 0.31], [0.61, 0.43, 0.23]], dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 3, 6, 5, dtype=torch.float64)
+    grads = [torch.autograd.grad((attention_crop(images, boxes, (6, 5), grad=grad, impl=impl) * weights).sum(),
+                                 (images, boxes)) for impl in ("gather", "grid_sample")]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+    assert grads[0][1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("grad", GRAD_MODES)
@@ -157,13 +171,16 @@ def test_bfloat16_and_dtype_preserved():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+def test_cuda_matches_cpu(impl):
     x = torch.rand(2, 3, 32, 32)
     boxes = torch.tensor([[0.4, 0.5, 0.2], [0.5, 0.5, 0.4]])
-    torch.testing.assert_close(attention_crop(x.cuda(), boxes.cuda(), 16).cpu(), attention_crop(x, boxes, 16))
+    torch.testing.assert_close(attention_crop(x.cuda(), boxes.cuda(), 16, impl=impl).cpu(), attention_crop(x, boxes, 16))
 
 
 def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        attention_crop(torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4, impl="gpu")
     with pytest.raises(ValueError, match="grad must be one of"):
         attention_crop(torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4, grad="masks")
     with pytest.raises(ValueError, match=r"boxes \[B, 3\]"):

@@ -4,14 +4,16 @@
         [--batch 16 32] [--amp none bf16] [--channels-last false true] [--compile false]
         [--cases alternate_cls alternate_apn fusion eval plain_cls plain_apn] [--steps 20] [--warmup 5]
         [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--device cuda] [--overhead]
-        [--json out.json]
+        [--ddp false true] [--json out.json]
 
 One line per case (phase step x batch x amp x channels_last x compile) with: images/s, ms per step
 (median of ``--steps`` after ``--warmup``), peak memory, model FLOPs per image (counted by
 ``torch.utils.flop_counter`` over one step: forward, backward), achieved TFLOP/s, MFU against
 ``--peak-tflops`` (default 989, the dense bf16 spec of the H100/H200, on CUDA; none on the CPU), and
 the crop's share of the step (the crops of one step, forward and, where the step differentiates
-them, backward, timed alone at the same shapes, divided by the step time). Cases:
+them, backward, timed alone at the same shapes, divided by the step time; both ``model.crop.impl``
+implementations are timed, the share is the config's). ``--ddp true`` wraps the phase steps in
+DistributedDataParallel over a one-process group, as the trainer does under torchrun. Cases:
 
 - ``alternate_cls`` / ``alternate_apn`` / ``fusion``: one optimiser step of that phase, with the
   phase's own freezing, loss and optimiser (``raccnn/engine/phases.py``).
@@ -34,12 +36,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import statistics
 import tempfile
 import time
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -49,7 +54,8 @@ from raccnn.data.standin import write_cub_standin
 from raccnn.data.transforms import build_transforms
 from raccnn.device import resolve_device
 from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
-from raccnn.engine.precision import autocast
+from raccnn.engine.precision import autocast, set_cudnn_benchmark
+from raccnn.engine.trainer import PhaseStep
 from raccnn.models.crop import attention_crop
 from raccnn.models.racnn import build_racnn
 
@@ -63,17 +69,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_step(case, model, cfg, images, target, device, dtype):
-    """A closure running one step of ``case``."""
+def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
+    """A closure running one step of ``case``; ``ddp``: a phase's step wrapped in
+    DistributedDataParallel as the trainer wraps it under torchrun (needs a process group)."""
     if case in PHASES:
         phase = PHASES[case](cfg, 0)
         params = phase.freeze(model)
         phase.set_modes(model)
         opt = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+        module = PhaseStep(model, phase)
+        if ddp:
+            module = DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
         def step():
             with autocast(device, dtype):
-                loss, _ = phase.loss(model, images, target, None)
+                loss, _ = module(images, target, None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -117,8 +127,9 @@ def make_step(case, model, cfg, images, target, device, dtype):
     return step
 
 
-def crop_step(model, images, case, device):
-    """The crops of one step of ``case`` (None when it has none)."""
+def crop_step(model, images, case, device, impl):
+    """The crops of one step of ``case`` through the crop implementation ``impl`` (None when the
+    case has no crop)."""
     if case not in ("alternate_cls", "alternate_apn", "eval"):
         return None
     boxes = torch.tensor([[0.5, 0.5, 0.3]], device=device).repeat(len(images), 1)
@@ -126,7 +137,8 @@ def crop_step(model, images, case, device):
 
     def step():
         b = boxes.clone().requires_grad_(backward)
-        outs = [attention_crop(images, b, size, k=model.crop_k, grad=model.crop_grad) for size in model.input_sizes[1:]]
+        outs = [attention_crop(images, b, size, k=model.crop_k, grad=model.crop_grad, impl=impl)
+                for size in model.input_sizes[1:]]
         if backward:
             sum(o.float().square().mean() for o in outs).backward()
     return step
@@ -214,31 +226,41 @@ def peak_memory_mib(device) -> float:
 def bench_model(cfg, args, device):
     rows = []
     num_classes = args.classes
-    for batch, amp, cl, comp in itertools.product(args.batch, args.amp, args.channels_last, args.compile):
+    for batch, amp, cl, comp, ddp in itertools.product(args.batch, args.amp, args.channels_last, args.compile,
+                                                       args.ddp):
         fmt = torch.channels_last if cl else torch.preserve_format
         model = build_model(cfg, num_classes, device, fmt, comp)
         images, target = random_batch(cfg, batch, num_classes, device, fmt)
         for case in args.cases:
+            if ddp and case not in PHASES:
+                continue
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            step = make_step(case, model, cfg, images, target, device, DTYPES[amp])
+            step = make_step(case, model, cfg, images, target, device, DTYPES[amp], ddp)
             t0 = time.perf_counter()
             try:
                 step()  # the first call compiles when compile is on
                 sync(device)
             except torch.OutOfMemoryError:
-                rows.append(dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, error="out of memory"))
+                rows.append(dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, ddp=ddp,
+                                 error="out of memory"))
+                del step
                 torch.cuda.empty_cache()
                 continue
             first = time.perf_counter() - t0
             sec = timed(step, args.steps, args.warmup, device)
             flops = count_flops(step) / batch
-            crop = crop_step(model, images, case, device)
-            crop_sec = timed(crop, args.steps, args.warmup, device) if crop else 0.0
-            row = dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp,
+            crop_ms = {}  # both implementations of the same crops, alone
+            for impl in ("gather", "grid_sample"):
+                crop = crop_step(model, images, case, device, impl)
+                if crop:
+                    crop_ms[impl] = 1000 * timed(crop, args.steps, args.warmup, device)
+            used = model.crop_impl
+            row = dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, ddp=ddp,
                        images_per_s=batch / sec, ms_per_step=1000 * sec, first_step_s=first,
                        peak_memory_mib=peak_memory_mib(device), gflop_per_image=flops / 1e9,
-                       tflops=flops * batch / sec / 1e12, crop_share=crop_sec / sec)
+                       tflops=flops * batch / sec / 1e12, crop_impl=used,
+                       crop_share=crop_ms.get(used, 0.0) / 1000 / sec, crop_ms=crop_ms)
             row["mfu"] = row["tflops"] / args.peak_tflops if args.peak_tflops else None
             rows.append(row)
             print(format_row(row), flush=True)
@@ -269,11 +291,14 @@ def bench_loader(cfg, args):
 
 def format_row(r) -> str:
     if "error" in r:
-        return f"{r['case']:14s} b{r['batch']:<4d} {r['amp']:5s} cl={int(r['channels_last'])} compile={int(r['compile'])}  {r['error']}"
+        return (f"{r['case']:14s} b{r['batch']:<4d} {r['amp']:5s} cl={int(r['channels_last'])} compile={int(r['compile'])} "
+                f"ddp={int(r['ddp'])}  {r['error']}")
     mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "   - "
+    crops = " ".join(f"{impl} {ms:.2f} ms" for impl, ms in r["crop_ms"].items())
     return (f"{r['case']:14s} b{r['batch']:<4d} {r['amp']:5s} cl={int(r['channels_last'])} compile={int(r['compile'])} "
-            f"{r['images_per_s']:9.1f} img/s {r['ms_per_step']:9.1f} ms {r['peak_memory_mib']:8.0f} MiB "
-            f"{r['gflop_per_image']:8.4g} GFLOP/img {r['tflops']:8.4g} TFLOP/s MFU {mfu} crop {100 * r['crop_share']:5.1f}%")
+            f"ddp={int(r['ddp'])} {r['images_per_s']:9.1f} img/s {r['ms_per_step']:9.1f} ms "
+            f"{r['peak_memory_mib']:8.0f} MiB {r['gflop_per_image']:8.4g} GFLOP/img {r['tflops']:8.4g} TFLOP/s MFU {mfu} "
+            f"crop {100 * r['crop_share']:5.1f}%" + (f" ({crops})" if crops else ""))
 
 
 def parse_bool(text: str) -> bool:
@@ -292,6 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--amp", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 on CUDA, none on the CPU")
     p.add_argument("--channels-last", type=parse_bool, nargs="+", default=None, help="default: true on CUDA")
     p.add_argument("--compile", type=parse_bool, nargs="+", default=[False])
+    p.add_argument("--ddp", type=parse_bool, nargs="+", default=[False], help="the phase steps also (or only) wrapped in "
+                   "DistributedDataParallel over a one-process group, as under torchrun (its overhead)")
     p.add_argument("--cases", nargs="+", default=list(CASES[:4]), choices=CASES)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
@@ -308,19 +335,26 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.opts)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    cudnn = set_cudnn_benchmark(cfg["train"]["cudnn_benchmark"], device, cfg["deterministic"])
+    if any(args.ddp) and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
     args.amp = args.amp or (["bf16"] if cuda else ["none"])
     args.channels_last = args.channels_last if args.channels_last is not None else [cuda]
     args.peak_tflops = args.peak_tflops or (989.0 if cuda else None)
     args.loader_workers = args.loader_workers if args.loader_workers is not None else [cfg["data"]["num_workers"]]
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{args.config} {' '.join(args.opts)} on {name}, torch {torch.__version__}, input "
-          f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}", flush=True)
+          f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}, cudnn.benchmark {cudnn}", flush=True)
     rows = bench_model(cfg, args, device) + (bench_overhead(cfg, args, device) if args.overhead else [])
     rows += bench_loader(cfg, args)
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config, "opts": args.opts, "device": name, "torch": torch.__version__,
-                       "peak_tflops": args.peak_tflops, "rows": rows}, f, indent=1)
+                       "peak_tflops": args.peak_tflops, "cudnn_benchmark": cudnn, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -7,6 +7,9 @@
 (``losses.py`` and the phases call ``.float()`` on the logits first).
 ``train.channels_last``: ``auto`` (on CUDA only), true or false: the model and its inputs in NHWC,
 which tensor-core convolutions prefer.
+``train.cudnn_benchmark``: ``auto`` (on CUDA unless ``deterministic``), true or false: cuDNN times
+its convolution algorithms at each new input shape and keeps the fastest (the shapes of a run are
+fixed, so this happens once per shape).
 """
 from __future__ import annotations
 
@@ -33,6 +36,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def use_channels_last(setting, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def set_cudnn_benchmark(setting, device: torch.device, deterministic: bool) -> bool:
+    """Apply ``train.cudnn_benchmark``; returns whether it is on."""
+    on = (device.type == "cuda" and not deterministic) if setting == "auto" else bool(setting)
+    torch.backends.cudnn.benchmark = on
+    return on
 
 
 def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:

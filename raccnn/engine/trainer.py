@@ -48,7 +48,7 @@ from .distributed import EvalShardSampler, ShardSampler, all_equal, current_worl
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
-from .precision import amp_dtype, autocast, grad_scaler, use_channels_last
+from .precision import amp_dtype, autocast, grad_scaler, set_cudnn_benchmark, use_channels_last
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
 log = logging.getLogger("raccnn")
@@ -118,6 +118,7 @@ class Trainer:
         if cfg["deterministic"]:
             # on CUDA the backward of grid_sample / interpolate has no deterministic kernel: warn there
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+        set_cudnn_benchmark(t["cudnn_benchmark"], self.device, cfg["deterministic"])
         self.model: RACNN = build_racnn(cfg, self.num_classes, self.part_names)
         if cfg["model"]["sync_bn"] and self.world.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -126,6 +127,7 @@ class Trainer:
             for net in self.model.scales:
                 net.compile()
         self.step_module: nn.Module | None = None  # the current phase's PhaseStep (DDP-wrapped under torchrun)
+        self.epoch_rate = 0.0  # training images/s of the last epoch (logged)
         self.epoch_terms: dict[str, float] = {}  # the mean of every logged term over the last training epoch
         self.previous_boxes: dict[str, torch.Tensor] = {}  # the last validation's squares, to measure their moves
         self.plan = plan if plan is not None else build_plan(cfg)
@@ -292,8 +294,10 @@ class Trainer:
                 for tag, value in terms.items():
                     self.writer.add_scalar(tag, value.item(), self.progress.step)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
+        seconds = time.perf_counter() - start
         self.progress.train_images += count * self.world.size
-        self.progress.train_seconds += time.perf_counter() - start
+        self.progress.train_seconds += seconds
+        self.epoch_rate = count * self.world.size / max(seconds, 1e-9)  # training images/s, all ranks
         self.epoch_terms = {tag: (v / max(count, 1)).item() for tag, v in sums.items()}
         return total / max(count, 1)
 
@@ -323,8 +327,8 @@ class Trainer:
     def log_validation(self, phase: Phase, train_loss: float, val: dict, out: dict) -> None:
         p = self.progress
         accs = " ".join(f"{k[4:]}={v:.3f}" for k, v in val.items() if k.startswith("acc_"))
-        log.info("%s epoch %d: train loss %.4f | val ce %.4f rank %.4f | %s", phase.label, p.epoch, train_loss,
-                 val["ce"], val["rank"], accs)
+        log.info("%s epoch %d: train loss %.4f (%.0f img/s) | val ce %.4f rank %.4f | %s", phase.label, p.epoch,
+                 train_loss, self.epoch_rate, val["ce"], val["rank"], accs)
         for s in range(1, self.model.n_scales):
             moved = (f", moved |dtx| {val[f'apn{s}_dtx']:.4f} |dty| {val[f'apn{s}_dty']:.4f} |dtl| "
                      f"{val[f'apn{s}_dtl']:.4f}") if f"apn{s}_dtx" in val else ""

@@ -18,6 +18,11 @@ over images, no custom autograd function (autograd differentiates the formulas e
 - ``"mask"``: only through M (the paper's analysis; the sampling grid uses detached boxes);
 - ``"grid"``: only through the sampling positions (spatial-transformer style);
 - ``"both"``: through both.
+
+``impl`` chooses how the same formulas are computed: ``"gather"`` (``masked_zoom``: four gathered
+neighbours per output pixel, work proportional to the output; the faster on the CPU) or
+``"grid_sample"`` (torch's ``grid_sample`` on the masked full-resolution image). Both give the same
+values and gradients (tested); ``tools/benchmark.py`` times both on the device at hand.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 GRAD_MODES = ("mask", "grid", "both")
+IMPLS = ("gather", "grid_sample")
 K_DEFAULT = 10.0  # mask steepness per input pixel, as in every public port
 
 
@@ -57,11 +63,14 @@ def attention_crop(
     out_size: int | tuple[int, int],
     k: float = K_DEFAULT,
     grad: str = "mask",
+    impl: str = "gather",
 ) -> Tensor:
     """Crop the square ``boxes`` [B, 3] = (tx, ty, tl) out of ``images`` [B, C, H, W] and zoom it
     to ``out_size``; returns [B, C, out_h, out_w] in the dtype of ``images``."""
     if grad not in GRAD_MODES:
         raise ValueError(f"attention_crop: grad must be one of {GRAD_MODES}, got {grad!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"attention_crop: impl must be one of {IMPLS}, got {impl!r}")
     if images.dim() != 4 or boxes.dim() != 2 or boxes.shape[1] != 3 or boxes.shape[0] != images.shape[0]:
         raise ValueError(
             f"attention_crop: expected images [B, C, H, W] and boxes [B, 3], got "
@@ -69,7 +78,22 @@ def attention_crop(
         )
     mask_boxes = boxes if grad in ("mask", "both") else boxes.detach()
     grid_boxes = boxes if grad in ("grid", "both") else boxes.detach()
-    return masked_zoom(images, mask_boxes, grid_boxes, out_size, k)
+    zoom = masked_zoom_grid_sample if impl == "grid_sample" else masked_zoom
+    return zoom(images, mask_boxes, grid_boxes, out_size, k)
+
+
+def masked_zoom_grid_sample(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size,
+                            k: float = K_DEFAULT) -> Tensor:
+    """``masked_zoom`` through ``grid_sample`` on the masked image (the same numbers up to rounding).
+    It streams the whole masked image through memory, forward and backward; on the CPU that made it
+    slower than the gathers (README "Speed and scale")."""
+    out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
+    height, width = images.shape[-2:]
+    work = torch.promote_types(images.dtype, torch.float32)
+    masked = images.to(work) * box_mask(mask_boxes.to(work), height, width, k)
+    grid = sampling_grid(grid_boxes.to(work), out_h, out_w)
+    out = torch.nn.functional.grid_sample(masked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.to(images.dtype)
 
 
 def masked_zoom(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size, k: float = K_DEFAULT) -> Tensor:

@@ -71,6 +71,7 @@ class RACNN(nn.Module):
         apn: dict | None = None,
         crop_k: float = K_DEFAULT,
         crop_grad: str = "mask",
+        crop_impl: str = "gather",
         attention: dict | None = None,
         proposer: str = "apn",
         proposer_cfg: dict | None = None,
@@ -84,7 +85,7 @@ class RACNN(nn.Module):
         if len(input_sizes) != n_scales:
             raise ValueError(f"input_sizes has {len(input_sizes)} entries for n_scales={n_scales}")
         self.num_classes, self.n_scales, self.input_sizes = num_classes, n_scales, input_sizes
-        self.crop_k, self.crop_grad = float(crop_k), crop_grad
+        self.crop_k, self.crop_grad, self.crop_impl = float(crop_k), crop_grad, crop_impl
         trunk = build_backbone(backbone, pretrained=pretrained, width=width, attention=attention)
         self.scales = nn.ModuleList(
             ScaleNet(trunk if s == 0 else copy.deepcopy(trunk), num_classes, dropout) for s in range(n_scales)
@@ -120,7 +121,7 @@ class RACNN(nn.Module):
             if tuple(images.shape[-2:]) == (size, size):
                 return images
             return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return attention_crop(images, abs_box, size, k=self.crop_k, grad=self.crop_grad)
+        return attention_crop(images, abs_box, size, k=self.crop_k, grad=self.crop_grad, impl=self.crop_impl)
 
     def forward(
         self,
@@ -184,6 +185,7 @@ def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
         apn=dict(m["apn"]),
         crop_k=m["crop"]["k"],
         crop_grad=m["crop"]["grad"],
+        crop_impl=m["crop"]["impl"],
         attention=m["attention"],
         proposer=m["proposer"],
         proposer_cfg=m["proposer_cfg"],

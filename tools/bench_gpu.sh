@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU measurements of README "Speed and scale", on one CUDA machine, in two parts that each fit
+# a 10-minute slot:
+#   tools/bench_gpu.sh steps OUT_DIR   # the paper's config (VGG-19 448/224/224, 200 classes), random tensors:
+#                                      # bf16 batch sweep up to out-of-memory, fp32, NCHW, cuDNN autotuning off,
+#                                      # DDP over one GPU, RA-CNN's overhead ratios, the data loader
+#   tools/bench_gpu.sh train OUT_DIR   # torch.compile gain, and the whole schedule on a CUB-shaped stand-in,
+#                                      # plain and through torchrun with one process
+# Every command's table goes to OUT_DIR/<name>.log and its rows to OUT_DIR/<name>.json.
+set -u
+part=${1:?steps or train}
+out=${2:?output folder}
+mkdir -p "$out"
+export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+bench() {  # bench NAME SECONDS ARGS...: one benchmark command, stopped after SECONDS
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: tools/benchmark.py $*"
+    timeout "$limit" "$py" tools/benchmark.py --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
+}
+case $part in
+steps)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    "$py" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+    "$py" -m pytest -q -p no:cacheprovider tests/test_crop.py 2>&1 | tail -3
+    bench sweep 240 --batch 16 32 64 96 128 --cases alternate_cls alternate_apn fusion eval --steps 10 --warmup 3 \
+        --loader-workers 8 16 --loader-images 1024
+    bench largest 120 --batch 160 192 256 --cases alternate_cls --steps 5 --warmup 2 --loader-workers
+    bench fp32_nchw 150 --batch 32 --amp none bf16 --channels-last false true --cases alternate_cls eval --steps 10 \
+        --warmup 3 --loader-workers
+    bench no_autotune 60 --opts train.cudnn_benchmark=false --batch 64 --cases alternate_cls eval --steps 10 \
+        --warmup 3 --loader-workers
+    bench ddp 120 --batch 64 --ddp false true --cases alternate_cls alternate_apn --steps 20 --warmup 5 \
+        --loader-workers
+    bench overhead 120 --batch 64 --cases plain_cls plain_apn --steps 20 --warmup 5 --overhead --loader-workers
+    ;;
+train)
+    bench compile 330 --batch 64 --compile false true --cases alternate_cls alternate_apn eval --steps 10 --warmup 3 \
+        --loader-workers
+    "$py" -c "from raccnn.data.standin import write_cub_standin; write_cub_standin('/tmp/standin', images_per_class=10)"
+    run_opts=(data.root=/tmp/standin model.pretrained=false train.pretrain_cls.epochs=1 train.init_apn.epochs=1
+              train.alternate.rounds=1 train.alternate.cls.min_epochs=1 train.alternate.cls.max_epochs=1
+              train.alternate.apn.min_epochs=1 train.alternate.apn.max_epochs=1 train.fusion.epochs=1)
+    for launcher in plain torchrun1; do
+        if [ $launcher = plain ]; then cmd=("$py" tools/train.py); else cmd=("$py" -m torch.distributed.run --nproc_per_node=1 tools/train.py); fi
+        echo "== $launcher: ${cmd[*]} --config experiments/configs/cub200_vgg19.yaml --opts ${run_opts[*]}"
+        SECONDS=0
+        timeout 200 "${cmd[@]}" --config experiments/configs/cub200_vgg19.yaml --work-dir "/tmp/run_$launcher" \
+            --opts "${run_opts[@]}" > "$out/train_$launcher.log" 2>&1
+        echo "exit $? after $SECONDS s"
+        grep -E "phase|img/s|weights identical" "/tmp/run_$launcher/train.log" | tail -25
+        cp "/tmp/run_$launcher/train.log" "$out/trainlog_$launcher.txt" 2>/dev/null
+    done
+    ;;
+esac
