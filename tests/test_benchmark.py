@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
+
+from raccnn.config import load_config
 
 from test_recovery import run
 
@@ -57,3 +63,31 @@ def test_benchmark_ddp_rows_wrap_the_phase_steps(tmp_path):
     for case in ("alternate_cls", "alternate_apn"):
         plain, wrapped = (r["gflop_per_image"] for r in rows if r["case"] == case)
         assert wrapped == plain > 0
+
+
+def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
+    """tools/bench_gpu.sh, run with a stand-in for python that records its arguments: every
+    benchmark call parses with benchmark.py's own parser and every config + --opts it names loads,
+    so a GPU session is not lost to a typo."""
+    sys.path.insert(0, str(Path("tools").resolve()))
+    import benchmark
+
+    calls = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stub.chmod(0o755)
+    for part in ("steps", "train"):
+        res = subprocess.run(["bash", "tools/bench_gpu.sh", part, str(tmp_path / "out")], capture_output=True,
+                             text=True, env={**os.environ, "PYTHON": str(stub)})
+        assert res.returncode == 0, res.stderr[-2000:]
+    lines = [shlex.split(line) for line in calls.read_text().splitlines()]
+    bench = [argv[1:] for argv in lines if argv[0] == "tools/benchmark.py"]
+    assert len(bench) == 7
+    for argv in bench:
+        args = benchmark.build_parser().parse_args(argv)
+        load_config(args.config, args.opts)
+    trains = [argv[argv.index("tools/train.py") + 1:] for argv in lines if "tools/train.py" in argv]
+    assert len(trains) == 1
+    for argv in trains:
+        opts = argv[argv.index("--opts") + 1:]
+        load_config(argv[argv.index("--config") + 1], opts)

@@ -307,7 +307,7 @@ def parse_bool(text: str) -> bool:
     return text.lower() in ("true", "1")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/configs/cub200_vgg19.yaml")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
@@ -329,7 +329,11 @@ def main(argv=None) -> int:
     p.add_argument("--overhead", action="store_true", help="also time alternate_cls/plain_cls and "
                    "alternate_apn/plain_apn interleaved, round by round (RA-CNN's overhead ratios)")
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.opts)
