@@ -19,7 +19,8 @@ DistributedDataParallel over a one-process group, as the trainer does under torc
   phase's own freezing, loss and optimiser (``raccnn/engine/phases.py``).
 - ``eval``: the forward pass of all scales under ``no_grad``.
 - ``plain_cls``: the three scale networks trained on their own input sizes, one after the other,
-  nothing else (no APN, crop or rank loss); ``alternate_cls`` / ``plain_cls`` is RA-CNN's overhead.
+  with ``alternate_cls``'s optimiser, nothing else (no APN, crop or rank loss); ``alternate_cls`` /
+  ``plain_cls`` is RA-CNN's overhead.
 - ``plain_apn``: with frozen weights, scale 1's forward and the other scales' forward and backward
   to their inputs: ``alternate_apn``'s network work without the APNs, crops and rank loss.
 
@@ -69,6 +70,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def tiny_lr(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The phase's optimiser (its cost per step) at a learning rate that keeps random-data steps finite."""
+    for group in opt.param_groups:
+        group["lr"] = 1e-6
+    return opt
+
+
 def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
     """A closure running one step of ``case``; ``ddp``: a phase's step wrapped in
     DistributedDataParallel as the trainer wraps it under torchrun (needs a process group)."""
@@ -76,7 +84,7 @@ def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
         phase = PHASES[case](cfg, 0)
         params = phase.freeze(model)
         phase.set_modes(model)
-        opt = torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+        opt = tiny_lr(phase.optimizer(params))
         module = PhaseStep(model, phase)
         if ddp:
             module = DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
@@ -100,7 +108,7 @@ def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
         for p in model.parameters():
             p.requires_grad_(True)
         model.train()
-        opt = torch.optim.SGD([p for net in model.scales for p in net.parameters()], lr=1e-6, momentum=0.9)
+        opt = tiny_lr(AlternateCls(cfg, 0).optimizer(list(model.scales.parameters())))  # alternate_cls's
 
         def step():
             opt.zero_grad(set_to_none=True)

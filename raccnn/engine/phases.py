@@ -76,6 +76,14 @@ class Phase:
         """Modules in train mode during the phase's steps (all others run in eval mode)."""
         return [model.get_submodule(self.trains)]
 
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The phase's optimiser over ``params``: SGD with ``train.momentum`` and ``train.weight_decay``,
+        or Adam (the APNs' few parameters regress boxes; Adam needs no per-problem lr tuning there)."""
+        s, t = self.settings, self.cfg["train"]
+        if s["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=s["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
+        return torch.optim.Adam(params, lr=s["lr"])
+
     def freeze(self, model: RACNN) -> list[nn.Parameter]:
         """Let only the phase's parameters require gradient; returns them."""
         params = self.parameters(model)

@@ -196,11 +196,7 @@ class Trainer:
     def start_phase(self, phase: Phase, fresh: bool = True) -> None:
         """Freeze all but the phase's parameters; a new optimiser and cosine schedule for them."""
         params, sec = phase.freeze(self.model), phase.settings
-        t = self.cfg["train"]
-        if sec["optimizer"] == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=sec["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-        else:  # the APN's few parameters regress boxes; Adam needs no per-problem lr tuning there
-            self.optimizer = torch.optim.Adam(params, lr=sec["lr"])
+        self.optimizer = phase.optimizer(params)
         total = max(1, phase.max_epochs() * len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
         self.step_module = None  # wrapped again at the phase's first step, over its own parameters
