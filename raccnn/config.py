@@ -25,7 +25,7 @@ from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
 from .device import DEVICES
 from .engine.precision import AMP_MODES
-from .engine.trainer import OPTIMIZERS
+from .engine.phases import OPTIMIZERS
 from .configtree import Key, arg, config_diff, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
 from .models.apn import APN
@@ -214,6 +214,17 @@ def resolve_config(cfg: Mapping, name: str = "default") -> dict:
 
 def default_config(name: str = "default") -> dict:
     return resolve_config({}, name)
+
+
+def fill_defaults(cfg: Mapping) -> dict:
+    """A resolved config saved by an earlier version (a checkpoint's), with every key added since
+    at its default; the saved values are kept as they are (not validated again)."""
+    def merge(default, saved):
+        if not (isinstance(default, dict) and isinstance(saved, Mapping)):
+            return saved
+        return {**{k: merge(v, saved[k]) if k in saved else v for k, v in default.items()},
+                **{k: v for k, v in saved.items() if k not in default}}
+    return merge(default_config(), cfg)
 
 
 def _resolve(cfg: Mapping, origins: dict, default_name: str) -> dict:

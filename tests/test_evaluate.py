@@ -1,10 +1,11 @@
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from raccnn.engine.inference import collect_outputs
+from raccnn.engine.inference import collect_outputs, peak_boxes
 from raccnn.engine.evaluate import (
     CUB_HEAD_PARTS,
     box_stats,
@@ -89,6 +90,30 @@ def test_part_hit():
     assert m["part_hit_count"] == 5
     assert m["part_hit_scale2"] == pytest.approx(3 / 5)  # images 0, 1 (border), 2
     assert m["part_hit_scale3"] == pytest.approx(2 / 5)  # images 0, 2
+
+
+def test_peak_hit_uses_the_peak_squares_like_part_hit():
+    out = hand_outputs()
+    out["peak_boxes_scale2"] = square(0.25, 0.5, 0.25)  # pixels [0, 25, 100, 75]: holds centre (0.5, 0.5) on its border
+    m = compute_metrics(out, CLASSES, PART_NAMES, ["beak", "crown"])
+    assert m["peak_hit_scale2"] == pytest.approx(2 / 5)  # images 0 and 2; 1 (x 0.75) and 4 (x 0.95) are outside
+    assert "peak_hit_scale3" not in m and m["part_hit_scale2"] == pytest.approx(3 / 5)
+
+
+def test_peak_boxes_sit_on_the_strongest_response():
+    """A one-hot channel-summed map puts the square's centre on that cell; deeper scales compose
+    the peak with their parent square; the half side is the scale's own square's."""
+    maps = [torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)]
+    maps[0][0, :, 1, 3] = 1.0  # row 1, column 3 of 4: centre (0.875, 0.375)
+    maps[0][1, 0, 0, 0] = 5.0  # row 0, column 0: centre (0.125, 0.125)
+    maps[1][:, :, 1, 0] = 1.0  # row 1, column 0 of 2: (0.25, 0.75) of scale 2's view
+    rel = [torch.tensor([[0.5, 0.5, 0.2]] * 2), torch.tensor([[0.5, 0.5, 0.3]] * 2)]
+    parent = torch.tensor([[0.5, 0.5, 0.25]] * 2)  # scale 2's view: [0.25, 0.75]^2
+    out = SimpleNamespace(maps=maps, boxes=rel, abs_boxes=[parent, parent])
+    peaks = peak_boxes(out)
+    torch.testing.assert_close(peaks[0], torch.tensor([[0.875, 0.375, 0.2], [0.125, 0.125, 0.2]]))
+    # scale 3: (0.25 + 0.5 * 0.25, 0.25 + 0.5 * 0.75) = (0.375, 0.625), half side 0.5 * 0.3
+    torch.testing.assert_close(peaks[1], torch.tensor([[0.375, 0.625, 0.15]] * 2))
 
 
 def test_part_hit_names_are_checked_and_default_to_head_parts():
@@ -202,6 +227,7 @@ def test_collect_outputs(training):
     for s in (2, 3):
         assert out[f"abs_boxes_scale{s}"].shape == (5, 3)
         assert out[f"rel_boxes_scale{s}"].shape == (5, 3)
+        assert out[f"peak_boxes_scale{s}"].shape == (5, 3)
     assert "abs_boxes_scale1" not in out and "logits_scale4" not in out
     assert out["label"].shape == (5,) and out["label"].dtype == torch.int64
     assert out["box"].shape == (5, 4)
@@ -220,6 +246,7 @@ def test_collect_outputs(training):
 
     m = compute_metrics(out, CLASSES, ["beak", "tail"], ["beak"])
     assert m["part_hit_count"] == 5 and m["iou_object_count"] == 5
+    assert all(0 <= m[f"peak_hit_scale{s}"] <= 1 for s in (2, 3))
     json.dumps(m, allow_nan=False)
 
 
@@ -232,5 +259,5 @@ def test_collect_outputs_single_scale_without_annotations():
     assert "tl_bounds" not in out
     m = compute_metrics(out, CLASSES, [], [])
     assert m["heads"] == ["scale1"]
-    assert not any(k.startswith(("part_hit_scale", "iou_object_scale")) for k in m)
+    assert not any(k.startswith(("part_hit_scale", "peak_hit_scale", "iou_object_scale")) for k in m)
     assert "| scale 1 |" in format_table(m)

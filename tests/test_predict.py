@@ -11,8 +11,9 @@ import torch
 from conftest import TINY_MODEL as TINY
 from PIL import Image
 
-from raccnn.config import load_config
+from raccnn.config import fill_defaults, load_config
 from raccnn.engine.checkpoint import save_checkpoint
+from raccnn.engine.inference import load_trained_model
 from raccnn.models import build_racnn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,18 @@ def test_an_out_path_that_is_a_file_is_one_line_and_exit_2(checkpoint, tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"error: {blocker}: --out folder is a file, not a folder"]
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_checkpoint_from_before_newer_keys_still_loads(checkpoint, tmp_path):
+    """A checkpoint whose saved config lacks keys added later (model.crop.impl,
+    train.cudnn_benchmark) is read with those keys at their defaults, its own values kept."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    del ckpt["config"]["model"]["crop"]["impl"], ckpt["config"]["train"]["cudnn_benchmark"]
+    ckpt["config"]["model"]["crop"]["k"] = 7.0
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, ckpt)
+    model, loaded = load_trained_model(old, "cpu")
+    assert model.crop_impl == "gather" and model.crop_k == 7.0
+    assert loaded["config"]["train"]["cudnn_benchmark"] == "auto"
+    assert fill_defaults({"model": {"width": 3}, "gone": 1})["model"]["width"] == 3
+    assert fill_defaults({"gone": 1})["gone"] == 1  # keys no longer in the schema are kept, not refused

@@ -10,6 +10,9 @@
     hit_parts          part names whose centre defines a part hit ([] without part annotations)
     part_hit_count     images with at least one of those parts visible (the denominator)
     part_hit_scale{s}  (s = 2..n) fraction of them whose scale-s square contains that centre
+    peak_hit_scale{s}  (s = 2..n) the same for the scale-s square moved onto the strongest response of
+                       scale s-1's last conv (``inference.peak_boxes``; where init_apn aims): whether
+                       that response sits on the part (present when collect_outputs recorded them)
     iou_object_count   images with a finite object box (the denominator)
     iou_object_scale{s} (s = 2..n) mean IoU of the scale-s square with the object box
     abs_box_stats_scale{s}  box_stats of the scale-s square in input-image coordinates
@@ -173,12 +176,16 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     metrics["hit_parts"] = hit_parts
     metrics["part_hit_count"] = n_hit
     for s in scales:
-        rate = None
-        if n_hit:
-            tx, ty, tl = outputs[f"abs_boxes_scale{s}"][has].double().unbind(1)
-            inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
-            rate = float(inside.double().mean())
-        metrics[f"part_hit_scale{s}"] = rate
+        for kind in ("part", "peak"):
+            boxes = outputs.get(f"{'abs' if kind == 'part' else 'peak'}_boxes_scale{s}")
+            if boxes is None:
+                continue
+            rate = None
+            if n_hit:
+                tx, ty, tl = boxes[has].double().unbind(1)
+                inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
+                rate = float(inside.double().mean())
+            metrics[f"{kind}_hit_scale{s}"] = rate
 
     # IoU of the scale-s square with the object box.
     obj = outputs.get("box")
@@ -233,6 +240,10 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         parts = ", ".join(metrics.get("hit_parts") or [])
         lines.append(f"Part hit (centre of visible {parts}; {metrics['part_hit_count']} images): "
                      + ", ".join(hits) + ".")
+    peaks = scale_values("peak_hit_scale", lambda v: f"{100 * v:.2f}%")
+    if peaks:
+        lines.append("Part hit of the squares moved onto the strongest last-conv response of the scale before: "
+                     + ", ".join(peaks) + ".")
     ious = scale_values("iou_object_scale", lambda v: f"{v:.3f}")
     if ious:
         lines.append(f"Mean IoU with the object box ({metrics['iou_object_count']} images): " + ", ".join(ious) + ".")

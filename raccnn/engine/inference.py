@@ -11,8 +11,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..config import fill_defaults
 from ..data.build import build_dataset, prepare_data
 from ..device import resolve_device
+from ..models.apn import peak_targets
+from ..models.boxes import compose_boxes, full_image_boxes
 from ..models.racnn import build_racnn
 from .checkpoint import CheckpointError, load_checkpoint
 from .distributed import EvalShardSampler, current_world, gather_outputs
@@ -45,6 +48,8 @@ def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
             add(f"abs_boxes_scale{s}", box.float())
         for s, box in enumerate(out.boxes, start=2):
             add(f"rel_boxes_scale{s}", box.float())
+        for s, box in enumerate(peak_boxes(out), start=2):
+            add(f"peak_boxes_scale{s}", box.float())
 
         add("label", torch.as_tensor(batch["label"]).long())
         box = batch.get("box")
@@ -57,13 +62,26 @@ def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
     return parts
 
 
+def peak_boxes(out) -> list[Tensor]:
+    """Per scale s >= 2: the scale-s square moved onto the strongest channel-summed response of
+    scale s-1's last conv (where ``init_apn`` centres its targets), same half side, in input-image
+    coordinates. Whether these contain the part tells whether that response sits on the part."""
+    squares = []
+    for s, rel in enumerate(out.boxes):
+        parent = out.abs_boxes[s - 1] if s else full_image_boxes(len(rel), rel.device, rel.dtype)
+        peak = peak_targets(out.maps[s].float(), 0.0)
+        peak[:, 2] = rel[:, 2].float()
+        squares.append(compose_boxes(parent.float(), peak))
+    return squares
+
+
 def collect_outputs(model, loader: Iterable, device, desc: str = "eval", amp=None) -> dict[str, Tensor]:
     """Run ``model`` in eval mode over ``loader`` (under autocast to ``amp``, a dtype or None) and
     return CPU tensors (see the module docstring). Under torchrun, where each rank's loader holds
     its share of the images, the outputs of all ranks are gathered back in dataset order.
 
-    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}`` and
-    ``rel_boxes_scale{s}`` [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
+    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}``,
+    ``rel_boxes_scale{s}`` and ``peak_boxes_scale{s}`` (``peak_boxes``) [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
     ``label`` [N], ``box`` [N, 4], ``parts`` [N, P, 3], ``index`` [N], ``image_size`` [2] = (H, W).
     The model's previous train/eval mode is restored afterwards.
     """
@@ -95,6 +113,7 @@ def _load_training_checkpoint(checkpoint) -> dict:
     missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{checkpoint}: no {missing} entries (not a raccnn training checkpoint?)")
+    ckpt["config"] = fill_defaults(ckpt["config"])  # keys added since it was written
     return ckpt
 
 

@@ -39,6 +39,7 @@ from ..models.racnn import RACNN
 from .checkpoint import load_checkpoint
 
 log = logging.getLogger("raccnn")
+OPTIMIZERS = ("sgd", "adam")  # train.*.optimizer (Phase.optimizer)
 
 
 class Phase:

@@ -52,7 +52,6 @@ from .precision import amp_dtype, autocast, grad_scaler, set_cudnn_benchmark, us
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
 log = logging.getLogger("raccnn")
-OPTIMIZERS = ("sgd", "adam")
 MAX_SKIPPED_STEPS = 20  # consecutive fp16 steps the loss scaler may skip before the run counts as diverged
 
 
