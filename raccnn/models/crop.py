@@ -20,7 +20,8 @@ over images, no custom autograd function (autograd differentiates the formulas e
 - ``"both"``: through both.
 
 ``impl`` chooses how the same formulas are computed: ``"gather"`` (``masked_zoom``: four gathered
-neighbours per output pixel, work proportional to the output; the faster on the CPU) or
+neighbours per output pixel, work proportional to the output; on the CPU the faster when the boxes
+receive gradient) or
 ``"grid_sample"`` (torch's ``grid_sample`` on the masked full-resolution image). Both give the same
 values and gradients (tested); ``tools/benchmark.py`` times both on the device at hand.
 """
@@ -85,8 +86,8 @@ def attention_crop(
 def masked_zoom_grid_sample(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size,
                             k: float = K_DEFAULT) -> Tensor:
     """``masked_zoom`` through ``grid_sample`` on the masked image (the same numbers up to rounding).
-    It streams the whole masked image through memory, forward and backward; on the CPU that made it
-    slower than the gathers (README "Speed and scale")."""
+    It streams the whole masked image through memory, forward and backward; on the CPU its backward
+    made it slower than the gathers (README "Speed and scale")."""
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
     height, width = images.shape[-2:]
     work = torch.promote_types(images.dtype, torch.float32)
