@@ -176,8 +176,8 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     metrics["hit_parts"] = hit_parts
     metrics["part_hit_count"] = n_hit
     for s in scales:
-        for kind in ("part", "peak"):
-            boxes = outputs.get(f"{'abs' if kind == 'part' else 'peak'}_boxes_scale{s}")
+        for kind, squares in (("part", "abs_boxes"), ("peak", "peak_boxes")):
+            boxes = outputs.get(f"{squares}_scale{s}")
             if boxes is None:
                 continue
             rate = None
