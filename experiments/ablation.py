@@ -112,7 +112,8 @@ def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
     metrics_path = work_dir / "metrics.json"
     if metrics_path.exists():
         saved = load_config(work_dir / "config.yaml")
-        diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name",))
+        # where a run lives is not what it is: a run copied from another grid's folder counts
+        diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name", "work_dir"))
         if diff:
             raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
     else:

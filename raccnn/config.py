@@ -57,6 +57,7 @@ def _stage(epochs: int, lr: float, optimizer: str = "sgd") -> dict:
 
 def _alternating(lr: float, min_delta: float, optimizer: str = "sgd") -> dict:
     return {"lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS),
+            "lr_decay": Key(1.0, min=0.0, max=1.0),  # round r (from 0) starts at lr x lr_decay**r
             "min_epochs": Key(1, min=0), "max_epochs": Key(4, min=0),  # epochs of one sub-phase
             "patience": Key(1, min=0), "min_delta": Key(min_delta, min=0.0)}  # plateau of its val loss
 

@@ -53,6 +53,55 @@ def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):
     assert all(torch.equal(cls_before[k], v) for k, v in trainer.model.scales.state_dict().items())
 
 
+def test_lr_decay_lowers_each_rounds_starting_lr(data_root, tmp_path):
+    trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=3", "train.alternate.cls.lr=0.02",
+                                                       "train.alternate.cls.lr_decay=0.5"])
+    starts = {}
+    for phase in trainer.plan:
+        trainer.start_phase(phase)
+        starts[phase.label] = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert starts["alternate_cls[round 1]"] == [0.02]
+    assert starts["alternate_cls[round 2]"] == [0.01]
+    assert starts["alternate_cls[round 3]"] == [0.005]
+    # the APN sub-phases keep their default lr_decay of 1; phases outside the alternation have none
+    apn_lr = trainer.cfg["train"]["alternate"]["apn"]["lr"]
+    assert all(starts[f"alternate_apn[round {r}]"] == [apn_lr] for r in (1, 2, 3))
+    assert starts["pretrain_cls"] == [trainer.cfg["train"]["pretrain_cls"]["lr"]]
+
+
+def test_phase_optimisers_apply_the_textbook_updates():
+    """Two steps of each phase optimiser (fused kernels) against SGD's and Adam's update rules by hand."""
+    from raccnn.config import load_config
+    from raccnn.engine.phases import AlternateAPN, AlternateCls
+
+    cfg = load_config("experiments/configs/fgsynth_default.yaml", ["train.alternate.cls.lr_decay=0.5"])
+    t = cfg["train"]
+    p0 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    grads = [torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64), torch.tensor([-0.4, 0.0, 0.05], dtype=torch.float64)]
+
+    def two_steps(opt_of):
+        p = torch.nn.Parameter(p0.clone())
+        opt = opt_of([p])
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        return p.detach()
+
+    lr, mom, wd = t["alternate"]["cls"]["lr"] * 0.5, t["momentum"], t["weight_decay"]  # round 2
+    d1 = grads[0] + wd * p0
+    p1 = p0 - lr * d1
+    buf = mom * d1 + grads[1] + wd * p1
+    assert torch.allclose(two_steps(AlternateCls(cfg, 1).optimizer), p1 - lr * buf, rtol=0, atol=1e-12)
+
+    lr, (b1, b2), eps = t["alternate"]["apn"]["lr"], (0.9, 0.999), 1e-8
+    m = v = torch.zeros_like(p0)
+    p = p0.clone()
+    for k, g in enumerate(grads, start=1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        p = p - lr * (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + eps)
+    assert torch.allclose(two_steps(AlternateAPN(cfg, 0).optimizer), p, rtol=0, atol=1e-12)
+
+
 def test_resume_mid_alternate_ends_with_the_same_weights(data_root, tmp_path):
     full = make_trainer(data_root, tmp_path / "full")
     full.run()

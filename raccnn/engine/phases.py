@@ -66,6 +66,12 @@ class Phase:
             node = node[key]
         return node
 
+    @property
+    def lr(self) -> float:
+        """The phase's starting lr: ``lr``, times ``lr_decay`` per earlier round in the alternation."""
+        s = self.settings
+        return s["lr"] * s.get("lr_decay", 1.0) ** (self.round or 0)
+
     def max_epochs(self) -> int:
         s = self.settings
         return s["max_epochs"] if "max_epochs" in s else s["epochs"]
@@ -79,11 +85,15 @@ class Phase:
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The phase's optimiser over ``params``: SGD with ``train.momentum`` and ``train.weight_decay``,
-        or Adam (the APNs' few parameters regress boxes; Adam needs no per-problem lr tuning there)."""
+        or Adam (the APNs' few parameters regress boxes; Adam needs no per-problem lr tuning there).
+        Both fused: one kernel per step instead of one op per tensor and term, the same update up to
+        float rounding. On the CPU this takes the APNs' Adam step (1.05 M parameters) from about
+        10 ms to 1 ms (README "Speed and scale")."""
         s, t = self.settings, self.cfg["train"]
         if s["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=s["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"])
-        return torch.optim.Adam(params, lr=s["lr"])
+            return torch.optim.SGD(params, lr=self.lr, momentum=t["momentum"], weight_decay=t["weight_decay"],
+                                   fused=True)
+        return torch.optim.Adam(params, lr=self.lr, fused=True)
 
     def freeze(self, model: RACNN) -> list[nn.Parameter]:
         """Let only the phase's parameters require gradient; returns them."""

@@ -202,12 +202,12 @@ class Trainer:
         if fresh:
             self.progress.epoch, self.progress.best_loss, self.progress.bad_epochs = 0, math.inf, 0
             log.info("== phase %s: %d trainable tensors, %s lr %g, up to %d epochs", phase.label, len(params),
-                     sec["optimizer"], sec["lr"], phase.max_epochs())
+                     sec["optimizer"], phase.lr, phase.max_epochs())
 
     def apply_new_lr(self, phase: Phase) -> None:
         """After a resume: when the config now gives the phase another lr (e.g. after a divergence),
         scale the schedule to it, keeping its position (the cosine's shape is relative)."""
-        new = phase.settings["lr"]
+        new = phase.lr
         for group, old in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             if old != new and old > 0:
                 group["lr"] *= new / old
