@@ -1,5 +1,6 @@
 """The ablation runner on a 2-row grid of tiny runs."""
 import csv
+import shutil
 import subprocess
 import sys
 
@@ -42,6 +43,21 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tools/train.py" not in again.stdout  # finished rows are skipped
+
+    # a finished run copied into another grid's folder is the same run: reused, not retrained
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "attention_none_proposer_apn", moved / "attention_none_proposer_apn")
+    grid["blocks"][0]["attention"].pop("se@3")
+    grid_file.write_text(yaml.safe_dump(grid))
+    reused = subprocess.run(cmd[:-1] + [str(moved)], capture_output=True, text=True)
+    assert reused.returncode == 0, reused.stderr[-2000:]
+    assert "tools/train.py" not in reused.stdout
+    # but a run of another config in that folder is refused, naming the differing key
+    grid["opts"]["train.alternate.cls.lr_decay"] = 0.25  # the default config has 0.5
+    grid_file.write_text(yaml.safe_dump(grid))
+    other = subprocess.run(cmd[:-1] + [str(moved)], capture_output=True, text=True)
+    assert "train.alternate.cls.lr_decay" in other.stdout + other.stderr
+    assert "tools/train.py" not in other.stdout
 
 
 def test_bad_grid_row_fails_before_training(tmp_path):
