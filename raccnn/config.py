@@ -26,7 +26,7 @@ from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS
 from .device import DEVICES
 from .engine.precision import AMP_MODES
 from .engine.phases import OPTIMIZERS
-from .configtree import Key, arg, config_diff, parse_cli_opts, read_config, save_config, validate
+from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
 from .models.apn import APN
 from .models.backbones import check_backbone_name, min_input_size, vgg_stages
@@ -220,12 +220,9 @@ def default_config(name: str = "default") -> dict:
 def fill_defaults(cfg: Mapping) -> dict:
     """A resolved config saved by an earlier version (a checkpoint's), with every key added since
     at its default; the saved values are kept as they are (not validated again)."""
-    def merge(default, saved):
-        if not (isinstance(default, dict) and isinstance(saved, Mapping)):
-            return saved
-        return {**{k: merge(v, saved[k]) if k in saved else v for k, v in default.items()},
-                **{k: v for k, v in saved.items() if k not in default}}
-    return merge(default_config(), cfg)
+    filled = default_config()
+    merge_into(filled, cfg, {}, "checkpoint")
+    return filled
 
 
 def _resolve(cfg: Mapping, origins: dict, default_name: str) -> dict:

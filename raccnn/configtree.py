@@ -66,7 +66,9 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
 Origins = dict  # dotted key -> the file or option that last set it
 
 
-def _merge(dst: dict, src: Mapping, origins: Origins, where: str, prefix: str = "") -> None:
+def merge_into(dst: dict, src: Mapping, origins: Origins, where: str, prefix: str = "") -> None:
+    """Merge ``src`` into ``dst`` in place: mappings merge key by key, other values replace (deep
+    copies); ``origins`` records ``where`` for every key it sets."""
     for key, value in src.items():
         if not isinstance(key, str):
             raise ConfigError(f"{where}: key {key!r} under '{prefix.rstrip('.') or '<top>'}' is not a string")
@@ -74,7 +76,7 @@ def _merge(dst: dict, src: Mapping, origins: Origins, where: str, prefix: str = 
         if isinstance(value, Mapping):
             if not isinstance(dst.get(key), dict):
                 dst[key] = {}
-            _merge(dst[key], value, origins, where, f"{prefix}{key}.")
+            merge_into(dst[key], value, origins, where, f"{prefix}{key}.")
         else:
             dst[key] = copy.deepcopy(value)
 
@@ -98,7 +100,7 @@ def _load_file(path: str, cfg: dict, origins: Origins, chain: tuple = ()) -> Non
         raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
     for base in bases:
         _load_file(os.path.normpath(os.path.join(os.path.dirname(path), base)), cfg, origins, (*chain, path))
-    _merge(cfg, raw, origins, path)
+    merge_into(cfg, raw, origins, path)
 
 
 def _parse_opt(opt: str) -> tuple[str, Any]:
@@ -132,7 +134,7 @@ def read_config(path: str, opts: Sequence[str] | Mapping[str, Any] | None) -> tu
         nested = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
-        _merge(cfg, nested, origins, where)
+        merge_into(cfg, nested, origins, where)
     return cfg, origins
 
 
