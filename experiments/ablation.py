@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from raccnn.config import ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.models import build_racnn
-from raccnn.models.racnn import fusion_names
+from raccnn.models.fusion import fusion_names
 from raccnn.stats import LEVEL, paired_difference, t_interval
 
 GRID_KEYS = {"config", "opts", "seeds", "blocks", "baseline"}

@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .models.apn import APN
 from .models.backbones import check_backbone_name, min_input_size, vgg_stages
 from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
+from .models.fusion import FUSIONS
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
 from .models.racnn import RACNN
 
@@ -118,6 +119,7 @@ SCHEMA: dict = {
             "replace_convs": Key(False),  # sasa only: the stages' 3x3 convs become SASA layers (its paper's use)
         },
         "proposer": Key(arg(RACNN, "proposer"), choices=list(PROPOSERS)),
+        "fusion": Key(arg(RACNN, "fusion"), choices=list(FUSIONS)),  # models/fusion.py
         "proposer_cfg": {key: Key(float(arg(PROPOSERS[name], a)), min=lo, max=hi)
                          for key, (name, a, lo, hi) in PROPOSER_OPTIONS.items()},
     },

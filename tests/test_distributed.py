@@ -58,7 +58,8 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
          "train.init_apn.epochs=0", "train.alternate.rounds=0", "train.fusion.epochs=0"])  # data generated
     ref = tmp_path / "ddp"
-    res = torchrun(*train_cmd(data_root, ref))
+    # the default fusion, fitted on the validation outputs gathered from both processes
+    res = torchrun(*train_cmd(data_root, ref, "model.fusion=log_probs"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert "2 process(es)" in res.stdout
@@ -73,9 +74,10 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     work = tmp_path / "ddp_killed"
-    res = torchrun(str(killer), *train_cmd(data_root, work)[1:], env={"KILL_AT": "step|alternate_apn[round 1]|1"})
+    res = torchrun(str(killer), *train_cmd(data_root, work, "model.fusion=log_probs")[1:],
+                   env={"KILL_AT": "step|alternate_apn[round 1]|1"})
     assert res.returncode != 0 and not (work / "best.pt").exists()
-    res = torchrun(*train_cmd(data_root, work))
+    res = torchrun(*train_cmd(data_root, work, "model.fusion=log_probs"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resumed from" in (work / "train.log").read_text()
     for name in ("best_alternate.pt", "best.pt", "last.pt"):

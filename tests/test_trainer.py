@@ -33,7 +33,8 @@ def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
 
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "histograms": 0, "scalars": 0}).Reload()
     tags = events.Tags()
-    assert set(scalar_tags(3)) <= set(tags["scalars"]), set(scalar_tags(3)) - set(tags["scalars"])
+    expected = set(scalar_tags(3, trainer.cfg["model"]["fusion"]))
+    assert expected <= set(tags["scalars"]), expected - set(tags["scalars"])
     assert set(histogram_tags(3)) <= set(tags["histograms"])
     assert {crops_tag(p.label) for p in trainer.plan} <= set(tags["images"])
     assert "crops/alternate_apn_round_2" in tags["images"]
@@ -263,6 +264,11 @@ def test_resume_accepts_a_changed_learning_rate_only():
     check_same_run(saved, load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.lr=0.01"]), "x")
     with pytest.raises(CheckpointError, match="train.fusion.epochs"):
         check_same_run(saved, load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.epochs=5"]), "x")
+    # a checkpoint written before a key existed ran at that key's default, and only there
+    older = {**saved, "model": {k: v for k, v in saved["model"].items() if k != "fusion"}}
+    check_same_run(older, load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=features"]), "x")
+    with pytest.raises(CheckpointError, match="model.fusion: 'features' -> 'log_probs'"):
+        check_same_run(older, load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=log_probs"]), "x")
 
 
 @pytest.mark.parametrize("opt, message", [
@@ -351,3 +357,27 @@ def test_joint_phase_trains_scales_and_apns_together(data_root, tmp_path):
     moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert moved == {"scales", "apns"}
     assert all(e["phase"] != "joint" or "rank_active_1_2" in e for e in trainer.progress.history)
+
+
+def test_log_prob_fusion_is_fitted_on_validation_without_training_steps(data_root, tmp_path, caplog):
+    import torch.nn.functional as F
+
+    from raccnn.engine.inference import collect_outputs
+
+    trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=1", "model.fusion=log_probs"])
+    with caplog.at_level("INFO", logger="raccnn"):
+        trainer.run()
+    history = trainer.progress.history
+    assert history[-1]["phase"] == "fusion" and history[-1]["step"] == history[-2]["step"]  # no training step
+    best = load_checkpoint(tmp_path / "best.pt", weights_only=False)
+    assert best["phase"] == "fusion"
+    trainer.model.load_state_dict(best["model"])
+    head = trainer.model.fusion["123"]
+    assert not torch.allclose(head.weights(), torch.ones(3))  # moved from the initial product
+    # the weights minimise the validation NLL: lower than with every weight at 1
+    out = collect_outputs(trainer.model, trainer.val_loader, trainer.device)
+    log_probs = [F.log_softmax(out[f"logits_scale{s}"], 1) for s in (1, 2, 3)]
+    fitted = F.cross_entropy(out["logits_fused123"], out["label"]).item()
+    assert fitted < F.cross_entropy(sum(log_probs), out["label"]).item()
+    assert "fusion 123: per-scale weights" in caplog.text and "fitted on 6 validation images" in caplog.text
+    assert best["progress"]["best"]["best.pt"] == pytest.approx(history[-1]["acc_fused123"])

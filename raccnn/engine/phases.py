@@ -15,8 +15,10 @@
                     the sum of the scales' CE + ``rank_weight`` x rank loss, the CE's gradient also
                     reaching the squares: the single-phase training most later re-implementations
                     use, kept to compare with the alternation (experiments/grids/schedule.yaml).
-    fusion          backbones frozen: the fusion heads over the concatenated scale features,
-                    starting from the alternating (or joint) epoch with the best validation accuracy.
+    fusion          backbones frozen: the fusion heads (``model.fusion``: a linear layer over the
+                    concatenated scale features trained on the training split, or per-scale
+                    weights on the log-probabilities fitted on the validation split), starting
+                    from the alternating (or joint) epoch with the best validation accuracy.
 
 A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
 it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import hinge_active, rank_loss, scale_ce_losses
+from ..models.fusion import fit_log_prob_weights
 from ..models.racnn import RACNN
 from .checkpoint import load_checkpoint
 
@@ -218,14 +221,20 @@ class Joint(Alternating):
 
 class Fusion(Phase):
     """The fusion heads on frozen scales, from best_alternate.pt; best.pt then holds the fused model
-    with the best validation accuracy of the last head (over all scales)."""
+    with the best validation accuracy of the last head (over all scales). ``model.fusion``:
+    ``features`` trains the heads for ``train.fusion.epochs`` on the training split;
+    ``log_probs`` has no epochs: at the start it fits each head's per-scale weights on the
+    validation outputs (``models/fusion.py``), deterministic, the same on every process."""
 
     name, section, trains, best_file = "fusion", ("fusion",), "fusion", "best.pt"
 
+    def max_epochs(self) -> int:
+        return 0 if self.cfg["model"]["fusion"] == "log_probs" else super().max_epochs()
+
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():
-            feats = model(images, part_boxes=part_boxes).features
-        ces = {f"train/ce_fused{name}": F.cross_entropy(head(torch.cat(feats[: len(name)], 1)).float(), target)
+            out = model(images, part_boxes=part_boxes)
+        ces = {f"train/ce_fused{name}": F.cross_entropy(head(out.features, out.logits).float(), target)
                for name, head in model.fusion.items()}
         return sum(ces.values()), ces
 
@@ -240,6 +249,20 @@ class Fusion(Phase):
             trainer.model.load_state_dict(best["model"])
             log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
                      best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))
+        if self.max_epochs() == 0:
+            self.fit_on_validation(trainer)
+
+    def fit_on_validation(self, trainer):
+        _, out = trainer.validate()
+        logits = [out[f"logits_scale{s + 1}"] for s in range(trainer.model.n_scales)]
+        for name, head in trainer.model.fusion.items():
+            nll = fit_log_prob_weights(head, [x.to(head.raw.device) for x in logits], out["label"].to(head.raw.device))
+            log.info("fusion %s: per-scale weights %s fitted on %d validation images (NLL %.4f)", name,
+                     " ".join(f"{w:.3f}" for w in head.weights().tolist()), len(out["label"]), nll)
+        val, _ = trainer.validate()
+        log.info("fusion: val %s", " ".join(f"{k[4:]}={v:.3f}" for k, v in val.items() if k.startswith("acc_")))
+        trainer.progress.history.append({"phase": self.label, "epoch": 0, "step": trainer.progress.step, **val})
+        trainer.select(self, val)
 
 
 def _active_terms(logits, target, cfg) -> dict:

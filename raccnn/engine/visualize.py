@@ -30,7 +30,7 @@ from torchvision.utils import draw_bounding_boxes, make_grid
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.boxes import square_to_xyxy
-from ..models.racnn import fusion_names
+from ..models.fusion import fusion_names
 
 # RGB colours of the drawn boxes; the legend below names them.
 BOX_COLOURS = {
@@ -57,7 +57,7 @@ TAG_TEMPLATES = {
         "train/ce_scale{s}",  # cross-entropy of each scale (classifier phases)
         "train/rank",  # rank loss (APN phases)
         "train/init_apn_mse",  # APN regression onto the strongest-response squares (init_apn)
-        "train/ce_fused{name}",  # cross-entropy of each fusion head (fusion)
+        "train/ce_fused{name}",  # cross-entropy of each fusion head (fusion; model.fusion: features only)
         "train/lr",
         "val/acc_scale{s}",
         "val/acc_fused{name}",
@@ -87,9 +87,11 @@ def _expand(template: str, n_scales: int) -> list[str]:
     return [template]
 
 
-def scalar_tags(n_scales: int) -> list[str]:
-    """Every scalar tag a run of a model with ``n_scales`` scales writes."""
-    return [tag for t in TAG_TEMPLATES["scalars"] for tag in _expand(t, n_scales)]
+def scalar_tags(n_scales: int, fusion: str = "features") -> list[str]:
+    """Every scalar tag a run of a model with ``n_scales`` scales and ``model.fusion`` = ``fusion``
+    writes (the ``log_probs`` heads are fitted without training steps: no fusion loss)."""
+    return [tag for t in TAG_TEMPLATES["scalars"] if fusion == "features" or t != "train/ce_fused{name}"
+            for tag in _expand(t, n_scales)]
 
 
 def histogram_tags(n_scales: int) -> list[str]:

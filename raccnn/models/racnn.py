@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .backbones import build_backbone
 from .boxes import compose_boxes, full_image_boxes
 from .crop import K_DEFAULT, attention_crop
+from .fusion import build_fusion
 from .proposers import PROPOSER_OPTIONS, PROPOSERS, part_index
 
 
@@ -36,11 +37,6 @@ class RACNNOutput:
     abs_boxes: list[Tensor]  # (n_scales - 1) x [B, 3], the same squares in input-image coordinates
     fused: dict[str, Tensor]  # "12", "123", ...: logits of the fusion heads over scales 1..s
     crops: list[Tensor] | None = None  # n_scales x [B, 3, S, S], each scale's input (on request)
-
-
-def fusion_names(n_scales: int) -> list[str]:
-    """Names of the fusion heads over scales 1..n for n = 2..n_scales: "12", "123", ..."""
-    return ["".join(str(s) for s in range(1, n + 1)) for n in range(2, n_scales + 1)]
 
 
 class ScaleNet(nn.Module):
@@ -76,6 +72,7 @@ class RACNN(nn.Module):
         proposer: str = "apn",
         proposer_cfg: dict | None = None,
         oracle_part: int | None = None,
+        fusion: str = "features",
     ):
         """``apn``: the ``model.apn`` keys (bounds for every proposer, sizes for the APN);
         ``proposer_cfg``: the ``model.proposer_cfg`` keys (``PROPOSER_OPTIONS``); ``oracle_part``:
@@ -98,7 +95,8 @@ class RACNN(nn.Module):
             self.make_proposer(channels, dict(apn or {}), dict(proposer_cfg or {}), oracle_part)
             for _ in range(n_scales - 1)
         )
-        self.fusion = nn.ModuleDict({name: nn.Linear(len(name) * channels, num_classes) for name in fusion_names(n_scales)})
+        with torch.random.fork_rng(devices=[]):  # whichever head: the same random numbers for what follows
+            self.fusion = build_fusion(fusion, n_scales, channels, num_classes)  # models/fusion.py
 
     def make_proposer(self, channels: int, apn: dict, proposer_cfg: dict, oracle_part: int | None) -> nn.Module:
         kwargs = {k: apn[k] for k in ("tl_min", "tl_max", "keep_inside") if k in apn}
@@ -156,7 +154,7 @@ class RACNN(nn.Module):
                 abs_box = compose_boxes(parent, rel)
                 rel_boxes.append(rel)
                 abs_boxes.append(abs_box)
-        fused = {name: head(torch.cat(feats[: len(name)], dim=1)) for name, head in self.fusion.items()}
+        fused = {name: head(feats, logits) for name, head in self.fusion.items()}
         return RACNNOutput(logits, feats, maps, rel_boxes, abs_boxes, fused, crops if return_crops else None)
 
     # Parameter groups (the phases name the submodule they train: "scales", "apns", "fusion").
@@ -190,4 +188,5 @@ def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
         proposer=m["proposer"],
         proposer_cfg=m["proposer_cfg"],
         oracle_part=part_index(part_names, cfg["data"]["hit_parts"]),
+        fusion=m["fusion"],
     )

@@ -1,0 +1,77 @@
+"""Run only the fusion phase again on a finished alternation, with the fusion head of your choice.
+
+    python tools/refit_fusion.py --run work_dirs/fgsynth_default --fusion features|log_probs --work-dir OUT
+                                 [--opts train.fusion.epochs=5 ...]
+
+Reads ``best_alternate.pt`` of ``--run`` (the epoch fusion starts from) and writes into the new
+``--work-dir``: that checkpoint with the chosen fusion heads in place of the old ones (scales and
+APNs unchanged), the fusion phase's ``best.pt`` and ``last.pt``, ``train.log`` and the test
+``metrics.json``. So two fusion heads can be compared on the very same scales, paired by run.
+The run's own files are only read; an ``--work-dir`` that already holds a run is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+from raccnn.config import ConfigError, fill_defaults, load_config, save_config
+from raccnn.data import DatasetError
+from raccnn.data.build import build_datasets
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from raccnn.engine.inference import run_evaluation
+from raccnn.engine.phases import Alternating, Fusion
+from raccnn.engine.trainer import Trainer
+from raccnn.fileio import check_writable_dir, describe_os_error
+from raccnn.models.fusion import FUSIONS
+from train import setup_logging  # tools/train.py: the same train.log and console lines
+
+
+def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
+    source = os.path.join(run, Alternating.best_file)
+    if not os.path.exists(source):
+        raise CheckpointError(f"{source} not found: --run must be the work dir of a run whose alternation has "
+                              f"finished (it writes {Alternating.best_file})")
+    if os.path.exists(os.path.join(work_dir, "last.pt")):
+        raise CheckpointError(f"{work_dir} already holds a run (last.pt); choose another --work-dir")
+    ckpt = load_checkpoint(source, weights_only=False)
+    with tempfile.TemporaryDirectory() as tmp:  # the run's config, validated again with the changes
+        save_config(fill_defaults(ckpt["config"]), os.path.join(tmp, "run.yaml"))
+        cfg = load_config(os.path.join(tmp, "run.yaml"), [*opts, f"model.fusion={fusion}", f"work_dir={work_dir}"])
+    check_writable_dir(work_dir, "work dir")
+    setup_logging(work_dir)
+    trainer = Trainer(cfg, build_datasets(cfg), work_dir, plan=[Fusion(cfg)])
+    # the scales and APNs of the finished alternation, the new (untrained) fusion heads
+    fresh = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("fusion.")}
+    kept = {k: v for k, v in ckpt["model"].items() if not k.startswith("fusion.")}
+    save_checkpoint(os.path.join(work_dir, Alternating.best_file), {**ckpt, "model": {**kept, **fresh}, "config": cfg})
+    save_config(cfg, os.path.join(work_dir, "config.yaml"))
+    logging.getLogger("raccnn").info("fusion %s on the scales of %s (%s)", fusion, source, ckpt.get("phase"))
+    trainer.run()
+    metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), "test")
+    print(table)
+    return metrics
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="work dir of a finished run (its best_alternate.pt is read)")
+    p.add_argument("--fusion", required=True, choices=list(FUSIONS))
+    p.add_argument("--work-dir", required=True, help="a new directory for the refitted run")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.fusion.lr")
+    args = p.parse_args(argv)
+    try:
+        refit(args.run, args.fusion, args.work_dir, args.opts)
+    except (CheckpointError, ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
