@@ -141,7 +141,8 @@ SCHEMA: dict = {
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
-        "fusion": {**_stage(epochs=3, lr=0.05), "epochs": Key(3, min=1)},  # best.pt is a fused model
+        # best.pt is a fused model; model.fusion: features only (log_probs is fitted, no epochs)
+        "fusion": {**_stage(epochs=3, lr=0.05), "epochs": Key(3, min=1)},
     },
     "eval": {"split": Key("test", choices=["val", "test"])},
 }

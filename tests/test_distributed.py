@@ -55,11 +55,11 @@ def torchrun(script, *args, env=None):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, tmp_path):
-    run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
-         "train.init_apn.epochs=0", "train.alternate.rounds=0", "train.fusion.epochs=0"])  # data generated
+    warm = run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
+                "train.init_apn.epochs=0", "train.alternate.rounds=0", "model.fusion=log_probs"])  # no epoch at all
+    assert warm.returncode == 0, warm.stderr[-2000:]  # the data is generated before the processes start
     ref = tmp_path / "ddp"
-    # the default fusion, fitted on the validation outputs gathered from both processes
-    res = torchrun(*train_cmd(data_root, ref, "model.fusion=log_probs"))
+    res = torchrun(*train_cmd(data_root, ref))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert "2 process(es)" in res.stdout
@@ -74,11 +74,21 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     work = tmp_path / "ddp_killed"
-    res = torchrun(str(killer), *train_cmd(data_root, work, "model.fusion=log_probs")[1:],
-                   env={"KILL_AT": "step|alternate_apn[round 1]|1"})
+    res = torchrun(str(killer), *train_cmd(data_root, work)[1:], env={"KILL_AT": "step|alternate_apn[round 1]|1"})
     assert res.returncode != 0 and not (work / "best.pt").exists()
-    res = torchrun(*train_cmd(data_root, work, "model.fusion=log_probs"))
+    res = torchrun(*train_cmd(data_root, work))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resumed from" in (work / "train.log").read_text()
     for name in ("best_alternate.pt", "best.pt", "last.pt"):
         assert_same_tensors(model_tensors(work / name), model_tensors(ref / name), name)
+
+    # the log_probs heads: fitted once on the outputs gathered from both processes, rank 0's weights
+    # given to both (no training epoch before them here: the fit is what is tested)
+    fit = tmp_path / "ddp_log_probs"
+    res = torchrun(*train_cmd(data_root, fit, "train.pretrain_cls.epochs=0", "train.init_apn.epochs=0",
+                              "train.alternate.rounds=0", "model.fusion=log_probs"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "weights identical on all 2 ranks" in res.stdout
+    assert res.stdout.count("fusion 123: per-scale weights") == 1  # rank 0 logs
+    best = torch.load(fit / "best.pt", map_location="cpu", weights_only=False)
+    assert best["phase"] == "fusion" and not torch.allclose(best["model"]["fusion.123.raw"], torch.full((3,), 0.5413), atol=1e-3)

@@ -35,7 +35,7 @@ def test_feature_fusion_is_a_linear_layer_over_the_concatenated_features():
     assert list(build_fusion("log_probs", 3, 3, 4)) == ["12", "123"]
 
 
-def test_fit_puts_the_weight_on_the_scale_that_is_right_on_held_out_images():
+def test_fit_puts_the_weight_on_the_informative_scale():
     torch.manual_seed(0)
     n, k = 400, 5
     labels = torch.randint(0, k, (n,))
@@ -58,6 +58,10 @@ def test_fit_puts_the_weight_on_the_scale_that_is_right_on_held_out_images():
     again = LogProbFusion(2)
     fit_log_prob_weights(again, [right, noise], labels)
     assert torch.equal(again.weights(), head.weights())
+    # a frozen head (requires_grad off, as outside the fusion phase) is fitted the same and stays frozen
+    frozen = LogProbFusion(2).requires_grad_(False)
+    fit_log_prob_weights(frozen, [right, noise], labels)
+    assert torch.equal(frozen.weights(), head.weights()) and not frozen.raw.requires_grad
 
 
 def test_the_model_builds_the_configured_fusion():

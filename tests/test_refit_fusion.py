@@ -11,21 +11,29 @@ sys.path.insert(0, "tools")
 from refit_fusion import refit  # noqa: E402
 
 
-def test_refit_swaps_the_fusion_heads_and_keeps_the_scales(data_root, tmp_path):
+@pytest.mark.parametrize("source, target, keys", [
+    ("features", "log_probs", {"fusion.12.raw", "fusion.123.raw"}),
+    ("log_probs", "features", {"fusion.12.weight", "fusion.12.bias", "fusion.123.weight", "fusion.123.bias"}),
+])
+def test_refit_swaps_the_fusion_heads_and_keeps_the_scales(data_root, tmp_path, source, target, keys):
     run = tmp_path / "run"
-    make_trainer(data_root, run, extra=["train.alternate.rounds=1"]).run()  # model.fusion: features
+    make_trainer(data_root, run, extra=["train.alternate.rounds=1", f"model.fusion={source}"]).run()
     out = tmp_path / "refit"
-    metrics = refit(str(run), "log_probs", str(out))
+    metrics = refit(str(run), target, str(out))
     assert (out / "metrics.json").exists() and metrics["num_images"] == 24
-    source = load_checkpoint(run / "best_alternate.pt", weights_only=False)["model"]
+    source_model = load_checkpoint(run / "best_alternate.pt", weights_only=False)["model"]
     best = load_checkpoint(out / "best.pt", weights_only=False)
-    assert best["config"]["model"]["fusion"] == "log_probs" and best["phase"] == "fusion"
-    assert {k for k in best["model"] if k.startswith("fusion.")} == {"fusion.12.raw", "fusion.123.raw"}
-    for k, v in source.items():  # scales and APNs exactly as the alternation left them
+    assert best["config"]["model"]["fusion"] == target and best["phase"] == "fusion"
+    assert {k for k in best["model"] if k.startswith("fusion.")} == keys
+    for k, v in source_model.items():  # scales and APNs exactly as the alternation left them
         if not k.startswith("fusion."):
             assert torch.equal(best["model"][k], v), k
-    assert "per-scale weights" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "val mean scale accuracy -1" not in log  # the alternation's score is carried over
     with pytest.raises(CheckpointError, match="already holds a run"):
         refit(str(run), "features", str(out))
     with pytest.raises(CheckpointError, match="best_alternate.pt not found"):
         refit(str(tmp_path / "nothing"), "features", str(tmp_path / "x"))
+    # tools/train.py's full plan refuses to continue the one-phase refit
+    with pytest.raises(CheckpointError, match="another plan of phases"):
+        make_trainer(data_root, out, extra=[f"model.fusion={target}", "train.alternate.rounds=1"]).resume(str(out / "last.pt"))

@@ -381,3 +381,10 @@ def test_log_prob_fusion_is_fitted_on_validation_without_training_steps(data_roo
     assert fitted < F.cross_entropy(sum(log_probs), out["label"]).item()
     assert "fusion 123: per-scale weights" in caplog.text and "fitted on 6 validation images" in caplog.text
     assert best["progress"]["best"]["best.pt"] == pytest.approx(history[-1]["acc_fused123"])
+    # TensorBoard: every tag of a log_probs run is written, and no fusion training loss
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raccnn.engine.visualize import scalar_tags
+
+    tags = set(EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload().Tags()["scalars"])
+    assert set(scalar_tags(3, "log_probs")) <= tags and not any(t.startswith("train/ce_fused") for t in tags)

@@ -43,6 +43,8 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
     check_writable_dir(work_dir, "work dir")
     setup_logging(work_dir)
     trainer = Trainer(cfg, build_datasets(cfg), work_dir, plan=[Fusion(cfg)])
+    if Alternating.best_file in ckpt["progress"]["best"]:  # the alternation's validation score, for the log
+        trainer.progress.best[Alternating.best_file] = ckpt["progress"]["best"][Alternating.best_file]
     # the scales and APNs of the finished alternation, the new (untrained) fusion heads
     fresh = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("fusion.")}
     kept = {k: v for k, v in ckpt["model"].items() if not k.startswith("fusion.")}

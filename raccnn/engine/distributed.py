@@ -63,6 +63,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_rank0(tensor: torch.Tensor) -> None:
+    """Overwrite ``tensor`` in place with rank 0's values (nothing outside torchrun)."""
+    if current_world().distributed:
+        dist.broadcast(tensor, src=0)
+
+
 def all_equal(value) -> bool:
     """Whether every rank passed an equal (picklable) value."""
     world = current_world()

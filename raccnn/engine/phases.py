@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import hinge_active, rank_loss, scale_ce_losses
-from ..models.fusion import fit_log_prob_weights
+from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
 from .checkpoint import load_checkpoint
+from .distributed import broadcast_from_rank0
 
 log = logging.getLogger("raccnn")
 OPTIMIZERS = ("sgd", "adam")  # train.*.optimizer (Phase.optimizer)
@@ -249,14 +250,21 @@ class Fusion(Phase):
             trainer.model.load_state_dict(best["model"])
             log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
                      best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))
-        if self.max_epochs() == 0:
+        if self.cfg["model"]["fusion"] == "log_probs":
             self.fit_on_validation(trainer)
 
     def fit_on_validation(self, trainer):
+        """Fit the log_probs heads on the validation outputs (gathered from every process) on the
+        CPU, then give every process rank 0's weights. The validation accuracy logged and kept with
+        best.pt is then measured on the images the weights were fitted on (three numbers per head)."""
         _, out = trainer.validate()
-        logits = [out[f"logits_scale{s + 1}"] for s in range(trainer.model.n_scales)]
+        logits = [out[f"logits_scale{s + 1}"].cpu() for s in range(trainer.model.n_scales)]
         for name, head in trainer.model.fusion.items():
-            nll = fit_log_prob_weights(head, [x.to(head.raw.device) for x in logits], out["label"].to(head.raw.device))
+            fitted = LogProbFusion(head.n)
+            nll = fit_log_prob_weights(fitted, logits, out["label"].cpu())
+            with torch.no_grad():
+                head.raw.copy_(fitted.raw)
+            broadcast_from_rank0(head.raw.data)
             log.info("fusion %s: per-scale weights %s fitted on %d validation images (NLL %.4f)", name,
                      " ".join(f"{w:.3f}" for w in head.weights().tolist()), len(out["label"]), nll)
         val, _ = trainer.validate()

@@ -43,7 +43,8 @@ from ..fileio import remove_stale_temporaries
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
-from .checkpoint import capture_rng_state, check_compatible, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint, restore_rng_state,
+                         save_checkpoint)
 from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
@@ -173,6 +174,11 @@ class Trainer:
     def resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, weights_only=False)
         check_compatible(ckpt, self.cfg, self.num_classes)
+        index = ckpt["progress"]["phase_index"]
+        if ckpt.get("phase") != self.plan[min(index, len(self.plan) - 1)].label:
+            raise CheckpointError(f"{path} was written at phase {ckpt.get('phase')!r} of another plan of phases "
+                                  f"(position {index} here is {self.plan[min(index, len(self.plan) - 1)].label!r}); "
+                                  f"a run of tools/refit_fusion.py cannot be continued by tools/train.py")
         self.model.load_state_dict(ckpt["model"])
         self.progress = Progress(**ckpt["progress"])
         if self.progress.phase_index < len(self.plan):
