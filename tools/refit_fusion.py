@@ -42,7 +42,8 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
         cfg = load_config(os.path.join(tmp, "run.yaml"), [*opts, f"model.fusion={fusion}", f"work_dir={work_dir}"])
     check_writable_dir(work_dir, "work dir")
     setup_logging(work_dir)
-    trainer = Trainer(cfg, build_datasets(cfg), work_dir, plan=[Fusion(cfg)])
+    datasets = build_datasets(cfg)
+    trainer = Trainer(cfg, datasets, work_dir, plan=[Fusion(cfg)])
     if Alternating.best_file in ckpt["progress"]["best"]:  # the alternation's validation score, for the log
         trainer.progress.best[Alternating.best_file] = ckpt["progress"]["best"][Alternating.best_file]
     # the scales and APNs of the finished alternation, the new (untrained) fusion heads
@@ -52,7 +53,7 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
     save_config(cfg, os.path.join(work_dir, "config.yaml"))
     logging.getLogger("raccnn").info("fusion %s on the scales of %s (%s)", fusion, source, ckpt.get("phase"))
     trainer.run()
-    metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), "test")
+    metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), "test", datasets=datasets)
     print(table)
     return metrics
 
