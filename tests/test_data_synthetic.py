@@ -153,3 +153,37 @@ def test_make_synthetic_refuses_a_failing_set(tmp_path):
     assert r.returncode == 0 and (tmp_path / "CUB_200_2011" / "fgsynth.json").is_file(), r.stderr
     r = subprocess.run(cmd[:4] + ["--scale1-size", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--scale1-size must be > 0, got 0" in r.stderr
+
+
+def test_ensure_generates_once_when_several_processes_ask_at_once(tmp_path, monkeypatch):
+    """Runs started side by side on one data root: the set is written once, and every caller gets
+    the complete set (before the lock, the second writer deleted the first one's folders)."""
+    import threading
+
+    import raccnn.data.synthetic as synthetic
+
+    calls = []
+    generate = synthetic.generate_fgsynth
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate_fgsynth", counting)
+    start, results, errors = threading.Barrier(4), [], []
+
+    def ask():
+        start.wait()
+        try:
+            results.append(synthetic.ensure_fgsynth(tmp_path, **TINY))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(calls) == 1
+    assert results == [tmp_path / "CUB_200_2011"] * 4
+    assert len(CUBDataset(results[0], split="test")) == TINY["classes"] * 3

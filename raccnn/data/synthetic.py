@@ -26,8 +26,10 @@ Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined b
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,7 @@ MIN_SIZE = 96  # the bird's geometry needs it to fit inside the image
 MIN_IMAGES_PER_CLASS = 3
 STAMP = ".fgsynth_complete"
 PARAMS_FILE = "fgsynth.json"
+LOCK_FILE = ".fgsynth.lock"  # beside CUB_200_2011: held while a set is written
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -323,12 +326,35 @@ def generate_fgsynth(
 
 def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
     """Return ``out_dir/CUB_200_2011``, generating it unless a complete set with the same
-    parameters is already there (checked via the stamp file written last)."""
+    parameters is already there (checked via the stamp file written last).
+
+    Several processes may ask for the same set at once (an ablation grid's runs started side by
+    side, the ranks of a DDP run): generation holds an exclusive lock on ``out_dir/.fgsynth.lock``,
+    and a process that waited for it finds the finished set and does not write it again."""
     d = Path(out_dir) / "CUB_200_2011"
     wanted = dict(DEFAULTS, **kwargs)
-    if (d / STAMP).is_file() and (d / PARAMS_FILE).is_file():
-        have = json.loads((d / PARAMS_FILE).read_text())
-        if all(have.get(k) == v for k, v in wanted.items()):
+    if _is_complete(d, wanted):
+        return d
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with _exclusive(Path(out_dir) / LOCK_FILE):
+        if _is_complete(d, wanted):
             return d
-    return generate_fgsynth(out_dir, **wanted)
+        return generate_fgsynth(out_dir, **wanted)
 
+
+def _is_complete(d: Path, wanted: dict) -> bool:
+    if not ((d / STAMP).is_file() and (d / PARAMS_FILE).is_file()):
+        return False
+    have = json.loads((d / PARAMS_FILE).read_text())
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
+@contextmanager
+def _exclusive(path: Path):
+    """An advisory lock held for the block (POSIX ``flock``; released by the OS if the process dies)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
