@@ -110,7 +110,8 @@ SCHEMA: dict = {
             "keep_inside": Key(arg(APN, "keep_inside")),
         },
         "crop": {"k": Key(K_DEFAULT, min=0.0), "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES),
-                 "impl": Key(arg(RACNN, "crop_impl"), choices=CROP_IMPLS)},  # same formulas (models/crop.py)
+                 "impl": Key(arg(RACNN, "crop_impl"), choices=CROP_IMPLS),  # same formulas (models/crop.py)
+                 "compile": Key(arg(RACNN, "crop_compile"))},  # torch.compile of the crop (README "Speed and scale")
         "attention": {  # blocks at the end of VGG stages
             "type": Key("none", choices=ATTENTION_TYPES),
             "stages": Key([], item=int, min=1),  # 1-based

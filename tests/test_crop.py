@@ -1,11 +1,12 @@
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from raccnn.models import GRAD_MODES, attention_crop, box_mask
-from raccnn.models.crop import masked_zoom
+from raccnn.models.crop import compiled_attention_crop, masked_zoom
 
 
 def naive_crop(image, box, out_h, out_w, k):
@@ -185,3 +186,21 @@ def test_bad_arguments_raise_clear_errors():
         attention_crop(torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4, grad="masks")
     with pytest.raises(ValueError, match=r"boxes \[B, 3\]"):
         attention_crop(torch.rand(2, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")), reason="inductor needs a C++ compiler")
+def test_compiled_crop_has_the_eager_values_and_gradients():
+    """``model.crop.compile``: inductor's fused loops compute the same formulas as the eager ops."""
+    torch.manual_seed(11)
+    images = torch.rand(3, 3, 40, 36)
+    boxes = torch.tensor([[0.47, 0.52, 0.31], [0.61, 0.43, 0.23], [0.3, 0.7, 0.12]], requires_grad=True)
+    weights = torch.rand(3, 3, 16, 16)
+    compiled = compiled_attention_crop()
+    outs, grads = [], []
+    for crop in (attention_crop, compiled):
+        out = crop(images, boxes, 16, grad="both")
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * weights).sum(), boxes)[0])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    assert grads[0].abs().min() > 0

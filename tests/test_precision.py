@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
 
 from conftest import make_trainer
-from raccnn.engine.precision import amp_dtype, use_channels_last
+from raccnn.engine.precision import amp_dtype, check_compiler, use_channels_last
 from raccnn.engine.trainer import DivergenceError, MAX_SKIPPED_STEPS
+from raccnn.models.crop import compiled_attention_crop
 from raccnn.models.racnn import RACNN
 
 
@@ -92,3 +94,45 @@ def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_r
     trainer.run()
     assert graphs_before["alternate_cls[round 2]"] > 0  # compiled in the first round
     assert graphs_before["alternate_cls[round 3]"] == graphs_before["alternate_cls[round 2]"]  # round 2 added none
+
+
+def test_compiled_crop_does_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch):
+    """``model.crop.compile``: the crop is compiled once per grad mode (training with and without
+    box gradient, evaluation) and batch size; a second alternation round adds no graph, and the
+    run ends like the eager one (the eager backend again; tests/test_crop.py checks inductor)."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager"))
+    compiled_attention_crop.cache_clear()
+    dynamo.reset()
+    counters = dynamo.utils.counters
+    counters.clear()
+    try:
+        trainer = make_trainer(data_root, tmp_path, ["model.crop.compile=true", "train.alternate.rounds=3"])
+        graphs_before = {}
+        start_phase = trainer.start_phase
+
+        def recording_start(phase, fresh=True):
+            graphs_before[phase.label] = counters["stats"]["unique_graphs"]
+            start_phase(phase, fresh)
+
+        trainer.start_phase = recording_start
+        trainer.run()
+    finally:
+        compiled_attention_crop.cache_clear()  # later tests compile with the real backend
+    assert graphs_before["alternate_cls[round 2]"] > 0
+    assert graphs_before["alternate_cls[round 3]"] == graphs_before["alternate_cls[round 2]"]
+    assert counters["stats"]["unique_graphs"] == graphs_before["alternate_cls[round 3]"]
+
+
+def test_compiling_without_a_compiler_is_refused_before_training(monkeypatch):
+    from raccnn.config import load_config
+    from raccnn.errors import ConfigError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    cfg = load_config("experiments/configs/fgsynth_default.yaml", ["model.crop.compile=true"])
+    with pytest.raises(ConfigError, match=r"model\.crop\.compile: torch.compile needs a C/C\+\+ compiler"):
+        check_compiler(cfg, torch.device("cpu"))
+    check_compiler(load_config("experiments/configs/fgsynth_default.yaml"), torch.device("cpu"))  # nothing compiled

@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -54,10 +55,10 @@ from raccnn.data.cub import CUBDataset
 from raccnn.data.standin import write_cub_standin
 from raccnn.data.transforms import build_transforms
 from raccnn.device import resolve_device
+from raccnn.errors import ConfigError
 from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
-from raccnn.engine.precision import autocast, set_cudnn_benchmark
+from raccnn.engine.precision import autocast, check_compiler, set_cudnn_benchmark
 from raccnn.engine.trainer import PhaseStep
-from raccnn.models.crop import attention_crop
 from raccnn.models.racnn import build_racnn
 
 PHASES = {"alternate_cls": AlternateCls, "alternate_apn": AlternateAPN, "fusion": Fusion}
@@ -145,8 +146,7 @@ def crop_step(model, images, case, device, impl):
 
     def step():
         b = boxes.clone().requires_grad_(backward)
-        outs = [attention_crop(images, b, size, k=model.crop_k, grad=model.crop_grad, impl=impl)
-                for size in model.input_sizes[1:]]
+        outs = [model.crop(images, b, size, impl=impl) for size in model.input_sizes[1:]]
         if backward:
             sum(o.float().square().mean() for o in outs).backward()
     return step
@@ -344,8 +344,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.opts)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+        cfg = load_config(args.config, args.opts)
+        check_compiler(dict(cfg, train=dict(cfg["train"], compile=any(args.compile))), device)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cuda = device.type == "cuda"
     cudnn = set_cudnn_benchmark(cfg["train"]["cudnn_benchmark"], device, cfg["deterministic"])
     if any(args.ddp) and not dist.is_initialized():

@@ -10,12 +10,18 @@ which tensor-core convolutions prefer.
 ``train.cudnn_benchmark``: ``auto`` (on CUDA unless ``deterministic``), true or false: cuDNN times
 its convolution algorithms at each new input shape and keeps the fastest (the shapes of a run are
 fixed, so this happens once per shape).
+``train.compile`` and ``model.crop.compile``: ``torch.compile`` of the scale networks and of the crop;
+both build code with a C/C++ compiler, so ``check_compiler`` asks for one before anything runs.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 
 import torch
+
+from ..errors import ConfigError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -48,3 +54,17 @@ def set_cudnn_benchmark(setting, device: torch.device, deterministic: bool) -> b
 def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def check_compiler(cfg: dict, device: torch.device) -> None:
+    """Refuse ``train.compile`` / ``model.crop.compile`` when no C/C++ compiler is on PATH: inductor
+    builds its CPU kernels with one and Triton its GPU kernels' launchers, and without it the run
+    would fail at the first compiled call, deep inside the first phase."""
+    keys = [key for key, on in (("train.compile", cfg["train"]["compile"]),
+                                ("model.crop.compile", cfg["model"]["crop"]["compile"])) if on]
+    if not keys:
+        return
+    candidates = [os.environ.get("CXX"), os.environ.get("CC"), "g++", "gcc", "clang++", "clang", "c++", "cc"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise ConfigError(f"{', '.join(keys)}: torch.compile needs a C/C++ compiler (g++ or clang++, or $CXX) on "
+                          f"PATH to build its {device.type.upper()} kernels; install one or set {keys[0]}=false")

@@ -49,7 +49,7 @@ from .distributed import EvalShardSampler, ShardSampler, all_equal, current_worl
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
-from .precision import amp_dtype, autocast, grad_scaler, set_cudnn_benchmark, use_channels_last
+from .precision import amp_dtype, autocast, check_compiler, grad_scaler, set_cudnn_benchmark, use_channels_last
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
 log = logging.getLogger("raccnn")
@@ -119,6 +119,7 @@ class Trainer:
             # on CUDA the backward of grid_sample / interpolate has no deterministic kernel: warn there
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         set_cudnn_benchmark(t["cudnn_benchmark"], self.device, cfg["deterministic"])
+        check_compiler(cfg, self.device)
         self.model: RACNN = build_racnn(cfg, self.num_classes, self.part_names)
         if cfg["model"]["sync_bn"] and self.world.distributed:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)

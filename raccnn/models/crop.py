@@ -24,8 +24,11 @@ neighbours per output pixel, work proportional to the output; on the CPU the fas
 receive gradient) or
 ``"grid_sample"`` (torch's ``grid_sample`` on the masked full-resolution image). Both give the same
 values and gradients (tested); ``tools/benchmark.py`` times both on the device at hand.
+``compiled_attention_crop`` is the same function through ``torch.compile`` (``model.crop.compile``).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -81,6 +84,16 @@ def attention_crop(
     grid_boxes = boxes if grad in ("grid", "both") else boxes.detach()
     zoom = masked_zoom_grid_sample if impl == "grid_sample" else masked_zoom
     return zoom(images, mask_boxes, grid_boxes, out_size, k)
+
+
+@functools.cache
+def compiled_attention_crop():
+    """``attention_crop`` through ``torch.compile`` (inductor), made once per process: the gathers,
+    the weight products and the sums become a few fused loops, forward and backward, where eager
+    mode runs each as its own pass over the batch. The same formulas; equal up to float rounding
+    (tested). A graph is compiled at the first call of each grad mode, dtype and device; after a
+    second batch size the batch dimension is compiled as dynamic."""
+    return torch.compile(attention_crop)
 
 
 def masked_zoom_grid_sample(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .backbones import build_backbone
 from .boxes import compose_boxes, full_image_boxes
-from .crop import K_DEFAULT, attention_crop
+from .crop import K_DEFAULT, attention_crop, compiled_attention_crop
 from .fusion import build_fusion
 from .proposers import PROPOSER_OPTIONS, PROPOSERS, part_index
 
@@ -68,6 +68,7 @@ class RACNN(nn.Module):
         crop_k: float = K_DEFAULT,
         crop_grad: str = "mask",
         crop_impl: str = "gather",
+        crop_compile: bool = False,
         attention: dict | None = None,
         proposer: str = "apn",
         proposer_cfg: dict | None = None,
@@ -83,6 +84,7 @@ class RACNN(nn.Module):
             raise ValueError(f"input_sizes has {len(input_sizes)} entries for n_scales={n_scales}")
         self.num_classes, self.n_scales, self.input_sizes = num_classes, n_scales, input_sizes
         self.crop_k, self.crop_grad, self.crop_impl = float(crop_k), crop_grad, crop_impl
+        self.crop_compile = bool(crop_compile)
         trunk = build_backbone(backbone, pretrained=pretrained, width=width, attention=attention)
         self.scales = nn.ModuleList(
             ScaleNet(trunk if s == 0 else copy.deepcopy(trunk), num_classes, dropout) for s in range(n_scales)
@@ -119,7 +121,13 @@ class RACNN(nn.Module):
             if tuple(images.shape[-2:]) == (size, size):
                 return images
             return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return attention_crop(images, abs_box, size, k=self.crop_k, grad=self.crop_grad, impl=self.crop_impl)
+        return self.crop(images, abs_box, size)
+
+    def crop(self, images: Tensor, abs_box: Tensor, size: int, impl: str | None = None) -> Tensor:
+        """The square ``abs_box`` of ``images`` zoomed to ``size``, with this model's crop settings
+        (``impl`` overrides ``crop_impl``)."""
+        crop = compiled_attention_crop() if self.crop_compile else attention_crop
+        return crop(images, abs_box, size, k=self.crop_k, grad=self.crop_grad, impl=impl or self.crop_impl)
 
     def forward(
         self,
@@ -184,6 +192,7 @@ def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
         crop_k=m["crop"]["k"],
         crop_grad=m["crop"]["grad"],
         crop_impl=m["crop"]["impl"],
+        crop_compile=m["crop"]["compile"],
         attention=m["attention"],
         proposer=m["proposer"],
         proposer_cfg=m["proposer_cfg"],
