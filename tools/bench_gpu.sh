@@ -6,6 +6,8 @@
 #                                      # DDP over one GPU, RA-CNN's overhead ratios, the data loader
 #   tools/bench_gpu.sh train OUT_DIR   # torch.compile gain, and the whole schedule on a CUB-shaped stand-in
 #                                      # (real JPEG loading; train.log gives images/s per epoch)
+#   tools/bench_gpu.sh crop OUT_DIR    # model.crop.compile: the compiled crop's step times, its share and
+#                                      # the overhead ratios with it
 # DDP's own cost is the --ddp rows of "steps" (torchrun with one process runs no DDP at all).
 # Every command's table goes to OUT_DIR/<name>.log and its rows to OUT_DIR/<name>.json.
 set -u
@@ -54,5 +56,11 @@ train)
         cp "$work/run/train.log" "$out/trainlog.txt"
     fi
     rm -rf "$work"
+    ;;
+crop)
+    bench crop_compile 300 --batch 64 --opts model.crop.compile=true --cases alternate_cls alternate_apn eval \
+        --steps 10 --warmup 3 --loader-workers
+    bench crop_compile_overhead 240 --batch 64 --opts model.crop.compile=true --cases plain_cls plain_apn \
+        --steps 20 --warmup 5 --overhead --loader-workers
     ;;
 esac

@@ -267,7 +267,7 @@ def bench_model(cfg, args, device):
             row = dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, ddp=ddp,
                        images_per_s=batch / sec, ms_per_step=1000 * sec, first_step_s=first,
                        peak_memory_mib=peak_memory_mib(device), gflop_per_image=flops / 1e9,
-                       tflops=flops * batch / sec / 1e12, crop_impl=used,
+                       tflops=flops * batch / sec / 1e12, crop_impl=used, crop_compile=model.crop_compile,
                        crop_share=crop_ms.get(used, 0.0) / 1000 / sec, crop_ms=crop_ms)
             row["mfu"] = row["tflops"] / args.peak_tflops if args.peak_tflops else None
             rows.append(row)
