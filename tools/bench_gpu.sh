@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of README "Speed and scale", on one CUDA machine, in two parts that each fit
+# The GPU measurements of README "Speed and scale", on one CUDA machine, in three parts that each fit
 # a 10-minute slot:
 #   tools/bench_gpu.sh steps OUT_DIR   # the paper's config (VGG-19 448/224/224, 200 classes), random tensors:
 #                                      # bf16 batch sweep up to out-of-memory, fp32, NCHW, cuDNN autotuning off,
