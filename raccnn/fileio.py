@@ -67,9 +67,10 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
         raise OSError(errno.ENOTDIR, f"{what} is a file, not a folder", path)
     try:
         os.makedirs(path, exist_ok=True)
-        with atomic_open(os.path.join(path, ".write_test"), "w") as f:
+        probe = os.path.join(path, f".write_test.{secrets.token_hex(4)}")  # runs may check one folder at once
+        with atomic_open(probe, "w") as f:
             f.write("ok")
-        os.remove(os.path.join(path, ".write_test"))
+        os.remove(probe)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write the {what} ({exc.strerror})", path) from None
 

@@ -188,7 +188,8 @@ def test_bad_arguments_raise_clear_errors():
         attention_crop(torch.rand(2, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.5]]), 4)
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")), reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
+                    reason="inductor needs a C++ compiler")
 def test_compiled_crop_has_the_eager_values_and_gradients():
     """``model.crop.compile``: inductor's fused loops compute the same formulas as the eager ops."""
     torch.manual_seed(11)
