@@ -12,6 +12,8 @@ NPROC  ?= 1
 LAUNCH := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
 
 GRID   ?= experiments/grids/full.yaml
+JOBS   ?= 1
+# JOBS > 1: the grids train that many runs at a time, each on cores / JOBS threads
 LOGDIR ?= work_dirs
 TB_PORT ?= 6006
 
@@ -35,14 +37,14 @@ train-alternate: $(STAMP)
 
 # The default run with seeds 0-4 and its mean ± sd (work_dirs/ablation_seeds/results.md); re-running resumes.
 train-seeds: $(STAMP)
-	$(PY) experiments/ablation.py --grid experiments/grids/seeds.yaml
+	$(PY) experiments/ablation.py --grid experiments/grids/seeds.yaml --jobs $(JOBS)
 
 # A grid of trainings compared in one table (work_dirs/ablation_<grid>/results.md); re-running resumes.
 ablation: $(STAMP)
-	$(PY) experiments/ablation.py --grid $(GRID)
+	$(PY) experiments/ablation.py --grid $(GRID) --jobs $(JOBS)
 
 ablation-quick: $(STAMP)
-	$(PY) experiments/ablation.py --grid experiments/grids/quick.yaml
+	$(PY) experiments/ablation.py --grid experiments/grids/quick.yaml --jobs $(JOBS)
 
 # TensorBoard over every run under $(LOGDIR) (each work dir holds its event files), on localhost.
 tensorboard: $(STAMP)

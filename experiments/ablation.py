@@ -1,7 +1,7 @@
 """Run a grid of RA-CNN trainings (attention types x placements x proposers x seeds) with the same
 schedule and collect one results table.
 
-    python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--dry-run]
+    python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--jobs N] [--dry-run]
 
 A grid file names the base config, shared overrides, seeds, and one or more blocks of axes; each
 block contributes the cartesian product of its axes (label -> config overrides):
@@ -17,7 +17,9 @@ block contributes the cartesian product of its axes (label -> config overrides):
 
 Every run trains with tools/train.py in its own work dir (<out>/<row>/seed<k>) and is evaluated on
 the test split; a run whose metrics.json exists is skipped, so re-running the command resumes the
-grid. Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
+grid. ``--jobs N`` trains N runs at a time, each on cpu cores / N threads (its output then goes only
+to its train.log); a lock per run makes two runners started on one folder train each run once.
+Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
 <out>/hparams. Per row and metric: mean, standard deviation and the 95 % t-interval of the mean over
 seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
 (``raccnn/stats.py``), marked * when the interval excludes zero. Parameters and forward FLOPs
@@ -35,6 +37,7 @@ import re
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -43,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from raccnn.config import ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
+from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
 from raccnn.models.fusion import fusion_names
 from raccnn.stats import LEVEL, paired_difference, t_interval
@@ -107,22 +111,29 @@ def row_metrics(n_scales: int) -> list[str]:
     return [f"acc_scale{s}" for s in range(1, n_scales + 1)] + [f"acc_fused{fusion_names(n_scales)[-1]}", "part_hit_scale2"]
 
 
-def run_one(config: str, opts: list[str], work_dir: Path) -> dict:
-    """Train and test one run, unless its work dir already holds the test metrics of this config."""
-    metrics_path = work_dir / "metrics.json"
-    if metrics_path.exists():
-        saved = load_config(work_dir / "config.yaml")
-        # where a run lives is not what it is: a run copied from another grid's folder counts
-        diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name", "work_dir"))
-        if diff:
-            raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
-    else:
-        cmd = [sys.executable, "tools/train.py", "--config", config, "--work-dir", str(work_dir),
-               "--resume", "auto", "--eval-split", "test", "--opts", *opts]
-        print("$", " ".join(cmd), flush=True)
-        res = subprocess.run(cmd, stdout=subprocess.DEVNULL if os.environ.get("RACCNN_QUIET") else None)
-        if res.returncode != 0:
-            raise RunFailed(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
+def run_one(config: str, opts: list[str], work_dir: Path, threads: int | None = None) -> dict:
+    """Train and test one run, unless its work dir already holds the test metrics of this config.
+    ``threads``: the run's CPU threads (its output then goes only to its train.log)."""
+    work_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(work_dir.parent / f".{work_dir.name}.lock"):  # another runner on this run: wait, then reuse
+        metrics_path = work_dir / "metrics.json"
+        if metrics_path.exists():
+            saved = load_config(work_dir / "config.yaml")
+            # where a run lives is not what it is: a run copied from another grid's folder counts
+            diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name", "work_dir"))
+            if diff:
+                raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
+        else:
+            cmd = [sys.executable, "tools/train.py", "--config", config, "--work-dir", str(work_dir),
+                   "--resume", "auto", "--eval-split", "test", "--opts", *opts]
+            print("$", " ".join(cmd), flush=True)
+            env = dict(os.environ)
+            if threads:
+                env.update({k: env.get(k, str(threads)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+            quiet = threads or os.environ.get("RACCNN_QUIET")
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
+            if res.returncode != 0:
+                raise RunFailed(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
     metrics = json.loads(metrics_path.read_text())
     progress = load_checkpoint(work_dir / "last.pt", weights_only=False)["progress"]
     metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
@@ -133,10 +144,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True)
     p.add_argument("--out", default=None, help="default: work_dirs/ablation_<grid file stem>")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each on cpu cores / jobs threads")
     p.add_argument("--dry-run", action="store_true", help="validate every row's config and list the runs")
     args = p.parse_args(argv)
 
     try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         grid = load_grid(args.grid)
         rows = expand_rows(grid)
         shared = to_opts(grid["opts"])
@@ -160,16 +174,18 @@ def main(argv=None) -> int:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    per_row, failed = {}, 0
-    for name, labels, overrides in rows:
-        per_row[name] = {}
-        for seed in grid["seeds"]:
-            opts = shared + to_opts(overrides) + [f"seed={seed}"]
-            try:
-                per_row[name][seed] = run_one(grid["config"], opts, row_dir(out, name) / f"seed{seed}")
-            except (RunFailed, ConfigError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-        failed += len(per_row[name]) < len(grid["seeds"])
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses: the threads only wait
+        futures = {(name, seed): pool.submit(run_one, grid["config"], shared + to_opts(overrides) + [f"seed={seed}"],
+                                             row_dir(out, name) / f"seed{seed}", threads)
+                   for name, _, overrides in rows for seed in grid["seeds"]}
+    per_row = {name: {} for name, _, _ in rows}
+    for (name, seed), future in futures.items():
+        try:
+            per_row[name][seed] = future.result()
+        except (RunFailed, ConfigError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+    failed = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
 
     results = []
     for name, labels, _ in rows:
@@ -216,7 +232,7 @@ def write_results(out: Path, results: list[dict]) -> None:
     scales (a missing scale shows as n/a) and a row with failed runs says which."""
     out.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in results for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
+    with atomic_open(out / "results.csv", "w", newline="") as f:  # two runners on one folder both write it
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(results)
@@ -253,7 +269,8 @@ def write_results(out: Path, results: list[dict]) -> None:
                  f"most). Δ: mean difference from the baseline row ({baseline}) paired by seed, in points, with its "
                  f"{100 * LEVEL:.0f} % t-interval; * when that interval excludes zero. A failed run's log is in its "
                  f"work dir.")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    with atomic_open(out / "results.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one;
+and an exclusive lock for work that several processes may start at once on one folder.
 
 A failed write (disk full, no permission, a file where a folder should be) surfaces as one
 ``OSError`` naming the destination, whatever library was writing (``torch.save`` wraps the
@@ -7,6 +8,7 @@ operating system's error in its own ``RuntimeError``); the CLIs print it as one 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -96,3 +98,15 @@ def _fsync_directory(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block; a
+    second process asking for it waits. POSIX ``flock``: the OS releases it if the process dies."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -25,9 +25,12 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     grid_file.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
     cmd = [sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.count("tools/train.py") == 2
+    # two runners on one folder at once, one of them two runs at a time: each run is trained once
+    runners = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in (cmd + ["--jobs", "2"], cmd)]
+    outputs = [r.communicate() for r in runners]
+    assert [r.returncode for r in runners] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum(o.count("tools/train.py") for o, _ in outputs) == 2
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["row"] for r in rows] == ["attention=none,proposer=apn", "attention=se@3,proposer=apn"]
@@ -61,6 +64,9 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
 
 
 def test_bad_grid_row_fails_before_training(tmp_path):
+    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", "experiments/grids/quick.yaml",
+                          "--jobs", "0", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--jobs must be at least 1" in res.stderr
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({
         "config": "experiments/configs/fgsynth_default.yaml",

@@ -26,15 +26,14 @@ Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined b
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..fileio import exclusive_lock
 from .errors import DatasetError
 
 DISCRIMINATIVE_PART = "crest"
@@ -336,7 +335,7 @@ def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
     if _is_complete(d, wanted):
         return d
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with _exclusive(Path(out_dir) / LOCK_FILE):
+    with exclusive_lock(Path(out_dir) / LOCK_FILE):
         if _is_complete(d, wanted):
             return d
         return generate_fgsynth(out_dir, **wanted)
@@ -348,13 +347,3 @@ def _is_complete(d: Path, wanted: dict) -> bool:
     have = json.loads((d / PARAMS_FILE).read_text())
     return all(have.get(k) == v for k, v in wanted.items())
 
-
-@contextmanager
-def _exclusive(path: Path):
-    """An advisory lock held for the block (POSIX ``flock``; released by the OS if the process dies)."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
