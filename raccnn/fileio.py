@@ -101,11 +101,12 @@ def _fsync_directory(directory: str) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike):
+def exclusive_lock(path: str | os.PathLike, wait: bool = True):
     """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block; a
-    second process asking for it waits. POSIX ``flock``: the OS releases it if the process dies."""
+    second holder waits, or with ``wait=False`` gets ``BlockingIOError`` at once. POSIX ``flock``:
+    the OS releases it if the process dies."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield
         finally:

@@ -173,3 +173,19 @@ def test_eval_reports_an_unwritable_metrics_file_in_one_line(data_root, tmp_path
     assert res.returncode == 2 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {work / 'metrics.json'}: "), res.stderr
+
+
+def test_a_second_training_in_a_busy_work_dir_is_refused_and_writes_nothing(data_root, tmp_path):
+    """Two trainings in one work dir would overwrite each other's checkpoints: the second one stops
+    before writing anything, naming the work dir."""
+    from raccnn.fileio import exclusive_lock
+
+    work = tmp_path / "busy"
+    work.mkdir()
+    with exclusive_lock(work / ".train.lock"):  # what a running tools/train.py holds
+        res = run([sys.executable, *train_cmd(data_root, work)])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: work_dir {work} is in use by another training (it holds {work}/.train.lock); wait for it to end, "
+        f"or choose another --work-dir"]
+    assert sorted(p.name for p in work.iterdir()) == [".train.lock"]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -22,8 +23,10 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
 from raccnn.engine.trainer import DivergenceError, Trainer
-from raccnn.fileio import check_writable_dir, describe_os_error
+from raccnn.fileio import check_writable_dir, describe_os_error, exclusive_lock
 from raccnn.models import PretrainedWeightsError
+
+WORK_DIR_LOCK = ".train.lock"  # held by the training that writes in a work dir
 
 
 def setup_logging(work_dir: str) -> None:
@@ -91,6 +94,19 @@ def train(args) -> int:
     cfg = load_config(args.config, opts)
     world = init_distributed(cfg["device"])
     work_dir = cfg["work_dir"]
+    with contextlib.ExitStack() as held:
+        if world.main:  # one training per work dir: a second would overwrite the first one's checkpoints
+            check_writable_dir(work_dir, "work dir")
+            try:
+                held.enter_context(exclusive_lock(os.path.join(work_dir, WORK_DIR_LOCK), wait=False))
+            except BlockingIOError:
+                raise ConfigError(f"work_dir {work_dir} is in use by another training (it holds "
+                                  f"{os.path.join(work_dir, WORK_DIR_LOCK)}); wait for it to end, or choose another "
+                                  f"--work-dir") from None
+        return train_in(args, cfg, world, work_dir, t0)
+
+
+def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
     last = os.path.join(work_dir, "last.pt")
     resume = args.resume
     if resume == "auto":
@@ -107,8 +123,7 @@ def train(args) -> int:
         if not isinstance(saved, dict):
             raise CheckpointError(f"{resume}: no 'config' entry (not a raccnn training checkpoint?)")
         check_same_run(saved, cfg, resume)
-    if world.main:  # rank 0 writes (the work dir, FG-Synth, the image-check cache), then the others read
-        check_writable_dir(work_dir, "work dir")
+    if world.main:  # rank 0 writes (FG-Synth, the image-check cache), then the others read
         datasets = build_datasets(cfg)
     barrier()
     if not world.main:
