@@ -1,4 +1,5 @@
-"""Statistics over seeds for ablation tables: t-intervals of a mean and of paired differences.
+"""Statistics over seeds for ablation tables: t-intervals of a mean and of paired differences; and,
+within one run, the exact McNemar test of two heads on the same images.
 
 Seeds are few (3 to 5), so the intervals use Student's t distribution with n - 1 degrees of freedom
 (``scipy.stats.t``, which scikit-learn already installs), not the normal one: with 3 seeds the 95 %
@@ -48,3 +49,12 @@ def paired_difference(values: dict, baseline: dict, level: float = LEVEL) -> Int
     (pairing by seed removes what the seed does to both rows alike)."""
     seeds = [s for s in values if s in baseline and values[s] is not None and baseline[s] is not None]
     return t_interval([values[s] - baseline[s] for s in seeds], level)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers scored on the same images: ``only_a``
+    images are right by A alone, ``only_b`` by B alone (the images both get right or both get wrong
+    say nothing about which is better). Under equal accuracy each of those images is a fair coin,
+    so the test is the exact binomial one (``scipy.stats.binomtest``)."""
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(_scipy_stats.binomtest(only_a, n, 0.5).pvalue)

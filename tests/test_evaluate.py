@@ -261,3 +261,15 @@ def test_collect_outputs_single_scale_without_annotations():
     assert m["heads"] == ["scale1"]
     assert not any(k.startswith(("part_hit_scale", "peak_hit_scale", "iou_object_scale")) for k in m)
     assert "| scale 1 |" in format_table(m)
+
+
+def test_fused_head_against_each_scale_image_by_image():
+    """The last fused head against every scale on the same images (hand-counted from hand_outputs)."""
+    m = compute_metrics(hand_outputs(), CLASSES, PART_NAMES, ["beak", "crown"])
+    assert m["paired_fused123"] == {
+        "scale1": {"head_only": 0, "scale_only": 4, "p_value": pytest.approx(2 / 2**4)},
+        "scale2": {"head_only": 1, "scale_only": 2, "p_value": pytest.approx(1.0)},
+        "scale3": {"head_only": 2, "scale_only": 2, "p_value": pytest.approx(1.0)},
+    }
+    assert "scale 1 +0 / -4 (p = 0.125)" in format_table(m)
+    json.dumps(m, allow_nan=False)

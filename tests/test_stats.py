@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DEFAULT_CONFIG, TINY
 from raccnn.config import load_config
-from raccnn.stats import paired_difference, t_interval
+from raccnn.stats import mcnemar_exact, paired_difference, t_interval
 
 T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t, 97.5 % quantile, 2 d.f.: (2p-1)/sqrt(2p(1-p))
 T_975_DF4 = 2.776445105  # 4 d.f., from printed tables
@@ -71,3 +71,10 @@ def test_the_table_shows_intervals_paired_differences_and_marks(tmp_path):
     assert "Student-t" in md[-1] and "(base)" in md[-1]
     header = (tmp_path / "results.csv").read_text().splitlines()[0]
     assert "acc_scale2_ci_lo" in header and "acc_fused_all_diff_ci_hi" in header
+
+
+def test_exact_mcnemar_against_hand_computed_binomial_tails():
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 2**5)  # 2 P(X = 0), X ~ Bin(5, 1/2)
+    assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # 2 P(X <= 2), X ~ Bin(10, 1/2)
+    assert mcnemar_exact(2, 8) == mcnemar_exact(8, 2)
+    assert mcnemar_exact(3, 3) == pytest.approx(1.0) and mcnemar_exact(0, 0) == 1.0

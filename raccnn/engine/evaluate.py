@@ -15,6 +15,9 @@
                        that response sits on the part (present when collect_outputs recorded them)
     iou_object_count   images with a finite object box (the denominator)
     iou_object_scale{s} (s = 2..n) mean IoU of the scale-s square with the object box
+    paired_fused{all}  {scale{s}: {head_only, scale_only, p_value}}: the fused head over all scales
+                       against each scale on the same images: images right only by the fused head,
+                       only by the scale, and the exact McNemar p-value (``stats.mcnemar_exact``)
     abs_box_stats_scale{s}  box_stats of the scale-s square in input-image coordinates
     rel_box_stats_scale{s}  box_stats of the APN's own output (relative to scale s-1's view),
                             against the APN's tl bounds (present when collect_outputs recorded them)
@@ -42,6 +45,7 @@ from torch import Tensor
 
 from ..fileio import atomic_open
 from ..models.boxes import square_to_xyxy
+from ..stats import mcnemar_exact
 
 # CUB-200-2011 part names (parts/parts.txt) that lie on the bird's head: the part-hit metric of
 # the scale-2 and scale-3 squares uses the centre of those that are visible.
@@ -141,6 +145,19 @@ def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
     return metrics
 
 
+def paired_with_scales(outputs: Mapping[str, Tensor], head: str, labels) -> dict[str, dict]:
+    """``head`` against every single scale on the same images: how many images only ``head`` gets
+    right, how many only the scale, and the exact McNemar p-value of the difference."""
+    right = {h: outputs[f"logits_{h}"].argmax(1).numpy() == labels for h in head_names(outputs)}
+    paired = {}
+    for scale in (h for h in right if h.startswith("scale")):
+        only_head = int((right[head] & ~right[scale]).sum())
+        only_scale = int((~right[head] & right[scale]).sum())
+        paired[scale] = {"head_only": only_head, "scale_only": only_scale,
+                         "p_value": mcnemar_exact(only_head, only_scale)}
+    return paired
+
+
 def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_names: list[str] | None = None,
                     hit_parts: list[str] | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy, confusion matrices and localisation metrics (module docstring).
@@ -153,6 +170,9 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     heads = head_names(outputs)
     metrics: dict[str, Any] = {"num_images": int(len(labels)), "num_classes": len(class_names), "heads": heads}
     metrics.update(_accuracy_metrics(outputs, list(class_names), heads, labels))
+    fused = [head for head in heads if head.startswith("fused")]
+    if fused and len(labels):
+        metrics[f"paired_{fused[-1]}"] = paired_with_scales(outputs, fused[-1], labels)
 
     scales = _scales_with_boxes(outputs)
     height, width = (int(v) for v in outputs["image_size"])
@@ -244,6 +264,11 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     if peaks:
         lines.append("Part hit of the squares moved onto the strongest last-conv response of the scale before: "
                      + ", ".join(peaks) + ".")
+    for key in (k for k in metrics if k.startswith("paired_")):
+        pairs = ", ".join(f"{head_label(scale)} +{v['head_only']} / -{v['scale_only']} (p = {v['p_value']:.3f})"
+                          for scale, v in metrics[key].items())
+        lines.append(f"{head_label(key[len('paired_'):])} against each scale, images right only by the fused head "
+                     f"/ only by the scale (exact McNemar p): {pairs}.")
     ious = scale_values("iou_object_scale", lambda v: f"{v:.3f}")
     if ious:
         lines.append(f"Mean IoU with the object box ({metrics['iou_object_count']} images): " + ", ".join(ious) + ".")
