@@ -328,8 +328,9 @@ def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
     parameters is already there (checked via the stamp file written last).
 
     Several processes may ask for the same set at once (an ablation grid's runs started side by
-    side, the ranks of a DDP run): generation holds an exclusive lock on ``out_dir/.fgsynth.lock``,
-    and a process that waited for it finds the finished set and does not write it again."""
+    side, trainings started by hand on one data root): generation holds an exclusive lock on
+    ``out_dir/.fgsynth.lock``, and a process that waited for it finds the finished set and does not
+    write it again."""
     d = Path(out_dir) / "CUB_200_2011"
     wanted = dict(DEFAULTS, **kwargs)
     if _is_complete(d, wanted):
