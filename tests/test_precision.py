@@ -72,6 +72,20 @@ def test_channels_last_gives_the_same_outputs(data_root, tmp_path):
         torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
 
 
+def run_counting_graphs(trainer, counters) -> dict[str, int]:
+    """Run ``trainer``; returns Dynamo's count of compiled graphs at the start of every phase."""
+    graphs_before = {}
+    start_phase = trainer.start_phase
+
+    def recording_start(phase, fresh=True):
+        graphs_before[phase.label] = counters["stats"]["unique_graphs"]
+        start_phase(phase, fresh)
+
+    trainer.start_phase = recording_start
+    trainer.run()
+    return graphs_before
+
+
 def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch):
     """Dynamo guards on train/eval mode and requires_grad: the phases switch between a few such
     states, each compiled once; a second alternation round must add no graph. (The eager backend
@@ -83,23 +97,15 @@ def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_r
     counters = dynamo.utils.counters
     counters.clear()
     trainer = make_trainer(data_root, tmp_path, ["train.compile=true", "train.alternate.rounds=3"])
-    graphs_before = {}
-    start_phase = trainer.start_phase
-
-    def recording_start(phase, fresh=True):
-        graphs_before[phase.label] = counters["stats"]["unique_graphs"]
-        start_phase(phase, fresh)
-
-    trainer.start_phase = recording_start
-    trainer.run()
+    graphs_before = run_counting_graphs(trainer, counters)
     assert graphs_before["alternate_cls[round 2]"] > 0  # compiled in the first round
     assert graphs_before["alternate_cls[round 3]"] == graphs_before["alternate_cls[round 2]"]  # round 2 added none
 
 
 def test_compiled_crop_does_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch):
     """``model.crop.compile``: the crop is compiled once per grad mode (training with and without
-    box gradient, evaluation) and batch size; a second alternation round adds no graph, and the
-    run ends like the eager one (the eager backend again; tests/test_crop.py checks inductor)."""
+    box gradient, evaluation) and batch size; after the first alternation round nothing adds a
+    graph (the eager backend again; tests/test_crop.py checks inductor's numbers)."""
     dynamo = pytest.importorskip("torch._dynamo")
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager"))
@@ -109,15 +115,7 @@ def test_compiled_crop_does_not_recompile_once_every_phase_state_was_seen(data_r
     counters.clear()
     try:
         trainer = make_trainer(data_root, tmp_path, ["model.crop.compile=true", "train.alternate.rounds=3"])
-        graphs_before = {}
-        start_phase = trainer.start_phase
-
-        def recording_start(phase, fresh=True):
-            graphs_before[phase.label] = counters["stats"]["unique_graphs"]
-            start_phase(phase, fresh)
-
-        trainer.start_phase = recording_start
-        trainer.run()
+        graphs_before = run_counting_graphs(trainer, counters)
     finally:
         compiled_attention_crop.cache_clear()  # later tests compile with the real backend
     assert graphs_before["alternate_cls[round 2]"] > 0

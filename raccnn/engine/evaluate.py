@@ -148,7 +148,8 @@ def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
 def paired_with_scales(outputs: Mapping[str, Tensor], head: str, labels) -> dict[str, dict]:
     """``head`` against every single scale on the same images: how many images only ``head`` gets
     right, how many only the scale, and the exact McNemar p-value of the difference."""
-    right = {h: outputs[f"logits_{h}"].argmax(1).numpy() == labels for h in head_names(outputs)}
+    right = {h: outputs[f"logits_{h}"].argmax(1).numpy() == labels
+             for h in head_names(outputs) if h == head or h.startswith("scale")}
     paired = {}
     for scale in (h for h in right if h.startswith("scale")):
         only_head = int((right[head] & ~right[scale]).sum())
