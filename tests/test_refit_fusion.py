@@ -6,6 +6,8 @@ import torch
 from conftest import make_trainer
 
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.errors import ConfigError
+from raccnn.fileio import exclusive_lock
 
 sys.path.insert(0, "tools")
 from refit_fusion import refit  # noqa: E402
@@ -32,6 +34,11 @@ def test_refit_swaps_the_fusion_heads_and_keeps_the_scales(data_root, tmp_path, 
     assert "val mean scale accuracy -1" not in log  # the alternation's score is carried over
     with pytest.raises(CheckpointError, match="already holds a run"):
         refit(str(run), "features", str(out))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with exclusive_lock(busy / ".train.lock"):  # a training (or another refit) writing there
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            refit(str(run), "features", str(busy))
     with pytest.raises(CheckpointError, match="best_alternate.pt not found"):
         refit(str(tmp_path / "nothing"), "features", str(tmp_path / "x"))
     # tools/train.py's full plan refuses to continue the one-phase refit

@@ -24,9 +24,9 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint, save_chec
 from raccnn.engine.inference import run_evaluation
 from raccnn.engine.phases import Alternating, Fusion
 from raccnn.engine.trainer import Trainer
-from raccnn.fileio import check_writable_dir, describe_os_error
+from raccnn.fileio import describe_os_error
 from raccnn.models.fusion import FUSIONS
-from train import setup_logging  # tools/train.py: the same train.log and console lines
+from train import hold_work_dir, setup_logging  # tools/train.py: the same work-dir lock, train.log and console
 
 
 def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
@@ -34,13 +34,17 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
     if not os.path.exists(source):
         raise CheckpointError(f"{source} not found: --run must be the work dir of a run whose alternation has "
                               f"finished (it writes {Alternating.best_file})")
-    if os.path.exists(os.path.join(work_dir, "last.pt")):
-        raise CheckpointError(f"{work_dir} already holds a run (last.pt); choose another --work-dir")
     ckpt = load_checkpoint(source, weights_only=False)
     with tempfile.TemporaryDirectory() as tmp:  # the run's config, validated again with the changes
         save_config(fill_defaults(ckpt["config"]), os.path.join(tmp, "run.yaml"))
         cfg = load_config(os.path.join(tmp, "run.yaml"), [*opts, f"model.fusion={fusion}", f"work_dir={work_dir}"])
-    check_writable_dir(work_dir, "work dir")
+    with hold_work_dir(work_dir):
+        if os.path.exists(os.path.join(work_dir, "last.pt")):
+            raise CheckpointError(f"{work_dir} already holds a run (last.pt); choose another --work-dir")
+        return refit_in(ckpt, cfg, source, fusion, work_dir)
+
+
+def refit_in(ckpt: dict, cfg: dict, source: str, fusion: str, work_dir: str) -> dict:
     setup_logging(work_dir)
     datasets = build_datasets(cfg)
     trainer = Trainer(cfg, datasets, work_dir, plan=[Fusion(cfg)])

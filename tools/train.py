@@ -94,16 +94,23 @@ def train(args) -> int:
     cfg = load_config(args.config, opts)
     world = init_distributed(cfg["device"])
     work_dir = cfg["work_dir"]
-    with contextlib.ExitStack() as held:
-        if world.main:  # one training per work dir: a second would overwrite the first one's checkpoints
-            check_writable_dir(work_dir, "work dir")
-            try:
-                held.enter_context(exclusive_lock(os.path.join(work_dir, WORK_DIR_LOCK), wait=False))
-            except BlockingIOError:
-                raise ConfigError(f"work_dir {work_dir} is in use by another training (it holds "
-                                  f"{os.path.join(work_dir, WORK_DIR_LOCK)}); wait for it to end, or choose another "
-                                  f"--work-dir") from None
+    with hold_work_dir(work_dir) if world.main else contextlib.nullcontext():
         return train_in(args, cfg, world, work_dir, t0)
+
+
+@contextlib.contextmanager
+def hold_work_dir(work_dir: str):
+    """Create the work dir, prove it writable and hold its lock for the block: one process writes a
+    work dir at a time (a second would overwrite the first one's checkpoints), the other stops."""
+    check_writable_dir(work_dir, "work dir")
+    path = os.path.join(work_dir, WORK_DIR_LOCK)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(path, wait=False))
+        except BlockingIOError:
+            raise ConfigError(f"work_dir {work_dir} is in use by another training (it holds {path}); wait for it "
+                              f"to end, or choose another --work-dir") from None
+        yield
 
 
 def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:

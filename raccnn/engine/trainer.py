@@ -176,9 +176,10 @@ class Trainer:
         ckpt = load_checkpoint(path, weights_only=False)
         check_compatible(ckpt, self.cfg, self.num_classes)
         index = ckpt["progress"]["phase_index"]
-        if ckpt.get("phase") != self.plan[min(index, len(self.plan) - 1)].label:
+        here = self.plan[min(index, len(self.plan) - 1)].label
+        if ckpt.get("phase") != here:
             raise CheckpointError(f"{path} was written at phase {ckpt.get('phase')!r} of another plan of phases "
-                                  f"(position {index} here is {self.plan[min(index, len(self.plan) - 1)].label!r}); "
+                                  f"(position {index} here is {here!r}); "
                                   f"a run of tools/refit_fusion.py cannot be continued by tools/train.py")
         self.model.load_state_dict(ckpt["model"])
         self.progress = Progress(**ckpt["progress"])
