@@ -1,4 +1,5 @@
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from raccnn.attention import ATTENTION_TYPES, build_attention, insert_attention
 from raccnn.attention.danet import channel_affinity
 from raccnn.attention.eca import eca_kernel_size
 from raccnn.attention.placement import ReLUThenAttention, replace_convs, stage_ends
-from raccnn.attention.sasa import SASAConv
+from raccnn.attention import sasa
+from raccnn.attention.sasa import SASAConv, local_attention
 from raccnn.config import SCHEMA, resolve_config
 from raccnn.errors import ConfigError
 from raccnn.models import RACNN, build_backbone, build_racnn
@@ -321,7 +323,7 @@ def _local_attention_loop(q, key, v, rel_rows, rel_cols, heads, k):
     sum of values."""
     b, c, h, w = q.shape
     d = c // heads
-    o = torch.zeros(b, c, h, w)
+    o = torch.zeros(b, c, h, w, dtype=q.dtype)
     for n in range(b):
         for i in range(h):
             for j in range(w):
@@ -350,6 +352,33 @@ def test_sasa_against_a_per_pixel_loop():
     o = _local_attention_loop(q, key, v, block.rel_rows, block.rel_cols, heads, k)
     expected = x + torch.nn.functional.conv2d(o, block.out.weight)
     torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("h, w, k", [(4, 5, 3), (6, 3, 5), (2, 7, 3), (5, 5, 1)])
+def test_local_attention_both_computations_match_the_loop_and_each_other(h, w, k):
+    """dense and unfold against the per-pixel loop (maps smaller and larger than the window,
+    k = 1), and their gradients against each other; auto picks dense while H·W <= d·k²."""
+    torch.manual_seed(0)
+    heads, d = 2, 4
+    q, key, v = (torch.randn(2, heads * d, h, w, dtype=torch.float64) for _ in range(3))
+    rows, cols = (torch.randn(heads, d // 2, k, dtype=torch.float64) for _ in range(2))
+    expected = _local_attention_loop(q * math.sqrt(d), key, v, rows, cols, heads, k).double()
+    grads = {}
+    for impl in ("dense", "unfold"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, key, v, rows, cols)]
+        out = local_attention(*leaves, impl=impl)
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads[impl] = [t.grad for t in leaves]
+    for a, b in zip(grads["dense"], grads["unfold"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    q_grad, _, v_grad, _, _ = grads["dense"]
+    assert v_grad.abs().sum() > 0 and (q_grad.abs().sum() > 0) == (k > 1)  # one neighbour: softmax = 1
+    with patch.object(sasa, "_dense_local_attention", return_value="dense"), \
+            patch.object(sasa, "_unfold_local_attention", return_value="unfold"):
+        assert local_attention(q, key, v, rows, cols) == ("dense" if h * w <= d * k * k else "unfold")
+    with pytest.raises(ValueError, match="choose one of"):
+        local_attention(q, key, v, rows, cols, impl="loop")
 
 
 def test_sasa_layer_against_a_per_pixel_loop():

@@ -91,3 +91,17 @@ def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
     for argv in trains:
         opts = argv[argv.index("--opts") + 1:]
         load_config(argv[argv.index("--config") + 1], opts)
+
+
+def test_local_attention_benchmark_times_both_computations():
+    """tools/bench_local_attention.py at tiny shapes: a row per shape with both times and the pick
+    of ``auto`` (dense on the 4x4 map, unfold on the 12x12 one at d = 2, k = 3)."""
+    res = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "1x8x12",
+               "--kernel-size", "3", "--repeats", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "x" in line[:8]]
+    rows = [[c.strip() for c in row] for row in rows if row[0].strip()[0].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("2x8x4", "18 vs 16", "dense"), ("1x8x12", "18 vs 144", "unfold")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    bad = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8"])
+    assert bad.returncode == 2 and "expected BATCHxCHANNELSxSIDE" in bad.stderr
