@@ -3,7 +3,7 @@ within one run, the exact McNemar test of two heads on the same images.
 
 Seeds are few (3 to 5), so the intervals use Student's t distribution with n - 1 degrees of freedom
 (``scipy.stats.t``, which scikit-learn already installs), not the normal one: with 3 seeds the 95 %
-half width is 2.48 standard errors, not 1.96.
+half width is 4.30 standard errors (t with 2 degrees of freedom), not 1.96.
 """
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     by_case = {r["case"]: r for r in model_rows}
     # a training step counts forward and backward: more FLOPs than the forward alone
     assert by_case["alternate_cls"]["gflop_per_image"] > 2 * by_case["eval"]["gflop_per_image"]
-    assert by_case["fusion"]["crop_share"] == 0 and by_case["alternate_apn"]["crop_share"] > 0
+    # every step that runs the model crops (fusion too: its forward), the plain steps do not
+    assert all(by_case[c]["crop_share"] > 0 for c in ("alternate_cls", "alternate_apn", "fusion", "eval"))
+    assert by_case["plain_cls"]["crop_share"] == by_case["plain_apn"]["crop_share"] == 0
     overhead = [r for r in rows if r["case"].startswith("overhead")]
     assert [r["case"] for r in overhead] == ["overhead_cls", "overhead_apn"]
     assert all(r["rounds"] == 2 and r["ratio"] > 0 and r["plain_ms"] > 0 and r["alternate_ms"] > 0 for r in overhead)
@@ -41,7 +43,7 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     loaders = [r for r in rows if r["case"] == "loader"]
     assert [r["workers"] for r in loaders] == [0, 1] and all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
     assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6
-    assert all(set(r["crop_ms"]) == ({"gather", "grid_sample"} if r["case"] in ("alternate_cls", "alternate_apn", "eval")
+    assert all(set(r["crop_ms"]) == ({"gather", "grid_sample"} if r["case"] in ("alternate_cls", "alternate_apn", "fusion", "eval")
                                       else set()) for r in model_rows)
     assert all(r["crop_impl"] == "gather" for r in model_rows)  # the default
 
@@ -66,23 +68,33 @@ def test_benchmark_ddp_rows_wrap_the_phase_steps(tmp_path):
 
 
 def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
-    """tools/bench_gpu.sh, run with a stand-in for python that records its arguments: every
-    benchmark call parses with benchmark.py's own parser and every config + --opts it names loads,
-    so a GPU session is not lost to a typo."""
+    """tools/bench_gpu.sh, run with stand-ins for python and timeout that record their arguments:
+    every benchmark call parses with benchmark.py's own parser and every config + --opts it names
+    loads, so a GPU session is not lost to a typo; and the time limits of each part's commands add
+    up to at most 9 minutes, so a part fits a 10-minute slot on the device."""
     sys.path.insert(0, str(Path("tools").resolve()))
     import benchmark
 
-    calls = tmp_path / "calls"
-    stub = tmp_path / "python"
-    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    stub.chmod(0o755)
-    for part in ("steps", "train"):
+    calls, limits, bin_dir = tmp_path / "calls", tmp_path / "limits", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "timeout").write_text(f'#!/bin/sh\necho "$1" >> {limits}\nshift\nexec "$@"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(bin_dir / "python"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for part in ("steps", "options", "train", "crop"):
+        limits.write_text("")
         res = subprocess.run(["bash", "tools/bench_gpu.sh", part, str(tmp_path / "out")], capture_output=True,
-                             text=True, env={**os.environ, "PYTHON": str(stub)})
+                             text=True, env=env)
         assert res.returncode == 0, res.stderr[-2000:]
+        seconds = [int(v) for v in limits.read_text().split()]
+        assert seconds and sum(seconds) <= 540, (part, seconds)
+    res = subprocess.run(["bash", "tools/bench_gpu.sh", "stepz", str(tmp_path / "out")], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 2 and "unknown part stepz" in res.stderr
     lines = [shlex.split(line) for line in calls.read_text().splitlines()]
     bench = [argv[1:] for argv in lines if argv[0] == "tools/benchmark.py"]
-    assert len(bench) == 7
+    assert len(bench) == 9
     for argv in bench:
         args = benchmark.build_parser().parse_args(argv)
         load_config(args.config, args.opts)

@@ -139,7 +139,7 @@ def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
 def crop_step(model, images, case, device, impl):
     """The crops of one step of ``case`` through the crop implementation ``impl`` (None when the
     case has no crop)."""
-    if case not in ("alternate_cls", "alternate_apn", "eval"):
+    if case not in ("alternate_cls", "alternate_apn", "fusion", "eval"):
         return None
     boxes = torch.tensor([[0.5, 0.5, 0.3]], device=device).repeat(len(images), 1)
     backward = case == "alternate_apn"
