@@ -1,7 +1,7 @@
 """Run a grid of RA-CNN trainings (attention types x placements x proposers x seeds) with the same
 schedule and collect one results table.
 
-    python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--jobs N] [--dry-run]
+    python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--jobs N] [--dry-run] [--report]
 
 A grid file names the base config, shared overrides, seeds, and one or more blocks of axes; each
 block contributes the cartesian product of its axes (label -> config overrides):
@@ -19,6 +19,8 @@ Every run trains with tools/train.py in its own work dir (<out>/<row>/seed<k>) a
 the test split; a run whose metrics.json exists is skipped, so re-running the command resumes the
 grid. ``--jobs N`` trains N runs at a time, each on cpu cores / N threads (its output then goes only
 to its train.log); a lock per run makes two runners started on one folder train each run once.
+``--report`` trains nothing and writes the tables from the runs that have finished, so a long grid
+can be read while it runs (its rows' unfinished runs are listed).
 Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
 <out>/hparams. Per row and metric: mean, standard deviation and the 95 % t-interval of the mean over
 seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: work_dirs/ablation_<grid file stem>")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each on cpu cores / jobs threads")
     p.add_argument("--dry-run", action="store_true", help="validate every row's config and list the runs")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the tables from the runs that have finished (e.g. while the grid runs)")
     args = p.parse_args(argv)
 
     try:
@@ -175,21 +179,25 @@ def main(argv=None) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs) if args.jobs > 1 else None
+    runs = {(name, seed): (shared + to_opts(overrides) + [f"seed={seed}"], row_dir(out, name) / f"seed{seed}")
+            for name, _, overrides in rows for seed in grid["seeds"]}
+    if args.report:  # only the finished runs; one still training has no metrics.json yet
+        runs = {key: run for key, run in runs.items() if (run[1] / "metrics.json").exists()}
     with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses: the threads only wait
-        futures = {(name, seed): pool.submit(run_one, grid["config"], shared + to_opts(overrides) + [f"seed={seed}"],
-                                             row_dir(out, name) / f"seed{seed}", threads)
-                   for name, _, overrides in rows for seed in grid["seeds"]}
+        futures = {key: pool.submit(run_one, grid["config"], opts, work_dir, threads)
+                   for key, (opts, work_dir) in runs.items()}
     per_row = {name: {} for name, _, _ in rows}
     for (name, seed), future in futures.items():
         try:
             per_row[name][seed] = future.result()
         except (RunFailed, ConfigError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-    failed = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
+    failed = 0 if args.report else sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
+    missing = "unfinished" if args.report else "failed"  # what a row's missing runs are
 
     results = []
     for name, labels, _ in rows:
-        row = summarise(name, per_row[name], per_row[baseline], configs[name], grid["seeds"])
+        row = summarise(name, per_row[name], per_row[baseline], configs[name], grid["seeds"], missing)
         row["baseline"] = baseline
         results.append(row)
         if row["seeds"]:
@@ -197,15 +205,15 @@ def main(argv=None) -> int:
             with SummaryWriter(log_dir=str(row_dir(out / "hparams", name))) as w:
                 w.add_hparams(labels, {f"hparam/{k}": row[k] for k in metrics if row[k] == row[k]}, run_name=".")
 
-    write_results(out, results)
+    write_results(out, results, missing)
     print((out / "results.md").read_text())
     return 1 if failed else 0
 
 
-def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list) -> dict:
+def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list, missing: str = "failed") -> dict:
     """One table row: per metric the t-interval over seeds and the paired difference with the
-    baseline's runs of the same seeds."""
-    row = {"row": name, "seeds": len(runs), "failed": ", ".join(f"seed {s}" for s in seeds if s not in runs)}
+    baseline's runs of the same seeds; the seeds without a run under ``missing``."""
+    row = {"row": name, "seeds": len(runs), missing: ", ".join(f"seed {s}" for s in seeds if s not in runs)}
     if not runs:
         return row
     first = next(iter(runs.values()))
@@ -227,9 +235,10 @@ def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list
     return row
 
 
-def write_results(out: Path, results: list[dict]) -> None:
+def write_results(out: Path, results: list[dict], missing: str = "failed") -> None:
     """results.csv (every key of every row) and results.md; rows may have different numbers of
-    scales (a missing scale shows as n/a) and a row with failed runs says which."""
+    scales (a missing scale shows as n/a) and a row with missing runs says which: ``failed``, or
+    ``unfinished`` for a ``--report`` written while the grid runs."""
     out.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in results for k in r))
     with atomic_open(out / "results.csv", "w", newline="") as f:  # two runners on one folder both write it
@@ -256,19 +265,21 @@ def write_results(out: Path, results: list[dict]) -> None:
     n = max((int(k[len("acc_scale"):]) for r in results for k in r if re.fullmatch(r"acc_scale\d+", k)), default=0)
     scales = [f"acc_scale{s}" for s in range(1, n + 1)]
     lines = ["| row | " + " | ".join(f"scale {s}" for s in range(1, n + 1)) + " | fused (all) | part hit s2 | "
-             "Δ scale 2 | Δ fused | params (M) | GFLOPs | img/s | failed runs |", "|---|" + "---:|" * (n + 7) + "---|"]
+             f"Δ scale 2 | Δ fused | params (M) | GFLOPs | img/s | {missing} runs |", "|---|" + "---:|" * (n + 7) + "---|"]
     for r in results:
         cost = (f"{r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.0f}" if "params" in r
                 else "n/a | n/a | n/a")
         lines.append(f"| {r['row']} | " + " | ".join(pct(r, k) for k in scales + ["acc_fused_all", "part_hit_scale2"])
-                     + " | " + " | ".join(diff(r, k) for k in DIFF_METRICS) + f" | {cost} | {r['failed'] or '-'} |")
+                     + " | " + " | ".join(diff(r, k) for k in DIFF_METRICS) + f" | {cost} | {r[missing] or '-'} |")
     baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
     lines.append("")
     lines.append(f"Test-split accuracy and part hit in %: mean ± standard deviation [{100 * LEVEL:.0f} % Student-t "
                  f"interval of the mean] over the seeds that finished ({max(r['seeds'] for r in results)} per row at "
                  f"most). Δ: mean difference from the baseline row ({baseline}) paired by seed, in points, with its "
-                 f"{100 * LEVEL:.0f} % t-interval; * when that interval excludes zero. A failed run's log is in its "
-                 f"work dir.")
+                 f"{100 * LEVEL:.0f} % t-interval; * when that interval excludes zero. "
+                 + ("A failed run's log is in its work dir." if missing == "failed" else
+                    "Written while the grid runs: the unfinished runs are left out (paired differences over the "
+                    "seeds both rows have)."))
     with atomic_open(out / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -47,6 +47,21 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tools/train.py" not in again.stdout  # finished rows are skipped
 
+    # --report with a row not yet run: the finished rows as before, the new one unfinished, nothing trained
+    grid["blocks"][0]["attention"]["se@4"] = {"model.attention.type": "se", "model.attention.stages": [4]}
+    grid_file.write_text(yaml.safe_dump(grid))
+    report = subprocess.run(cmd + ["--report"], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "tools/train.py" not in report.stdout and not (out / "attention_se_4_proposer_apn").exists()
+    assert (out / "attention_se_3_proposer_apn").exists()  # (the folder name of a row)
+    reported = {r["row"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert reported["attention=se@4,proposer=apn"]["unfinished"] == "seed 0"
+    assert reported["attention=se@3,proposer=apn"]["unfinished"] == ""
+    assert reported["attention=se@3,proposer=apn"]["acc_scale2"] == rows[1]["acc_scale2"]
+    md = (out / "results.md").read_text()
+    assert "| unfinished runs |" in md and "| attention=se@4,proposer=apn | n/a |" in md and "seed 0 |" in md
+    del grid["blocks"][0]["attention"]["se@4"]
+
     # a finished run copied into another grid's folder is the same run: reused, not retrained
     moved = tmp_path / "moved"
     shutil.copytree(out / "attention_none_proposer_apn", moved / "attention_none_proposer_apn")
