@@ -111,9 +111,10 @@ def test_local_attention_benchmark_times_both_computations():
     res = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "1x8x12",
                "--kernel-size", "3", "--repeats", "1"])
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "x" in line[:8]]
-    rows = [[c.strip() for c in row] for row in rows if row[0].strip()[0].isdigit()]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
     assert [(r[0], r[1], r[2]) for r in rows] == [("2x8x4", "18 vs 16", "dense"), ("1x8x12", "18 vs 144", "unfold")]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
     bad = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8"])
     assert bad.returncode == 2 and "expected BATCHxCHANNELSxSIDE" in bad.stderr
+    even = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "--kernel-size", "4"])
+    assert even.returncode == 2 and "kernel_size must be odd" in even.stderr and "Traceback" not in even.stderr

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from raccnn.attention.sasa import auto_local_attention, local_attention
+from raccnn.attention.sasa import SASAConv, auto_local_attention, local_attention
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -51,13 +51,15 @@ def main(argv=None) -> int:
           f"device={device}, threads={torch.get_num_threads()}, torch {torch.__version__}")
     print("| batch x channels x side | d·k² vs H·W | auto | dense (ms) | unfold (ms) |")
     print("|---|---|---|---:|---:|")
-    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     for batch, channels, side in args.shapes:
-        if channels % args.heads or (channels // args.heads) % 2:
-            p.error(f"{channels} channels do not split into {args.heads} heads of even width")
-        d = channels // args.heads
-        maps = [torch.randn(batch, channels, side, side, generator=gen).to(device) for _ in range(3)]
-        rel = [torch.randn(args.heads, d // 2, k, generator=gen).to(device) for _ in range(2)]
+        try:  # the layer's own checks of heads and kernel size, and its relative embeddings
+            layer = SASAConv(channels, channels, heads=args.heads, kernel_size=k)
+        except ValueError as exc:
+            p.error(str(exc))
+        d = layer.dim
+        maps = [torch.randn(batch, channels, side, side).to(device) for _ in range(3)]
+        rel = [layer.rel_rows.detach().to(device), layer.rel_cols.detach().to(device)]
         steps = {impl: step_fn(impl, maps + rel, device) for impl in ("dense", "unfold")}
         times = {impl: [] for impl in steps}
         for impl, step in steps.items():
