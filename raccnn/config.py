@@ -28,8 +28,9 @@ from .engine.precision import AMP_MODES
 from .engine.phases import OPTIMIZERS
 from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
+from .losses import MARGIN
 from .models.apn import APN
-from .models.backbones import check_backbone_name, min_input_size, vgg_stages
+from .models.backbones import check_backbone_name, min_input_size, vgg_stage_channels
 from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
 from .models.fusion import FUSIONS
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
@@ -52,8 +53,8 @@ def _auto_bool() -> Key:
                else f"{v!r} is not one of auto, true, false")
 
 
-def _stage(epochs: int, lr: float, optimizer: str = "sgd") -> dict:
-    return {"epochs": Key(epochs, min=0), "lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS)}
+def _stage(epochs: int, lr: float, optimizer: str = "sgd", min_epochs: int = 0) -> dict:
+    return {"epochs": Key(epochs, min=min_epochs), "lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS)}
 
 
 def _alternating(lr: float, min_delta: float, optimizer: str = "sgd") -> dict:
@@ -76,7 +77,7 @@ SCHEMA: dict = {
             "classes": Key(SYNTH["classes"], min=2, max=MAX_CLASSES),
             "images_per_class": Key(SYNTH["images_per_class"], min=MIN_IMAGES_PER_CLASS),
             "size": Key(SYNTH["size"], min=MIN_SIZE),  # stored image side, px
-            "seed": Key(SYNTH["seed"]),
+            "seed": Key(SYNTH["seed"], min=0),
             "check": Key(True),  # refuse settings where the whole image alone shows the class (certificate)
         },
         "resize": Key(160, min=8),  # shorter side after resizing
@@ -84,7 +85,7 @@ SCHEMA: dict = {
         "flip": Key(True),
         "val_fraction": Key(0.1, max=0.9, check=lambda v: None if v > 0 else f"{v} must be > 0 (validation selects"
                             " models and ends phases)"),  # of the official training images, per class
-        "split_seed": Key(0),
+        "split_seed": Key(0, min=0),
         "batch_size": Key(32, min=1),
         "eval_batch_size": Key(64, min=1),
         "num_workers": Key(0, min=0),
@@ -126,7 +127,7 @@ SCHEMA: dict = {
     },
     "train": {
         "momentum": Key(0.9, min=0.0, max=1.0),
-        "weight_decay": Key(5e-4, min=0.0),
+        "weight_decay": Key(5e-4, min=0.0),  # of the SGD phases; the Adam phases (APNs) have none
         "log_interval": Key(20, min=1),  # steps between TensorBoard points
         "force_lr": Key(False),  # accept learning rates above MAX_LR
         "amp": Key("auto", choices=AMP_MODES),  # autocast: auto = bf16 on CUDA, none on the CPU
@@ -137,13 +138,13 @@ SCHEMA: dict = {
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
         "alternate": {
             "rounds": Key(3, min=0),
-            "margin": Key(0.05, min=0.0),  # of the rank loss
+            "margin": Key(MARGIN, min=0.0),  # of the rank loss (losses.py)
             "cls": _alternating(lr=0.01, min_delta=1e-3),
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
         # best.pt is a fused model; model.fusion: features only (log_probs is fitted, no epochs)
-        "fusion": {**_stage(epochs=3, lr=0.05), "epochs": Key(3, min=1)},
+        "fusion": _stage(epochs=3, lr=0.05, min_epochs=1),
     },
     "eval": {"split": Key("test", choices=["val", "test"])},
 }
@@ -187,20 +188,34 @@ def _cross_checks(c: dict):
     if att["replace_convs"] and att["type"] != "sasa":
         yield (("model.attention.replace_convs", "model.attention.type"), f"model.attention.replace_convs: only "
                f"type sasa replaces convolutions, not {att['type']!r}")
-    elif att["type"] != "none" and att["stages"]:
-        stages = vgg_stages(m["backbone"])
-        if max(att["stages"]) > stages:
-            yield (("model.attention.stages", "model.backbone"), f"model.attention.stages {att['stages']}: "
-                   f"{m['backbone']} has {stages} stages that can take a block" if stages else
-                   f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
-        try:  # a block (or layer) of the asked kind, built aside (the global RNG is left as it was)
+    elif att["type"] != "none" and not att["stages"]:
+        yield (("model.attention.type", "model.attention.stages"), f"model.attention.type {att['type']!r} needs "
+               "model.attention.stages, the stages (1-based) whose end takes a block, e.g. [4]")
+    elif att["type"] != "none" and max(att["stages"]) > len(vgg_stage_channels(m["backbone"])):
+        stages = len(vgg_stage_channels(m["backbone"]))
+        yield (("model.attention.stages", "model.backbone"), f"model.attention.stages {att['stages']}: "
+               f"{m['backbone']} has {stages} stages that can take a block" if stages else
+               f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
+    elif att["type"] != "none":
+        problem = _attention_problem(att, vgg_stage_channels(m["backbone"], m["width"]))
+        if problem:
+            yield ("model.attention.kwargs", "model.attention.stages"), f"model.attention.kwargs: {problem}"
+
+
+def _attention_problem(att: dict, channels: list[int]) -> str | None:
+    """Why a block (or layer) of ``att``'s kind cannot be built at one of its stages' widths
+    (``channels``: per stage), or None. Built aside, leaving the global RNG as it was: whether the
+    kwargs fit can depend on the channels (heads of even width, a reduction)."""
+    for width in sorted({channels[s - 1] for s in att["stages"]}):
+        try:
             with torch.random.fork_rng(devices=[]):
                 if att["replace_convs"]:
-                    SASAConv(16, 16, **att["kwargs"])
+                    SASAConv(width, width, **att["kwargs"])
                 else:
-                    build_attention(att["type"], 16, att["identity_init"], **att["kwargs"])
+                    build_attention(att["type"], width, att["identity_init"], **att["kwargs"])
         except (ValueError, TypeError) as e:
-            yield ("model.attention.kwargs",), f"model.attention.kwargs: {e}"
+            return f"{e} (stages {att['stages']})"
+    return None
 
 
 def load_config(path: str | os.PathLike, opts: Sequence[str] | Mapping[str, Any] | None = None) -> dict:

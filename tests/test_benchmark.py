@@ -118,3 +118,11 @@ def test_local_attention_benchmark_times_both_computations():
     assert bad.returncode == 2 and "expected BATCHxCHANNELSxSIDE" in bad.stderr
     even = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "--kernel-size", "4"])
     assert even.returncode == 2 and "kernel_size must be odd" in even.stderr and "Traceback" not in even.stderr
+
+
+def test_benchmark_refuses_the_oracle_proposer_in_one_line():
+    """The oracle zooms on annotated part boxes, which random tensors do not have."""
+    res = run([sys.executable, "tools/benchmark.py", "--config", "experiments/configs/fgsynth_default.yaml",
+               "--opts", *TINY, "model.proposer=oracle", "--batch", "2", "--steps", "1", "--loader-workers"])
+    assert res.returncode == 2 and res.stderr.startswith("error: model.proposer: the oracle zooms on"), res.stderr
+    assert res.stdout == ""

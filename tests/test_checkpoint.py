@@ -148,6 +148,8 @@ def test_incompatible_lists_every_mismatch(cfg):
     other["model"]["backbone"] = "vgg19"
     other["model"]["apn"]["hidden"] = 512
     other["model"]["input_sizes"] = [64, 64, 32]
+    other["model"]["attention"].update(type="se", stages=[4])
+    other["model"]["fusion"] = "log_probs"
     with pytest.raises(CheckpointError) as err:
         check_compatible({"config": other, "num_classes": 200}, cfg, num_classes=10)
     msg = str(err.value)
@@ -155,6 +157,9 @@ def test_incompatible_lists_every_mismatch(cfg):
     assert "model.apn.hidden: checkpoint has 512, config has 256" in msg
     assert "model.input_sizes: checkpoint has [64, 64, 32], config has [64, 64, 64]" in msg
     assert "num_classes: checkpoint has 200, the dataset has 10" in msg
+    assert "model.attention.type: checkpoint has 'se', config has 'none'" in msg
+    assert "model.attention.stages: checkpoint has [4], config has []" in msg
+    assert "model.fusion: checkpoint has 'log_probs', config has 'features'" in msg
     assert "model.width" not in msg
 
 

@@ -364,9 +364,12 @@ def test_racnn_needs_two_scales_and_a_trained_fusion_head(tmp_path):
     ("data.synth.size=64", "data.synth.size: 64 is below the minimum 96"),
     ("data.synth.images_per_class=2", "data.synth.images_per_class: 2 is below the minimum 3"),
     ("data.val_fraction=0", "data.val_fraction: 0 must be > 0"),
+    ("data.split_seed=-1", "data.split_seed: -1 is below the minimum 0"),  # numpy's generators refuse it
+    ("data.synth.seed=-1", "data.synth.seed: -1 is below the minimum 0"),
     ("model.input_sizes=[64,8,64]", "model.input_sizes [64, 8, 64]: vgg16 needs inputs of at least 16 px"),
     ("model.attention.type=se", None),
     ("model.attention.stages=[5]", "model.attention.stages [5]: vgg_small has 4 stages"),
+    ("model.attention.stages=[]", "model.attention.type 'se' needs model.attention.stages"),
     ("model.attention.kwargs={bogus: 1}", "model.attention.kwargs: attention type 'se': bad keyword"),
     ("model.proposer=oracle", "model.proposer: 'oracle' needs data.hit_parts"),
 ])
@@ -380,6 +383,19 @@ def test_values_that_cannot_run_are_refused(opt, expected):
     with pytest.raises(ConfigError) as err:
         load_config("experiments/configs/fgsynth_default.yaml", base + [opt])
     assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_attention_kwargs_are_checked_at_the_widths_of_their_stages():
+    """SASA's 4 heads need channels that split into heads of even width: vgg_small of width 6 has
+    12 channels at stage 2 (refused before any model is built) and 48 at stage 4 (accepted)."""
+    sasa = ["model.width=6", "model.attention.type=sasa"]
+    with pytest.raises(ConfigError) as err:
+        load_config("experiments/configs/fgsynth_default.yaml", sasa + ["model.attention.stages=[2, 4]"])
+    assert str(err.value).startswith("model.attention.kwargs: sasa: channels (12) must split into 4 heads"), str(err.value)
+    load_config("experiments/configs/fgsynth_default.yaml", sasa + ["model.attention.stages=[4]"])
+    with pytest.raises(ConfigError, match="channels \\(12\\)"):  # the layers that replace stage 2's convs too
+        load_config("experiments/configs/fgsynth_default.yaml", sasa + ["model.attention.stages=[2]",
+                                                                        "model.attention.replace_convs=true"])
 
 
 def test_the_smallest_accepted_fgsynth_opens_every_split(tmp_path):

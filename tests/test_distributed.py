@@ -83,10 +83,12 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
         assert_same_tensors(model_tensors(work / name), model_tensors(ref / name), name)
 
     # the log_probs heads: fitted once on the outputs gathered from both processes, rank 0's weights
-    # given to both (no training epoch before them here: the fit is what is tested)
+    # given to both; every process starts them from best_alternate.pt as rank 0 finished writing it
+    # (one alternation round of one epoch per sub-phase before them)
     fit = tmp_path / "ddp_log_probs"
     res = torchrun(*train_cmd(data_root, fit, "train.pretrain_cls.epochs=0", "train.init_apn.epochs=0",
-                              "train.alternate.rounds=0", "model.fusion=log_probs"))
+                              "train.alternate.rounds=1", "train.alternate.cls.max_epochs=1",
+                              "train.alternate.apn.max_epochs=1", "model.fusion=log_probs"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert res.stdout.count("fusion 123: per-scale weights") == 1  # rank 0 logs

@@ -1,4 +1,5 @@
-"""tools/predict.py on a tiny checkpoint: predictions, crop panels, unreadable images."""
+"""tools/predict.py and tools/crop_panel.py on a tiny checkpoint: predictions, crop panels, unreadable
+images, checkpoints written before newer config keys."""
 import importlib.util
 import re
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_DATA
 from conftest import TINY_MODEL as TINY
 from PIL import Image
 
@@ -133,3 +135,34 @@ def test_a_checkpoint_from_before_newer_keys_still_loads(checkpoint, tmp_path):
     assert loaded["config"]["train"]["cudnn_benchmark"] == "auto"
     assert fill_defaults({"model": {"width": 3}, "gone": 1})["model"]["width"] == 3
     assert fill_defaults({"gone": 1})["gone"] == 1  # keys no longer in the schema are kept, not refused
+
+
+def test_crop_panel_of_a_checkpoint_from_before_newer_data_keys(tmp_path, capsys):
+    """tools/crop_panel.py builds the dataset from the checkpoint's config with the keys added since
+    (data.cache, data.verify_images) at their defaults, as the other tools do."""
+    cfg = load_config(str(REPO / "experiments/configs/fgsynth_default.yaml"),
+                      TINY + TINY_DATA + [f"data.root={tmp_path / 'data'}"])
+    model = build_racnn(cfg, num_classes=3)
+    del cfg["data"]["cache"], cfg["data"]["verify_images"]
+    ckpt = tmp_path / "old.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg, "num_classes": 3, "phase": "fusion"})
+    spec = importlib.util.spec_from_file_location("crop_panel_cli", REPO / "tools/crop_panel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "panel.png"
+    assert module.main(["--checkpoint", str(ckpt), "--n", "2", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert Image.open(out).mode == "RGB"
+
+
+def test_an_oracle_checkpoint_is_refused_in_one_line(predict, tmp_path, capsys):
+    """The oracle proposer zooms on the annotated part, which a new image lacks."""
+    cfg = load_config(str(REPO / "experiments/configs/fgsynth_default.yaml"), TINY + ["model.proposer=oracle"])
+    parts = ["body", "crest", "head", "tail", "wing"]
+    ckpt = tmp_path / "oracle.pt"
+    save_checkpoint(ckpt, {"model": build_racnn(cfg, 3, parts).state_dict(), "config": cfg, "num_classes": 3,
+                           "part_names": parts, "phase": "fusion"})
+    image = random_image(tmp_path / "bird.png", "RGB")
+    assert predict.main(["--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {ckpt}: its proposer is the oracle") and "\n" not in err

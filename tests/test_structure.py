@@ -105,7 +105,7 @@ class FusionWarmup(Phase):
         self.events = []
 
     def parameters(self, model):
-        return model.fusion_parameters()
+        return list(model.fusion.parameters())
 
     def train_modules(self, model):
         return [model.fusion]
@@ -126,11 +126,11 @@ def test_a_phase_from_outside_the_package_runs(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path)
     toy = FusionWarmup(trainer.cfg)
     trainer.plan = [PretrainCls(trainer.cfg), toy]
-    fusion_before = [p.detach().clone() for p in trainer.model.fusion_parameters()]
-    apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
+    fusion_before = [p.detach().clone() for p in trainer.model.fusion.parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
     trainer.run()
     assert [h["phase"] for h in trainer.progress.history][-1] == "fusion_warmup"
     assert toy.events == [("start", 0), ("end", 1)]
-    assert any(not torch.equal(a, b) for a, b in zip(fusion_before, trainer.model.fusion_parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apn_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(fusion_before, trainer.model.fusion.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
     assert not any(p.requires_grad for p in trainer.model.scales.parameters())

@@ -8,16 +8,16 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 
 def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path)
-    apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
-    cls_before = [p.detach().clone() for p in trainer.model.classifier_parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
+    cls_before = [p.detach().clone() for p in trainer.model.scales.parameters()]
     trainer.run()
     phases = [h["phase"] for h in trainer.progress.history]
     for name in ("pretrain_cls", "init_apn", "alternate_cls[round 1]", "alternate_apn[round 1]",
                  "alternate_cls[round 2]", "alternate_apn[round 2]", "fusion"):
         assert name in phases
     assert phases.index("init_apn") < phases.index("alternate_cls[round 1]") < phases.index("fusion")
-    assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apn_parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(cls_before, trainer.model.classifier_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(cls_before, trainer.model.scales.parameters()))
     last = load_checkpoint(tmp_path / "last.pt", weights_only=False)
     assert last["progress"]["phase_index"] == len(trainer.plan)
     assert (tmp_path / "best.pt").exists()
@@ -45,9 +45,9 @@ def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):
     trainer.progress.phase_index = 2  # alternate_cls, round 1
     assert trainer.plan[2].label == "alternate_cls[round 1]" and trainer.plan[3].label == "alternate_apn[round 1]"
     trainer.start_phase(trainer.plan[2])
-    apn_before = [p.detach().clone() for p in trainer.model.apn_parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
     trainer.train_epoch(trainer.plan[2])
-    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apn_parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
     trainer.start_phase(trainer.plan[3])  # alternate_apn: classifiers and their BN statistics frozen
     cls_before = {k: v.clone() for k, v in trainer.model.scales.state_dict().items()}
     trainer.train_epoch(trainer.plan[3])
@@ -177,7 +177,7 @@ def test_paper_config_without_data_or_weights_says_what_to_put_where(tmp_path, m
     generate_fgsynth(tmp_path / "cub", classes=2, images_per_class=4, size=96)
     env = dict(__import__("os").environ, TORCH_HOME=str(tmp_path / "torch"))
     res = subprocess.run(base + ["--opts", f"data.root={tmp_path / 'cub'}", "data.resize=96", "data.crop=96",
-                                 "data.val_fraction=0.5", "data.num_workers=0"],
+                                 "data.val_fraction=0.5", "data.num_workers=0", "data.hit_parts=[crest]"],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "vgg19-dcbb9e9d.pth" in res.stderr and str(tmp_path / "torch") in res.stderr
@@ -215,8 +215,16 @@ def test_oracle_without_a_hit_part_is_a_config_error(data_root, tmp_path):
 
     with pytest.raises(ConfigError, match="model.proposer: 'oracle' needs data.hit_parts"):
         make_trainer(data_root, tmp_path, extra=["model.proposer=oracle", "data.hit_parts=[]"])
-    with pytest.raises(ConfigError, match=r"model.proposer: 'oracle' needs data.hit_parts .*parts: \['body'"):
+    with pytest.raises(ConfigError, match=r"data.hit_parts: \['beak'\] are not parts of the dataset \(parts: \['body'"):
         make_trainer(data_root, tmp_path, extra=["model.proposer=oracle", "data.hit_parts=[beak]"])
+
+
+def test_a_hit_part_the_dataset_lacks_is_a_config_error_before_training(data_root, tmp_path):
+    from raccnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.hit_parts: \['tial'\] are not parts of the dataset"):
+        make_trainer(data_root, tmp_path, extra=["data.hit_parts=[crest, tial]"])
+    make_trainer(data_root, tmp_path, extra=["data.hit_parts=[tail]"])
 
 
 def test_eval_on_val_keeps_the_test_metrics(data_root, tmp_path):

@@ -138,9 +138,9 @@ def test_tag_lists():
     scalars = V.scalar_tags(3)
     for tag in ("train/ce_scale1", "train/ce_scale3", "train/rank", "train/lr", "val/acc_scale2",
                 "val/acc_fused12", "val/acc_fused123", "schedule/phase_index", "schedule/round",
-                "apn1/tl_mean", "apn2/tl_mean"):
+                "apn1/tl_mean", "apn2/tl_mean", "train/rank_active_2_3", "val/rank_active_1_2", "apn2/dtl"):
         assert tag in scalars
-    assert "apn3/tl_mean" not in scalars and "val/acc_fused1234" not in scalars
+    assert "apn3/tl_mean" not in scalars and "val/acc_fused1234" not in scalars and "val/rank_active_3_4" not in scalars
     assert len(set(scalars)) == len(scalars)
     assert V.histogram_tags(2) == ["apn1/tx", "apn1/ty", "apn1/tl"]
     assert V.crops_tag("alternate_apn[round 2]") == "crops/alternate_apn_round_2"

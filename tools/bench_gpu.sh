@@ -9,7 +9,7 @@
 #                                      # (real JPEG loading; train.log gives images/s per epoch)
 #   tools/bench_gpu.sh crop OUT_DIR    # model.crop.compile: the compiled crop's step times, its share and
 #                                      # the overhead ratios with it
-# DDP's own cost is the --ddp rows of "steps" (torchrun with one process runs no DDP at all).
+# DDP's own cost is the --ddp rows of "options" (torchrun with one process runs no DDP at all).
 # Every command's table goes to OUT_DIR/<name>.log and its rows to OUT_DIR/<name>.json.
 set -u
 part=${1:?steps, options, train or crop}

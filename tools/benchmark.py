@@ -54,16 +54,15 @@ from raccnn.config import load_config
 from raccnn.data.cub import CUBDataset
 from raccnn.data.standin import write_cub_standin
 from raccnn.data.transforms import build_transforms
-from raccnn.device import resolve_device
+from raccnn.device import DEVICES, resolve_device
 from raccnn.errors import ConfigError
 from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
-from raccnn.engine.precision import autocast, check_compiler, set_cudnn_benchmark
+from raccnn.engine.precision import AMP_DTYPES, autocast, check_compiler, set_cudnn_benchmark
 from raccnn.engine.trainer import PhaseStep
 from raccnn.models.racnn import build_racnn
 
 PHASES = {"alternate_cls": AlternateCls, "alternate_apn": AlternateAPN, "fusion": Fusion}
 CASES = ("alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls", "plain_apn")
-DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def sync(device):
@@ -196,7 +195,7 @@ def bench_overhead(cfg, args, device):
         for plain, full in (("plain_cls", "alternate_cls"), ("plain_apn", "alternate_apn")):
             # one model each: the cases freeze different parameters
             steps = [make_step(case, build_model(cfg, args.classes, device, fmt, comp), cfg, images, target, device,
-                               DTYPES[amp]) for case in (plain, full)]
+                               AMP_DTYPES[amp]) for case in (plain, full)]
             for _ in range(args.warmup):
                 for step in steps:
                     step()
@@ -244,7 +243,7 @@ def bench_model(cfg, args, device):
                 continue
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            step = make_step(case, model, cfg, images, target, device, DTYPES[amp], ddp)
+            step = make_step(case, model, cfg, images, target, device, AMP_DTYPES[amp], ddp)
             t0 = time.perf_counter()
             try:
                 step()  # the first call compiles when compile is on
@@ -277,6 +276,8 @@ def bench_model(cfg, args, device):
 
 def bench_loader(cfg, args):
     rows = []
+    if not args.loader_workers:  # --loader-workers with no value: no loader lines, no JPEGs written
+        return rows
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(2, args.loader_images)  # half of them train: 2 classes x half = loader_images
         write_cub_standin(tmp, classes=2, images_per_class=per_class)
@@ -319,10 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="experiments/configs/cub200_vgg19.yaml")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--classes", type=int, default=200)
     p.add_argument("--batch", type=int, nargs="+", default=[16])
-    p.add_argument("--amp", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 on CUDA, none on the CPU")
+    p.add_argument("--amp", nargs="+", default=None, choices=list(AMP_DTYPES), help="default: bf16 on CUDA, none on the CPU")
     p.add_argument("--channels-last", type=parse_bool, nargs="+", default=None, help="default: true on CUDA")
     p.add_argument("--compile", type=parse_bool, nargs="+", default=[False])
     p.add_argument("--ddp", type=parse_bool, nargs="+", default=[False], help="the phase steps also (or only) wrapped in "
@@ -347,6 +348,9 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         cfg = load_config(args.config, args.opts)
+        if cfg["model"]["proposer"] == "oracle":
+            raise ConfigError("model.proposer: the oracle zooms on annotated part boxes, which the benchmark's "
+                              "random tensors do not have (time it with model.proposer=apn)")
         check_compiler(dict(cfg, train=dict(cfg["train"], compile=any(args.compile))), device)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from torchvision.transforms.v2.functional import to_pil_image
 
-from raccnn.config import ConfigError
+from raccnn.config import ConfigError, fill_defaults
 from raccnn.data import DatasetError
 from raccnn.data.build import build_dataset, prepare_data
+from raccnn.device import DEVICES
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import fixed_images, model_panel
@@ -29,12 +30,13 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--n", type=int, default=6, help="number of images (rows)")
     p.add_argument("--out", default=None, help="default: crop_panel_<split>.png next to the checkpoint")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
     try:
         cfg = load_checkpoint(args.checkpoint, weights_only=False).get("config")
         if not isinstance(cfg, dict):
             raise CheckpointError(f"{args.checkpoint}: no 'config' entry (not a raccnn training checkpoint?)")
+        cfg = fill_defaults(cfg)  # keys added since the checkpoint was written, at their defaults
         dataset = build_dataset(cfg, args.split, prepare_data(cfg))
         model, _ = load_trained_model(args.checkpoint, args.device, dataset.part_names)
     except (CheckpointError, ConfigError, DatasetError) as exc:

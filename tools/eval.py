@@ -10,6 +10,7 @@ import sys
 from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.engine.checkpoint import CheckpointError
+from raccnn.device import DEVICES
 from raccnn.engine.inference import run_evaluation
 from raccnn.fileio import describe_os_error
 
@@ -18,7 +19,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=None, choices=DEVICES)
     args = p.parse_args(argv)
     try:
         metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device)

@@ -24,7 +24,7 @@ from raccnn.data import DatasetError
 from raccnn.data.images import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
 from raccnn.engine.checkpoint import CheckpointError
-from raccnn.device import resolve_device
+from raccnn.device import DEVICES, resolve_device
 from raccnn.engine.evaluate import head_label
 from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import crop_panel
@@ -36,6 +36,9 @@ TOP_K = 5
 def load_model(path: str, device: torch.device):
     """(model in eval mode, class names, test transform) of a training checkpoint."""
     model, ckpt = load_trained_model(path, device)
+    if model.proposer == "oracle":  # it reads the annotated part's box, which a new image does not have
+        raise CheckpointError(f"{path}: its proposer is the oracle, which zooms on an annotated part box; "
+                              "a new image has none (tools/eval.py scores it on its dataset)")
     cfg = ckpt["config"]
     classes = list(ckpt.get("classes") or [f"class {k}" for k in range(ckpt["num_classes"])])
     transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default="predictions", help="folder for the crop panels (default: predictions)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
 
     try:

@@ -17,7 +17,6 @@ key points are pixel indices (a flip maps x to W - 1 - x).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -163,12 +162,3 @@ def finalize(sample: dict) -> dict:
         "parts": parts,
         "part_boxes": clamp_boxes(sample["part_boxes"]),
     }
-
-
-def oracle_square(part_box: Sequence[float], margin: float = 1.0) -> tuple[float, float, float]:
-    """Square (cx, cy, half side) centred on an XYXY box, half side = margin * max(w, h) / 2."""
-    x0, y0, x1, y1 = (float(v) for v in part_box)
-    half = margin * max(x1 - x0, y1 - y0) / 2.0
-    if not math.isfinite(half):
-        raise ValueError("part box is unknown (NaN)")
-    return (x0 + x1) / 2.0, (y0 + y1) / 2.0, half

@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the current config."""
 
 
-# Config keys that change the shapes of the model's parameters.
+# Config keys that change the model's parameters: their shapes, or which modules hold any.
 ARCHITECTURE_KEYS = (
     "model.backbone",
     "model.width",
@@ -42,6 +42,12 @@ ARCHITECTURE_KEYS = (
     "model.input_sizes",
     "model.apn.hidden",
     "model.apn.pool_size",
+    "model.attention.type",
+    "model.attention.stages",
+    "model.attention.kwargs",
+    "model.attention.replace_convs",
+    "model.proposer",
+    "model.fusion",
 )
 
 

@@ -40,7 +40,7 @@ from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
 from .checkpoint import load_checkpoint
-from .distributed import broadcast_from_rank0
+from .distributed import barrier, broadcast_from_rank0
 
 log = logging.getLogger("raccnn")
 OPTIMIZERS = ("sgd", "adam")  # train.*.optimizer (Phase.optimizer)
@@ -89,8 +89,8 @@ class Phase:
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The phase's optimiser over ``params``: SGD with ``train.momentum`` and ``train.weight_decay``,
-        or Adam (the APNs' few parameters regress boxes; Adam needs no per-problem lr tuning there).
-        Both fused: one kernel per step instead of one op per tensor and term, the same update up to
+        or Adam without weight decay (the APNs' few parameters regress boxes; Adam needs no
+        per-problem lr tuning there). Both fused: one kernel per step instead of one op per tensor and term, the same update up to
         float rounding. On the CPU (one thread) this took the APNs' Adam step (1.05 M parameters)
         from 24 ms to 1 ms, median of 30 (README "Speed and scale")."""
         s, t = self.settings, self.cfg["train"]
@@ -245,6 +245,7 @@ class Fusion(Phase):
     def on_start(self, trainer):
         # its own file, so a fused best.pt written before a crash is never taken for it on resume
         path = os.path.join(trainer.work_dir, Alternating.best_file)
+        barrier()  # under torchrun rank 0 may still be writing it: every process must read the final file
         if os.path.exists(path):
             best = load_checkpoint(path, weights_only=False)
             trainer.model.load_state_dict(best["model"])

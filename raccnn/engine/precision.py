@@ -24,14 +24,14 @@ import torch
 from ..errors import ConfigError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``train.amp`` on ``device`` (None: full precision)."""
     if mode == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    return _DTYPES[mode]
+    return AMP_DTYPES[mode]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ..config import fill_defaults
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..fileio import remove_stale_temporaries
@@ -111,6 +112,9 @@ class Trainer:
         self.num_classes = len(self.classes)
         self.part_names = list(datasets["train"].part_names)
         d = cfg["data"]
+        unknown = [name for name in d["hit_parts"] if name not in self.part_names]
+        if self.part_names and unknown:  # caught here, not when the first validation scores part hits
+            raise ConfigError(f"data.hit_parts: {unknown} are not parts of the dataset (parts: {self.part_names})")
         if cfg["model"]["proposer"] == "oracle" and part_index(self.part_names, d["hit_parts"]) is None:
             raise ConfigError(f"model.proposer: 'oracle' needs data.hit_parts to name a part of the dataset "
                               f"(parts: {self.part_names}), got {d['hit_parts']}")
@@ -174,6 +178,8 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, weights_only=False)
+        if isinstance(ckpt.get("config"), dict):
+            ckpt["config"] = fill_defaults(ckpt["config"])  # keys added since it was written, at their defaults
         check_compatible(ckpt, self.cfg, self.num_classes)
         index = ckpt["progress"]["phase_index"]
         here = self.plan[min(index, len(self.plan) - 1)].label

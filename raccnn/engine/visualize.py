@@ -15,7 +15,8 @@ Squares are (tx, ty, tl): centre and half side in normalised coordinates of the 
 (x rightwards, y downwards, both in [0, 1]).
 
 TensorBoard tags are declared once, in ``TAG_TEMPLATES``; ``scalar_tags``, ``histogram_tags`` and
-``crops_tag`` expand them for a given model.
+``crops_tag`` expand them for a given model. Besides them, each ``train/<term>`` is also written once
+per epoch as its epoch mean, ``train_epoch/<term>``.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ LEGEND = (
 #   {s}     scale, 1..n_scales
 #   {apn}   APN, 1..n_scales-1 (APN a proposes the square scale a+1 zooms into)
 #   {name}  fusion head, "12", "123", ...
+#   {pair}  neighbouring scales of a rank-loss hinge, "1_2", "2_3", ...
 #   {phase} phase label, made tag-safe by crops_tag()
 TAG_TEMPLATES = {
     "scalars": (
@@ -58,11 +60,14 @@ TAG_TEMPLATES = {
         "train/rank",  # rank loss (APN phases)
         "train/init_apn_mse",  # APN regression onto the strongest-response squares (init_apn)
         "train/ce_fused{name}",  # cross-entropy of each fusion head (fusion; model.fusion: features only)
+        "train/rank_active_{pair}",  # fraction of active rank hinges (APN phases)
+        "train/grad_norm",  # of the phase's trainable parameters, every step
         "train/lr",
         "val/acc_scale{s}",
         "val/acc_fused{name}",
         "val/ce",
         "val/rank",
+        "val/rank_active_{pair}",
         "schedule/phase_index",
         "schedule/round",
         "apn{apn}/tl_mean",  # statistics of the APN's own squares on the validation split
@@ -71,6 +76,9 @@ TAG_TEMPLATES = {
         "apn{apn}/ty_mean",
         "apn{apn}/frac_at_min",
         "apn{apn}/frac_at_max",
+        "apn{apn}/dtx",  # mean |change| of the squares on the same images since the previous epoch
+        "apn{apn}/dty",
+        "apn{apn}/dtl",
     ),
     "histograms": ("apn{apn}/tx", "apn{apn}/ty", "apn{apn}/tl"),  # validation squares, every epoch
     "images": ("crops/{phase}",),  # crop_panel of fixed_images at the end of every phase / round
@@ -82,6 +90,8 @@ def _expand(template: str, n_scales: int) -> list[str]:
         return [template.format(s=s) for s in range(1, n_scales + 1)]
     if "{apn}" in template:
         return [template.format(apn=a) for a in range(1, n_scales)]
+    if "{pair}" in template:
+        return [template.format(pair=f"{a}_{a + 1}") for a in range(1, n_scales)]
     if "{name}" in template:
         return [template.format(name=name) for name in fusion_names(n_scales)]
     return [template]

@@ -67,11 +67,20 @@ def check_backbone_name(name: str) -> str | None:
     return f"'{name}' is not one of {list(BACKBONES)} nor 'timm:<model name>'" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
+def vgg_stage_channels(name: str, width: int = 16) -> list[int]:
+    """Channels at the end of each stage (max-pool) of a VGG trunk, where an attention block goes
+    (``width``: vgg_small's first stage); [] for timm models."""
+    if name in TORCHVISION_VGGS:
+        return [64, 128, 256, 512, 512]  # every torchvision VGG
+    if name != "vgg_small":
+        return []
+    plan = vgg_small_plan(width)
+    return [plan[i - 1] for i, v in enumerate(plan) if v == "M"]
+
+
 def vgg_stages(name: str) -> int:
     """Stages (max-pools) of a VGG trunk, where attention blocks can go; 0 for timm models."""
-    if name == "vgg_small":
-        return vgg_small_plan().count("M")
-    return 5 if name in TORCHVISION_VGGS else 0
+    return len(vgg_stage_channels(name))
 
 
 def min_input_size(name: str) -> int:

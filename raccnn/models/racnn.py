@@ -165,16 +165,6 @@ class RACNN(nn.Module):
         fused = {name: head(feats, logits) for name, head in self.fusion.items()}
         return RACNNOutput(logits, feats, maps, rel_boxes, abs_boxes, fused, crops if return_crops else None)
 
-    # Parameter groups (the phases name the submodule they train: "scales", "apns", "fusion").
-    def classifier_parameters(self):
-        return [p for net in self.scales for p in net.parameters()]
-
-    def apn_parameters(self):
-        return list(self.apns.parameters())
-
-    def fusion_parameters(self):
-        return list(self.fusion.parameters())
-
 
 def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
     """Build the model from a resolved config's ``model`` section; ``part_names`` (the dataset's)
