@@ -192,8 +192,10 @@ def main(argv=None) -> int:
             per_row[name][seed] = future.result()
         except (RunFailed, ConfigError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-    failed = 0 if args.report else sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
-    missing = "unfinished" if args.report else "failed"  # what a row's missing runs are
+    incomplete = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
+    failed = 0 if args.report else incomplete
+    # what a row's missing runs are; a report of a finished grid is the table its last run wrote
+    missing = "unfinished" if args.report and incomplete else "failed"
 
     results = []
     for name, labels, _ in rows:

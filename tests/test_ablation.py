@@ -46,6 +46,9 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "tools/train.py" not in again.stdout  # finished rows are skipped
+    finished = (out / "results.md").read_text()
+    report = subprocess.run(cmd + ["--report"], capture_output=True, text=True)
+    assert report.returncode == 0 and (out / "results.md").read_text() == finished  # nothing unfinished to list
 
     # --report with a row not yet run: the finished rows as before, the new one unfinished, nothing trained
     grid["blocks"][0]["attention"]["se@4"] = {"model.attention.type": "se", "model.attention.stages": [4]}
