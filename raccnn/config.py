@@ -110,7 +110,9 @@ SCHEMA: dict = {
             "tl_max": Key(arg(APN, "tl_max"), min=0.0, max=0.5),
             "keep_inside": Key(arg(APN, "keep_inside")),
         },
-        "crop": {"k": Key(K_DEFAULT, min=0.0), "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES),
+        "crop": {"k": Key(K_DEFAULT, check=lambda v: None if v > 0 else f"{v} must be > 0 (at 0 the mask, and so "
+                          "every crop, is zero)"),  # the mask's steepness per input pixel
+                 "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES),
                  "impl": Key(arg(RACNN, "crop_impl"), choices=CROP_IMPLS),  # same formulas (models/crop.py)
                  "compile": Key(arg(RACNN, "crop_compile"))},  # torch.compile of the crop (README "Speed and scale")
         "attention": {  # blocks at the end of VGG stages

@@ -57,3 +57,13 @@ def test_apn_learns_to_point_at_the_bright_cell():
         loss.backward()
         opt.step()
     assert loss.item() < 1e-3
+
+
+def test_init_loss_clips_targets_the_apn_cannot_reach_into_its_bounds():
+    """A peak in the corner pixel of a 4x4 map (centre 0.125) with tl 0.45, bounds [0.1, 0.3] and
+    keep_inside: the reachable target is tl 0.3 centred at (0.3, 0.3); from the centred start
+    (0.5, 0.5, 0.2) the mean squared error is (0.2² + 0.2² + 0.1²) / 3 = 0.03."""
+    apn = APN(1, hidden=4, pool_size=1, tl_min=0.1, tl_max=0.3)
+    fmap = torch.zeros(1, 1, 4, 4)
+    fmap[0, 0, 0, 0] = 1.0
+    assert apn.init_loss(fmap, 0.45).item() == pytest.approx((2 * 0.2 ** 2 + 0.1 ** 2) / 3, abs=1e-4)

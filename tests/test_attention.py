@@ -433,3 +433,82 @@ def test_sasa_refuses_heads_that_do_not_split_the_channels():
         build_attention("sasa", 12, heads=4)  # 3 channels per head cannot split into rows and columns
     with pytest.raises(ValueError, match="odd"):
         build_attention("sasa", 16, kernel_size=4)
+
+
+# ------------------------------------------------------------- whole blocks against per-position loops
+
+
+def test_nonlocal_block_against_a_loop_over_positions():
+    """z = x + W_z y, yᵢ = Σⱼ softmax_j(θ(xᵢ)·φ(xⱼ)) g(xⱼ), with a random W_z (no BN, no
+    sub-sampling) so that a scrambled channel/position layout of y cannot hide behind zeros."""
+    torch.manual_seed(0)
+    block = build_attention("nonlocal", 4, sub_sample=False, norm=False, identity_init=False)
+    with torch.no_grad():
+        block.w_z.weight.normal_()
+        block.w_z.bias.normal_()
+    x = torch.randn(1, 4, 2, 3)
+    theta, phi, g = (f(x).flatten(2)[0] for f in (block.theta, block.phi, block.g))  # [C', N], N = 6
+    y = torch.stack([sum(torch.softmax(theta[:, i] @ phi, 0)[j] * g[:, j] for j in range(6)) for i in range(6)], 1)
+    expected = x + F.conv2d(y.view(1, 2, 2, 3), block.w_z.weight, block.w_z.bias)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_danet_block_against_loops_over_positions_and_channels():
+    """y = x + α Pⱼ + β Cⱼ with Pⱼ = Σᵢ softmax_i(q(xⱼ)·k(xᵢ)) v(xᵢ) over positions and
+    Cⱼ = Σᵢ softmax_i(Aⱼ·Aᵢ) Aᵢ over channels (A: the channel rows of x); α = 1, β = 0.5. The
+    affinities are square, so a transposed one is only caught by the aggregation."""
+    torch.manual_seed(0)
+    block = build_attention("danet", 8, identity_init=False)
+    with torch.no_grad():
+        block.alpha.fill_(1.0)
+        block.beta.fill_(0.5)
+    x = torch.randn(1, 8, 2, 3)
+    p = block.position
+    q, k, v, a = p.query(x).flatten(2)[0], p.key(x).flatten(2)[0], p.value(x).flatten(2)[0], x.flatten(2)[0]
+    pos = torch.stack([sum(torch.softmax(q[:, j] @ k, 0)[i] * v[:, i] for i in range(6)) for j in range(6)], 1)
+    chan = torch.stack([sum(torch.softmax(a[j] @ a.T, 0)[i] * a[i] for i in range(8)) for j in range(8)], 0)
+    torch.testing.assert_close(block(x), x + (pos + 0.5 * chan).view(1, 8, 2, 3))
+
+
+def test_bam_gate_and_its_channel_branch_reads_the_pooled_input():
+    """With both branches' last layers zeroed the attention map is 0: y = (1 + σ(0)) x = 1.5 x as in
+    the paper, x with identity_init. The channel branch sees the global average pool, so
+    logits − spatial is constant over the map."""
+    for identity_init, factor in ((False, 1.5), (True, 1.0)):
+        block = build_attention("bam", 32, identity_init=identity_init).eval()
+        with torch.no_grad():
+            for layer in (block.channel[-1], block.spatial[-1]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        x = torch.randn(2, 32, 5, 6)
+        torch.testing.assert_close(block(x), factor * x)
+    block = build_attention("bam", 32, identity_init=False).eval()
+    x = torch.randn(2, 32, 5, 6)
+    channel = block.logits(x) - block.spatial(x)
+    assert (channel - channel.mean((2, 3), keepdim=True)).abs().max() < 1e-5
+
+
+def test_parsenet_context_by_hand():
+    """y = x + 10 x̂ + 10 ĝ with the projection the identity on both halves: two positions
+    x = (3, 4) and (0, 1), normalised per position over the channels to (0.6, 0.8) and (0, 1); their
+    average (1.5, 2.5) normalised to (1.5, 2.5) / √8.5 at every position."""
+    block = build_attention("parsenet", 2, identity_init=True)
+    with torch.no_grad():
+        block.proj.weight.zero_()
+        for c in range(2):
+            block.proj.weight[c, c] = 1  # local half
+            block.proj.weight[c, 2 + c] = 1  # global half
+    x = torch.tensor([[3.0, 0.0], [4.0, 1.0]]).view(1, 2, 1, 2)
+    local = torch.tensor([[0.6, 0.0], [0.8, 1.0]]).view(1, 2, 1, 2)
+    glob = (torch.tensor([1.5, 2.5]) / math.sqrt(8.5)).view(1, 2, 1, 1)
+    torch.testing.assert_close(block(x), x + 10 * local + 10 * glob)
+
+
+def test_gather_excite_excites_each_pixel_with_its_own_windows_mean():
+    """GE-θ⁻ with extent 2 on a 4×4 map: every pixel is gated by σ of the mean of the 2×2 window it
+    lies in (nearest-neighbour excite, not an interpolation between windows)."""
+    block = build_attention("ge", 1, extent=2, identity_init=False)
+    x = torch.arange(16.0).view(1, 1, 4, 4) / 8
+    means = torch.tensor([[0.3125, 0.5625], [1.3125, 1.5625]])  # (0 + 1 + 4 + 5) / 32, ...
+    gate = torch.sigmoid(means.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    torch.testing.assert_close(block(x), x * gate)

@@ -274,6 +274,20 @@ def test_cross_field_crop_and_epochs(chain):
         "data.crop (200) must not exceed data.resize (160)")
     assert error_of(chain, ["train.alternate.apn.min_epochs=5"]).startswith(
         "train.alternate.apn.min_epochs (5) must not exceed train.alternate.apn.max_epochs (4)")
+    assert error_of(chain, ["train.alternate.cls.min_epochs=3", "train.alternate.cls.max_epochs=2"]).startswith(
+        "train.alternate.cls.min_epochs (3) must not exceed train.alternate.cls.max_epochs (2)")
+
+
+def test_a_learning_rate_above_the_limit_needs_force_lr(chain):
+    assert error_of(chain, ["train.pretrain_cls.lr=11"]).startswith(
+        "train.pretrain_cls.lr: 11.0 is above 10.0, no sane learning rate; set train.force_lr=true")
+    assert error_of(chain, ["train.alternate.apn.lr=20"]).startswith("train.alternate.apn.lr: 20.0 is above 10.0")
+    assert load_config(chain, ["train.pretrain_cls.lr=11", "train.force_lr=true"])["train"]["pretrain_cls"]["lr"] == 11
+
+
+def test_a_crop_steepness_of_zero_is_refused(chain):
+    assert error_of(chain, ["model.crop.k=0"]).startswith("model.crop.k: 0 must be > 0")
+    assert load_config(chain, ["model.crop.k=2.5"])["model"]["crop"]["k"] == 2.5
 
 
 def test_errors_are_deterministic(tmp_path):

@@ -205,3 +205,15 @@ def test_compiled_crop_has_the_eager_values_and_gradients():
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
     assert grads[0].abs().min() > 0
+
+
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+def test_a_steepness_other_than_the_default_matches_the_per_pixel_formula(impl):
+    """model.crop.k reaches the mask: k = 2.5 (a soft edge over several pixels) against the
+    per-pixel reference, on a non-square image and output, boxes running off the image."""
+    torch.manual_seed(1)
+    images = torch.rand(2, 2, 9, 11, dtype=torch.float64)
+    boxes = torch.tensor([[0.4, 0.6, 0.3], [0.8, 0.2, 0.35]], dtype=torch.float64)
+    out = attention_crop(images, boxes, (4, 7), k=2.5, impl=impl)
+    for b in range(2):
+        torch.testing.assert_close(out[b], naive_crop(images[b], boxes[b], 4, 7, k=2.5), atol=1e-10, rtol=1e-10)

@@ -76,3 +76,21 @@ def test_hinge_active_fraction_on_a_hand_made_batch():
     # a saturated softmax: p_t = 1 at every scale leaves exactly the margin, active only if margin > 0
     sat = logits_for([1 - 1e-7] * 4)
     assert hinge_active([sat, sat], target, margin=0.0).tolist() == [0.0]
+
+
+def _log(p):
+    return torch.tensor(p, dtype=torch.float64).log()
+
+
+def test_rank_loss_differentiates_both_terms_of_a_pair():
+    """d/dz of p_t = softmax(z)_t is p_t (1{k = t} - p_k): the coarse scale (p = 0.6) is pushed
+    down with p(1 - p) = 0.24, the fine one (p = 0.5) up with 0.25; the hinge is active."""
+    coarse, fine = _log([[0.6, 0.4]]).requires_grad_(True), _log([[0.5, 0.5]]).requires_grad_(True)
+    rank_loss([coarse, fine], torch.tensor([0])).backward()
+    torch.testing.assert_close(coarse.grad, torch.tensor([[0.24, -0.24]], dtype=torch.float64))
+    torch.testing.assert_close(fine.grad, torch.tensor([[-0.25, 0.25]], dtype=torch.float64))
+
+
+def test_each_scale_gets_the_cross_entropy_of_its_own_logits():
+    ce = scale_ce_losses([_log([[0.25, 0.75]]), _log([[0.9, 0.1]])], torch.tensor([1]))
+    assert [c.item() for c in ce] == pytest.approx([-math.log(0.75), -math.log(0.1)], rel=1e-6)

@@ -57,3 +57,10 @@ def test_fixed_proposers_have_no_parameters_and_build_no_apn_phases(proposer):
     cfg = load_config("experiments/configs/fgsynth_default.yaml", [f"model.proposer={proposer}"])
     names = [p.name for p in build_plan(cfg)]
     assert "init_apn" not in names and "alternate_apn" not in names and "alternate_cls" in names
+
+
+def test_part_squares_on_a_non_square_image_with_a_margin():
+    """Box x 20-60, y 10-30 in a 50-high, 200-wide image: centre (40 / 200, 20 / 50) = (0.2, 0.4);
+    the longer side, 40 px, is 0.2 of the width; half of it times margin 1.1 is 0.22."""
+    squares = part_squares(torch.tensor([[[20.0, 10.0, 60.0, 30.0]]]), 0, 50, 200, margin=1.1)
+    torch.testing.assert_close(squares, torch.tensor([[0.2, 0.4, 0.22]]))

@@ -111,3 +111,10 @@ def test_timm_backbone():
     trunk = build_backbone("timm:resnet18")
     fmap = trunk(torch.randn(1, 3, 64, 64))
     assert fmap.shape == (1, trunk.out_channels, 2, 2)
+
+
+def test_compose_boxes_with_an_off_centre_parent():
+    """Parent (0.3, 0.6) half side 0.2 spans x 0.1-0.5, y 0.4-0.8; the child's (0.25, 0.75, 0.5)
+    is x 0.1 + 0.25 * 0.4 = 0.2, y 0.4 + 0.75 * 0.4 = 0.7, half side 0.5 * 0.4 = 0.2."""
+    torch.testing.assert_close(compose_boxes(torch.tensor([[0.3, 0.6, 0.2]]), torch.tensor([[0.25, 0.75, 0.5]])),
+                               torch.tensor([[0.2, 0.7, 0.2]]))

@@ -78,3 +78,10 @@ def test_exact_mcnemar_against_hand_computed_binomial_tails():
     assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # 2 P(X <= 2), X ~ Bin(10, 1/2)
     assert mcnemar_exact(2, 8) == mcnemar_exact(8, 2)
     assert mcnemar_exact(3, 3) == pytest.approx(1.0) and mcnemar_exact(0, 0) == 1.0
+
+
+def test_an_interval_wholly_below_zero_excludes_zero():
+    """A row significantly worse than its baseline gets its mark too: mean −1, sd 0.1, n 3 gives
+    hi = −1 + 4.303 · 0.1 / √3 ≈ −0.75 < 0."""
+    ci = t_interval([-1.0, -1.1, -0.9])
+    assert ci.hi == pytest.approx(-1 + 4.302653 * 0.1 / 3 ** 0.5, abs=1e-5) and ci.excludes_zero
