@@ -153,12 +153,24 @@ def test_gradient_moves_box_towards_bright_blob(grad, side):
         assert gy * expected[1] > 0 and abs(gy) > 10 * abs(gx)
 
 
-def test_different_boxes_get_different_gradients():
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+def test_each_image_of_a_batch_is_cropped_and_differentiated_on_its_own(impl):
+    """Batched, image b's crop and its box's gradient are those of image b cropped alone with
+    box b (no box, mask or index shared across the batch), for every gradient path."""
     torch.manual_seed(3)
-    image = torch.rand(1, 3, 32, 32).repeat(2, 1, 1, 1)
-    boxes = torch.tensor([[0.4, 0.4, 0.2], [0.6, 0.55, 0.3]], requires_grad=True)
-    attention_crop(image, boxes, 16).sum().backward()
-    assert not torch.allclose(boxes.grad[0], boxes.grad[1])
+    images = torch.rand(3, 2, 20, 24, dtype=torch.float64)
+    boxes = torch.tensor([[0.4, 0.4, 0.2], [0.6, 0.55, 0.3], [0.3, 0.7, 0.25]], dtype=torch.float64)
+    weights = torch.rand(3, 2, 8, 8, dtype=torch.float64)
+    for grad in GRAD_MODES:
+        batch = boxes.clone().requires_grad_(True)
+        out = attention_crop(images, batch, 8, grad=grad, impl=impl)
+        (out * weights).sum().backward()
+        for b in range(3):
+            alone = boxes[b : b + 1].clone().requires_grad_(True)
+            out_b = attention_crop(images[b : b + 1], alone, 8, grad=grad, impl=impl)
+            (out_b * weights[b : b + 1]).sum().backward()
+            torch.testing.assert_close(out[b : b + 1], out_b)
+            torch.testing.assert_close(batch.grad[b : b + 1], alone.grad)
 
 
 def test_bfloat16_and_dtype_preserved():
