@@ -193,14 +193,13 @@ def _cross_checks(c: dict):
     elif att["type"] != "none" and not att["stages"]:
         yield (("model.attention.type", "model.attention.stages"), f"model.attention.type {att['type']!r} needs "
                "model.attention.stages, the stages (1-based) whose end takes a block, e.g. [4]")
-    elif att["type"] != "none" and max(att["stages"]) > len(vgg_stage_channels(m["backbone"])):
-        stages = len(vgg_stage_channels(m["backbone"]))
-        yield (("model.attention.stages", "model.backbone"), f"model.attention.stages {att['stages']}: "
-               f"{m['backbone']} has {stages} stages that can take a block" if stages else
-               f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
     elif att["type"] != "none":
-        problem = _attention_problem(att, vgg_stage_channels(m["backbone"], m["width"]))
-        if problem:
+        channels = vgg_stage_channels(m["backbone"], m["width"])
+        if max(att["stages"]) > len(channels):
+            yield (("model.attention.stages", "model.backbone"), f"model.attention.stages {att['stages']}: "
+                   f"{m['backbone']} has {len(channels)} stages that can take a block" if channels else
+                   f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
+        elif problem := _attention_problem(att, channels):
             yield ("model.attention.kwargs", "model.attention.stages"), f"model.attention.kwargs: {problem}"
 
 

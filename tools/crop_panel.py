@@ -13,12 +13,12 @@ from pathlib import Path
 
 from torchvision.transforms.v2.functional import to_pil_image
 
-from raccnn.config import ConfigError, fill_defaults
+from raccnn.config import ConfigError
 from raccnn.data import DatasetError
 from raccnn.data.build import build_dataset, prepare_data
 from raccnn.device import DEVICES
-from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
-from raccnn.engine.inference import load_trained_model
+from raccnn.engine.checkpoint import CheckpointError
+from raccnn.engine.inference import build_trained_model, load_training_checkpoint
 from raccnn.engine.visualize import fixed_images, model_panel
 from raccnn.fileio import atomic_open, describe_os_error
 from raccnn.models.proposers import part_index
@@ -33,12 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
     try:
-        cfg = load_checkpoint(args.checkpoint, weights_only=False).get("config")
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{args.checkpoint}: no 'config' entry (not a raccnn training checkpoint?)")
-        cfg = fill_defaults(cfg)  # keys added since the checkpoint was written, at their defaults
+        ckpt = load_training_checkpoint(args.checkpoint)
+        cfg = ckpt["config"]
         dataset = build_dataset(cfg, args.split, prepare_data(cfg))
-        model, _ = load_trained_model(args.checkpoint, args.device, dataset.part_names)
+        model, _ = build_trained_model(ckpt, args.device, dataset.part_names)
     except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

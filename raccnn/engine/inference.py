@@ -105,10 +105,13 @@ def load_trained_model(checkpoint: str | os.PathLike, device=None, part_names=No
     """(model in eval mode on ``device``, checkpoint dict) of a raccnn training checkpoint; the
     model is built from the checkpoint's own config (no pretrained weights are read). The oracle
     proposer's part is looked up in the checkpoint's part names, else in ``part_names``."""
-    return _build_trained(_load_training_checkpoint(checkpoint), device, part_names)
+    return build_trained_model(load_training_checkpoint(checkpoint), device, part_names)
 
 
-def _load_training_checkpoint(checkpoint) -> dict:
+def load_training_checkpoint(checkpoint) -> dict:
+    """The dict of a raccnn training checkpoint, its config with the keys added since it was
+    written at their defaults (read its config before building the dataset, then
+    ``build_trained_model``: one read of the file)."""
     ckpt = load_checkpoint(checkpoint, weights_only=False)
     missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
     if missing:
@@ -117,7 +120,8 @@ def _load_training_checkpoint(checkpoint) -> dict:
     return ckpt
 
 
-def _build_trained(ckpt: dict, device, part_names):
+def build_trained_model(ckpt: dict, device, part_names):
+    """(model in eval mode on ``device``, ``ckpt``) from a ``load_training_checkpoint`` dict."""
     cfg = ckpt["config"]
     dev = resolve_device(device or cfg["device"])
     model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), ckpt["num_classes"],
@@ -132,10 +136,10 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
     (metrics, markdown table). Under torchrun each process runs its share of the images and the
     outputs are gathered, so every image counts once; only rank 0 writes the file."""
-    ckpt = _load_training_checkpoint(checkpoint)
+    ckpt = load_training_checkpoint(checkpoint)
     cfg = ckpt["config"]
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
-    model, ckpt = _build_trained(ckpt, device, dataset.part_names)
+    model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
     if len(dataset.classes) != ckpt["num_classes"]:
         raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
                               f"of {cfg['data']['root']} has {len(dataset.classes)}")
