@@ -64,13 +64,17 @@ def test_an_unreadable_image_is_reported_and_the_others_still_run(checkpoint, tm
     assert panel.mode == "RGB" and panel.height == 96 + 4 and panel.width == 3 * (96 + 2) + 2
 
 
-@pytest.fixture(scope="module")
-def predict():
-    """tools/predict.py as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location("predict_cli", REPO / "tools/predict.py")
+def load_tool(name: str):
+    """tools/<name>.py as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def predict():
+    return load_tool("predict")
 
 
 def test_grayscale_cmyk_and_palette_images(predict, checkpoint, tmp_path, capsys):
@@ -146,11 +150,8 @@ def test_crop_panel_of_a_checkpoint_from_before_newer_data_keys(tmp_path, capsys
     del cfg["data"]["cache"], cfg["data"]["verify_images"]
     ckpt = tmp_path / "old.pt"
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg, "num_classes": 3, "phase": "fusion"})
-    spec = importlib.util.spec_from_file_location("crop_panel_cli", REPO / "tools/crop_panel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "panel.png"
-    assert module.main(["--checkpoint", str(ckpt), "--n", "2", "--out", str(out)]) == 0
+    assert load_tool("crop_panel").main(["--checkpoint", str(ckpt), "--n", "2", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert Image.open(out).mode == "RGB"
 
