@@ -7,6 +7,9 @@
 - ``vgg_small``: the same layout with few channels, for fast CPU runs (``width`` = first stage).
 - ``timm:<name>``: any timm model through ``features_only`` (last stage).
 
+The VGG trunks' 2x2 max-pools are ``maxpool.MaxPool2x2``: ``nn.MaxPool2d``'s values and gradients,
+faster on CPU NCHW tensors.
+
 Pretrained weights never come from the network. ``pretrained=True`` reads torchvision's hub cache
 (``$TORCH_HOME/hub/checkpoints/<file>``), ``pretrained="path.pth"`` reads a local file; when the
 file is not there, ``PretrainedWeightsError`` says which file to put where.
@@ -23,6 +26,7 @@ from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
 
 from ..attention.placement import insert_attention, replace_convs
+from .maxpool import use_fast_pools
 
 TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
@@ -154,10 +158,10 @@ def _build_trunk(name: str, pretrained, width: int) -> nn.Module:
         if pretrained:
             raise PretrainedWeightsError("vgg_small has no ImageNet weights; set model.pretrained=false")
         plan = vgg_small_plan(width)
-        return VGGTrunk(make_layers(plan, batch_norm=True), out_channels=plan[-2])
+        return VGGTrunk(use_fast_pools(make_layers(plan, batch_norm=True)), out_channels=plan[-2])
     if name not in TORCHVISION_VGGS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'timm:<model name>'")
-    features = getattr(tvm, name)(weights=None).features
+    features = use_fast_pools(getattr(tvm, name)(weights=None).features)
     trunk = VGGTrunk(features, out_channels=512)
     if pretrained:
         load_trunk_state(trunk, name, pretrained)
