@@ -12,9 +12,15 @@ take a faster road:
 - gradient needed: PyTorch's own kernel run on a channels-last copy, which also returns the argmax
   indices; the backward is PyTorch's NCHW ``max_pool2d_with_indices_backward`` with those indices.
 
-Both give exactly ``F.max_pool2d``'s output, and the second exactly its input gradient, ties
-included (the first maximum in the window's row-major order wins in both kernels; tested on
-tie-heavy inputs). Everything else (CUDA, channels-last inputs, other kernel settings, under
+The gradient road gives ``F.max_pool2d``'s output and input gradient bit for bit, ties included
+(both kernels send the gradient to the first maximum of a window in row-major order, or to its last
+NaN; tested on tie-heavy inputs), NaN payloads aside. The gradient-free road gives the same
+numbers; only where a window's maximum is a zero, or a NaN, may its sign bit or NaN payload differ
+(``torch.maximum`` keeps another of two tied zeros, +0 and -0, than the pooling kernel does). Outputs have
+standard NCHW strides, as ``F.max_pool2d``'s, so the next convolution takes the same kernel path.
+Supported: reverse-mode autograd to first and second order; forward-mode AD, ``torch.func``
+transforms and TorchScript are not (use ``nn.MaxPool2d`` there). Everything else (CUDA,
+channels-last or non-contiguous inputs, empty tensors, other kernel settings, under
 ``torch.compile``, which fuses the pool itself) goes to ``F.max_pool2d``.
 """
 from __future__ import annotations
@@ -22,12 +28,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 
 def _fast_path(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.is_floating_point()
-            and x.shape[-2] >= 2 and x.shape[-1] >= 2 and not torch.compiler.is_compiling())
+            and x.numel() > 0 and x.shape[-2] >= 2 and x.shape[-1] >= 2 and not torch.compiler.is_compiling())
+
+
+def _nchw(t: Tensor) -> Tensor:
+    """``t`` with standard NCHW strides. ``.contiguous()`` is not enough: a 1x1 map counts as
+    contiguous in both layouts and keeps its channels-last strides."""
+    n, c, h, w = t.shape
+    if t.stride() == (c * h * w, h * w, w, 1):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 class _PoolWithIndices(torch.autograd.Function):
@@ -35,13 +49,13 @@ class _PoolWithIndices(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:
         out, indices = torch.ops.aten.max_pool2d_with_indices(
             x.contiguous(memory_format=torch.channels_last), [2, 2], [2, 2])
-        indices = indices.contiguous()  # flat h * W + w within each plane, whatever the layout
+        indices = _nchw(indices)  # flat h * W + w within each plane, whatever the layout
         ctx.save_for_backward(x, indices)
-        return out.contiguous()
+        return _nchw(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
+        # PyTorch's own backward op, itself differentiable in ``grad``: double backward works
         x, indices = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
@@ -57,7 +71,9 @@ def max_pool_2x2(x: Tensor) -> Tensor:
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
     a, b = x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]
     c, d = x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
-    return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+    # torch.maximum, not a where() chain that replays the kernel's scan bit for bit: on these
+    # strided views its comparisons cost about as much as the NCHW pool itself
+    return _nchw(torch.maximum(torch.maximum(a, b), torch.maximum(c, d)))
 
 
 class MaxPool2x2(nn.MaxPool2d):
