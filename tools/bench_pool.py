@@ -58,15 +58,7 @@ def bench_steps(args):
         models = [benchmark.build_model(cfg, args.classes, device, fmt, False) for _ in range(2)]
         swapped = with_nn_maxpool(models[1])
         steps = [benchmark.make_step(case, m, cfg, images, target, device, None) for m in models]
-        for _ in range(3):
-            for step in steps:
-                step()
-        times = ([], [])
-        for r in range(args.repeats):
-            for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-                t = time.perf_counter()
-                steps[k]()
-                times[k].append(time.perf_counter() - t)
+        times = benchmark.timed_in_turn(steps, args.repeats, 3, device)
         fast, plain = (1000 * statistics.median(t) for t in times)
         ratio = statistics.median(b / a for a, b in zip(*times))
         print(f"{case:14s} nn.MaxPool2d {plain:7.1f}   MaxPool2x2 {fast:7.1f}   nn.MaxPool2d / MaxPool2x2 {ratio:.3f}"

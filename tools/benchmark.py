@@ -164,6 +164,24 @@ def timed(step, steps, warmup, device):
     return statistics.median(times)
 
 
+def timed_in_turn(steps, rounds, warmup, device) -> tuple[list[float], ...]:
+    """Each step's times (s) over ``rounds`` rounds in which every step runs once, their order
+    reversed every other round, after ``warmup`` such rounds: drift in the machine's speed then
+    touches all steps alike, and a ratio per round cancels it."""
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times = tuple([] for _ in steps)
+    for r in range(rounds):
+        for k in (range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))):
+            sync(device)
+            t = time.perf_counter()
+            steps[k]()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
 def build_model(cfg, num_classes, device, fmt, compile):
     """A randomly initialised RA-CNN (seed 0) on ``device`` in memory format ``fmt``, its scale
     networks compiled in place when ``compile``."""
@@ -196,17 +214,7 @@ def bench_overhead(cfg, args, device):
             # one model each: the cases freeze different parameters
             steps = [make_step(case, build_model(cfg, args.classes, device, fmt, comp), cfg, images, target, device,
                                AMP_DTYPES[amp]) for case in (plain, full)]
-            for _ in range(args.warmup):
-                for step in steps:
-                    step()
-            times = ([], [])
-            for r in range(args.steps):
-                for k in ((0, 1) if r % 2 == 0 else (1, 0)):
-                    sync(device)
-                    t = time.perf_counter()
-                    steps[k]()
-                    sync(device)
-                    times[k].append(time.perf_counter() - t)
+            times = timed_in_turn(steps, args.steps, args.warmup, device)
             row = dict(case=f"overhead_{full.split('_')[1]}", batch=batch, amp=amp, channels_last=cl, compile=comp,
                        rounds=args.steps, plain_ms=1000 * statistics.median(times[0]),
                        alternate_ms=1000 * statistics.median(times[1]),
