@@ -167,3 +167,10 @@ def test_pool_benchmark_reports_bitwise_equality_and_times_steps_with_both_pools
     # three scale networks, three applied pools each, plus the unapplied last one
     assert [(s[0], s[-3]) for s in steps] == [("eval", "(12"), ("alternate_apn", "(12")]
     assert all(float(s[2]) > 0 and float(s[4]) > 0 for s in steps)
+
+
+def test_pool_benchmark_refuses_a_bad_config_in_one_line_before_timing():
+    for opt, words in (("model.widht=3", "did you mean 'model.width'"), ("model.proposer=oracle", "oracle zooms")):
+        res = run([sys.executable, "tools/bench_pool.py", "--steps", "eval", "--opts", opt])
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+        assert "forward" not in res.stdout  # nothing was timed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import benchmark  # tools/benchmark.py: its steps and models
-from raccnn.config import load_config
+from raccnn.errors import ConfigError
 from raccnn.models.backbones import vgg_small_plan
 from raccnn.models.maxpool import MaxPool2x2, max_pool_2x2
 
@@ -49,8 +50,7 @@ def with_nn_maxpool(model: nn.Module) -> int:
     return swapped
 
 
-def bench_steps(args):
-    cfg = load_config(args.config, args.opts)
+def bench_steps(args, cfg):
     device, fmt = torch.device("cpu"), torch.preserve_format
     images, target = benchmark.random_batch(cfg, args.batch, args.classes, device, fmt)
     print(f"steps of {args.config} at batch {args.batch}, ms (medians of {args.repeats} rounds)")
@@ -65,7 +65,7 @@ def bench_steps(args):
               f"   ({swapped} pools swapped)", flush=True)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--width", type=int, default=16)
@@ -78,6 +78,11 @@ def main(argv=None):
     p.add_argument("--opts", nargs="*", default=[])
     p.add_argument("--classes", type=int, default=10)
     args = p.parse_args(argv)
+    try:  # a bad config fails here, in one line, before anything is timed
+        cfg = benchmark.load_bench_config(args.config, args.opts, torch.device("cpu")) if args.steps else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     impls = {"F.max_pool2d": lambda x: F.max_pool2d(x, 2, 2), "max_pool_2x2": max_pool_2x2}
@@ -118,8 +123,9 @@ def main(argv=None):
     print("all pools          forward / forward+backward: "
           + "   ".join(f"{name} {f:6.3f} / {fb:6.3f}" for name, (f, fb) in total.items()))
     if args.steps:
-        bench_steps(args)
+        bench_steps(args, cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

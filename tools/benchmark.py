@@ -349,17 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_bench_config(path, opts, device, compile=False) -> dict:
+    """The config to time, checked before anything is built (``ConfigError`` otherwise)."""
+    cfg = load_config(path, opts)
+    if cfg["model"]["proposer"] == "oracle":
+        raise ConfigError("model.proposer: the oracle zooms on annotated part boxes, which the benchmark's "
+                          "random tensors do not have (time it with model.proposer=apn)")
+    check_compiler(dict(cfg, train=dict(cfg["train"], compile=compile)), device)
+    return cfg
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
-        cfg = load_config(args.config, args.opts)
-        if cfg["model"]["proposer"] == "oracle":
-            raise ConfigError("model.proposer: the oracle zooms on annotated part boxes, which the benchmark's "
-                              "random tensors do not have (time it with model.proposer=apn)")
-        check_compiler(dict(cfg, train=dict(cfg["train"], compile=any(args.compile))), device)
+        cfg = load_bench_config(args.config, args.opts, device, compile=any(args.compile))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
