@@ -13,9 +13,9 @@ back, the two models' steps in turn for ``--repeats`` rounds: the medians and th
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -91,25 +91,22 @@ def main(argv=None) -> int:
     for shape in pool_shapes(args.batch, args.width, args.size):
         x = torch.randn(shape).relu()  # as after a ReLU: many tied zeros
         grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
-        results, times = {}, {name: ([], []) for name in impls}
+        results = {}
 
-        def forward_backward(fn):
+        def forward(fn):
+            with torch.no_grad():
+                fn(x)
+
+        def forward_backward(fn, name):
             leaf = x.clone().requires_grad_(True)
             out = fn(leaf)
             out.backward(grad)
-            return out, leaf.grad
+            results[name] = out, leaf.grad
 
-        for r in range(args.repeats + 3):
-            for name, fn in (impls.items() if r % 2 == 0 else reversed(impls.items())):
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    fn(x)
-                t1 = time.perf_counter()
-                results[name] = forward_backward(fn)
-                t2 = time.perf_counter()
-                if r >= 3:  # warm-up rounds not counted
-                    times[name][0].append(t1 - t0)
-                    times[name][1].append(t2 - t1)
+        steps = [functools.partial(forward, fn) for fn in impls.values()]
+        steps += [functools.partial(forward_backward, fn, name) for name, fn in impls.items()]
+        t = benchmark.timed_in_turn(steps, args.repeats, 3, torch.device("cpu"))
+        times = {name: (t[i], t[len(impls) + i]) for i, name in enumerate(impls)}
         ref_out, ref_grad = results["F.max_pool2d"]
         out, g = results["max_pool_2x2"]
         same = all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in ((out, ref_out), (g, ref_grad)))
