@@ -126,3 +126,11 @@ def test_benchmark_refuses_the_oracle_proposer_in_one_line():
                "--opts", *TINY, "model.proposer=oracle", "--batch", "2", "--steps", "1", "--loader-workers"])
     assert res.returncode == 2 and res.stderr.startswith("error: model.proposer: the oracle zooms on"), res.stderr
     assert res.stdout == ""
+
+
+def test_benchmark_refuses_bad_numbers_in_one_usage_line():
+    for args, words in ((["--batch", "0"], "--batch: must be at least 1, got 0"),
+                        (["--steps", "0"], "--steps: must be at least 1, got 0"),
+                        (["--warmup", "-1"], "--warmup: must be at least 0, got -1")):
+        res = run([sys.executable, "tools/benchmark.py", *args])
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr

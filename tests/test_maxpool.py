@@ -174,3 +174,11 @@ def test_pool_benchmark_refuses_a_bad_config_in_one_line_before_timing():
         res = run([sys.executable, "tools/bench_pool.py", "--steps", "eval", "--opts", opt])
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
         assert "forward" not in res.stdout  # nothing was timed
+
+
+def test_pool_benchmark_refuses_bad_numbers_in_one_usage_line():
+    for args, words in ((["--width", "0"], "--width: must be at least 1, got 0"),
+                        (["--size", "7"], "--size: must be at least 8, got 7"),  # vgg_small's three applied pools
+                        (["--repeats", "x"], "--repeats: expected an integer, got 'x'")):
+        res = run([sys.executable, "tools/bench_pool.py", *args])
+        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr

@@ -23,7 +23,7 @@ from torch import nn
 
 import benchmark  # tools/benchmark.py: its steps and models
 from raccnn.errors import ConfigError
-from raccnn.models.backbones import vgg_small_plan
+from raccnn.models.backbones import min_input_size, vgg_small_plan
 from raccnn.models.maxpool import MaxPool2x2, max_pool_2x2
 
 
@@ -67,16 +67,17 @@ def bench_steps(args, cfg):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--batch", type=benchmark.at_least(1), default=32)
+    p.add_argument("--width", type=benchmark.at_least(1), default=16)
+    p.add_argument("--size", type=benchmark.at_least(min_input_size("vgg_small")), default=64,
+                   help="input side; each applied pool needs at least a 2 x 2 map")
+    p.add_argument("--threads", type=benchmark.at_least(1), default=2)
+    p.add_argument("--repeats", type=benchmark.at_least(1), default=50)
     p.add_argument("--steps", nargs="*", default=[], choices=benchmark.CASES,
                    help="also time these tools/benchmark.py steps with both pools")
     p.add_argument("--config", default="experiments/configs/fgsynth_default.yaml")
     p.add_argument("--opts", nargs="*", default=[])
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--classes", type=benchmark.at_least(1), default=10)
     args = p.parse_args(argv)
     try:  # a bad config fails here, in one line, before anything is timed
         cfg = benchmark.load_bench_config(args.config, args.opts, torch.device("cpu")) if args.steps else None

@@ -318,6 +318,19 @@ def format_row(r) -> str:
             f"crop {100 * r['crop_share']:5.1f}%" + (f" ({crops})" if crops else ""))
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= ``low`` (one clear usage error otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
 def parse_bool(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
@@ -329,20 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="experiments/configs/cub200_vgg19.yaml")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--classes", type=int, default=200)
-    p.add_argument("--batch", type=int, nargs="+", default=[16])
+    p.add_argument("--classes", type=at_least(1), default=200)
+    p.add_argument("--batch", type=at_least(1), nargs="+", default=[16])
     p.add_argument("--amp", nargs="+", default=None, choices=list(AMP_DTYPES), help="default: bf16 on CUDA, none on the CPU")
     p.add_argument("--channels-last", type=parse_bool, nargs="+", default=None, help="default: true on CUDA")
     p.add_argument("--compile", type=parse_bool, nargs="+", default=[False])
     p.add_argument("--ddp", type=parse_bool, nargs="+", default=[False], help="the phase steps also (or only) wrapped in "
                    "DistributedDataParallel over a one-process group, as under torchrun (its overhead)")
     p.add_argument("--cases", nargs="+", default=list(CASES[:4]), choices=CASES)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=at_least(1), default=20)
+    p.add_argument("--warmup", type=at_least(0), default=5)
     p.add_argument("--peak-tflops", type=float, default=None, help="default: 989 on CUDA (H100/H200 dense bf16)")
-    p.add_argument("--loader-workers", type=int, nargs="*", default=None, help="default: the config's num_workers")
-    p.add_argument("--loader-images", type=int, default=256)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--loader-workers", type=at_least(0), nargs="*", default=None, help="default: the config's num_workers")
+    p.add_argument("--loader-images", type=at_least(1), default=256)
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
     p.add_argument("--overhead", action="store_true", help="also time alternate_cls/plain_cls and "
                    "alternate_apn/plain_apn interleaved, round by round (RA-CNN's overhead ratios)")
     p.add_argument("--json", default=None)
