@@ -123,3 +123,35 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     assert res.stdout.count("fusion 123: per-scale weights") == 1  # rank 0 logs
     best = torch.load(fit / "best.pt", map_location="cpu", weights_only=False)
     assert best["phase"] == "fusion" and not torch.allclose(best["model"]["fusion.123.raw"], torch.full((3,), 0.5413), atol=1e-3)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
+def test_phase_wrap_exchanges_only_the_phase_parameters(tmp_path):
+    """tools/bench_ddp.py under torchrun (2 gloo processes, tiny model): the trainer's wrap
+    (``wrap_ddp`` after the phase froze the model) all-reduces exactly the phase's trainable
+    parameters, fp32, once per step; one wrap of the whole model exchanges every parameter, and
+    without find_unused_parameters it stops at the second step."""
+    from raccnn.config import load_config
+    from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
+    from raccnn.models.racnn import build_racnn
+
+    tiny = ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "data.resize=48", "data.crop=48"]
+    out = tmp_path / "ddp.json"
+    res = torchrun("tools/bench_ddp.py", "--opts", *tiny, "--classes", "3", "--batch", "2", "--rounds", "2",
+                   "--warmup", "1", "--json", str(out))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    cfg = load_config("experiments/configs/fgsynth_default.yaml", tiny)
+    model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), 3)
+    total = sum(p.numel() for p in model.parameters())
+    for case, phase in (("alternate_cls", AlternateCls), ("alternate_apn", AlternateAPN), ("fusion", Fusion)):
+        mine = sum(p.numel() for p in phase(cfg, 0).parameters(model))
+        assert 0 < mine < total
+        sent = {r["wrap"]: r for r in rows if r["case"] == case}
+        assert sent["phase"]["trainable_params"] == mine and sent["phase"]["model_params"] == total
+        assert sent["none"]["allreduced_bytes"] == 0
+        assert sent["phase"]["allreduced_bytes"] == 4 * mine
+        assert sent["whole"]["allreduced_bytes"] == 4 * total
+        assert sent["whole_strict"]["outcome"].startswith("fails: Expected to have finished reduction")
+        assert all(r["ms_per_step"] > 0 and r["processes"] == 2 for r in sent.values() if "ms_per_step" in r)
+    assert res.stdout.count("alternate_apn  phase") == 1  # rank 0 prints

@@ -46,7 +46,6 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -56,6 +55,7 @@ from raccnn.data.standin import write_cub_standin
 from raccnn.data.transforms import build_transforms
 from raccnn.device import DEVICES, resolve_device
 from raccnn.errors import ConfigError
+from raccnn.engine.distributed import wrap_ddp
 from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
 from raccnn.engine.precision import AMP_DTYPES, autocast, check_compiler, set_cudnn_benchmark
 from raccnn.engine.trainer import PhaseStep
@@ -87,7 +87,7 @@ def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
         opt = tiny_lr(phase.optimizer(params))
         module = PhaseStep(model, phase)
         if ddp:
-            module = DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
+            module = wrap_ddp(module, device)
 
         def step():
             with autocast(device, dtype):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 
@@ -50,6 +51,15 @@ def init_distributed(device_name: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return world
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """``module`` in DistributedDataParallel on ``device`` (its GPU; the CPU under gloo). The trainer
+    wraps each phase's step after the phase froze the rest of the model: DDP puts its all-reduce
+    hooks on the parameters that require gradient when it is built, so only the phase's trainable
+    parameters are exchanged, and the frozen ones, which get no gradient, cannot stall its reducer.
+    ``tools/bench_ddp.py`` measures this against one wrap of the whole model."""
+    return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
 
 def current_world() -> World:

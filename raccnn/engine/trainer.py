@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -46,7 +45,7 @@ from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
 from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world
+from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world, wrap_ddp
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
@@ -262,8 +261,7 @@ class Trainer:
         if self.step_module is None:
             self.step_module = PhaseStep(self.model, phase)
             if self.world.distributed:
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
+                self.step_module = wrap_ddp(self.step_module, self.device)
         return self.step_module
 
     def train_epoch(self, phase: Phase) -> float:

@@ -1,0 +1,175 @@
+"""What DistributedDataParallel costs a phase's step, wrapped per phase (the trainer's way) or once.
+
+    torchrun --nproc_per_node=2 tools/bench_ddp.py [--config experiments/configs/fgsynth_default.yaml]
+        [--opts KEY=VALUE ...] [--classes 10] [--batch 16] [--rounds 30] [--warmup 3]
+        [--cases alternate_cls alternate_apn fusion] [--json out.json]
+
+The phases freeze different parts of the model, so the wrap decides which gradients DDP exchanges.
+For each phase step (``tools/benchmark.py``'s: random tensors, the phase's freezing, loss and
+optimiser; ``--batch`` images per process), three wraps of the same step, each on its own copy of
+the model, timed in turn round by round (``benchmark.timed_in_turn``; every step ends with a barrier,
+so the ranks start each step together):
+
+- ``none``: no DDP; no gradient is exchanged and the ranks' weights drift apart (the floor);
+- ``phase``: the trainer's wrap (``raccnn.engine.distributed.wrap_ddp``), built after the phase
+  froze the rest of the model, so DDP hooks only the phase's trainable parameters;
+- ``whole``: DDP built once over the whole model while every parameter is trainable, the phase
+  frozen afterwards, as a trainer that wrapped the model once would. The frozen parameters then
+  never get a gradient, which DDP only accepts with ``find_unused_parameters=True``.
+
+Per line: ms per step (rank 0's median), the median over rounds of the step's time over ``none``'s,
+and the bytes all-reduced per step, counted by a DDP communication hook on one step of a separate
+copy. Then ``whole`` without ``find_unused_parameters`` is run for two steps and its outcome printed.
+Without torchrun it runs as a group of one process (gloo on the CPU, NCCL on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+import benchmark  # tools/benchmark.py: its configs, models, batches and interleaved timing
+from raccnn.device import DEVICES, resolve_device
+from raccnn.engine.distributed import init_distributed, wrap_ddp
+from raccnn.engine.trainer import PhaseStep
+from raccnn.errors import ConfigError
+
+WRAPS = ("none", "phase", "whole")
+
+
+def phase_step(case, model, cfg, images, target, device, wrap, count=None, find_unused=True):
+    """One optimiser step of phase ``case`` on ``model`` with the gradients exchanged as ``wrap``
+    says; ``count``: a one-element list to which every all-reduced bucket adds its bytes."""
+    phase = benchmark.PHASES[case](cfg, 0)
+    module = PhaseStep(model, phase)
+    if wrap == "whole":  # built while every parameter is trainable; the phase freezes afterwards
+        for p in model.parameters():
+            p.requires_grad_(True)
+        module = DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None,
+                                         find_unused_parameters=find_unused)
+    params = phase.freeze(model)
+    phase.set_modes(model)
+    if wrap == "phase":
+        module = wrap_ddp(module, device)
+    if count is not None and wrap != "none":
+        def counting(state, bucket):
+            count[0] += bucket.buffer().numel() * bucket.buffer().element_size()
+            return default_hooks.allreduce_hook(state, bucket)
+        module.register_comm_hook(None, counting)
+    opt = benchmark.tiny_lr(phase.optimizer(params))
+
+    def step():
+        loss, _ = module(images, target, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        dist.barrier()
+    return step, params
+
+
+def bytes_per_step(case, cfg, args, images, target, device, wrap) -> int:
+    """The bytes ``wrap`` all-reduces in one step of ``case`` (a DDP communication hook counts them)."""
+    count = [0]
+    model = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
+    step, _ = phase_step(case, model, cfg, images, target, device, wrap, count)
+    step()
+    return count[0]
+
+
+def strict_whole(case, cfg, args, images, target, device) -> str:
+    """What two steps of ``whole`` without ``find_unused_parameters`` do."""
+    model = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
+    step, _ = phase_step(case, model, cfg, images, target, device, "whole", find_unused=False)
+    try:
+        step()
+        step()
+    except RuntimeError as exc:
+        return "fails: " + str(exc).strip().split(". ")[0]
+    return "runs"
+
+
+def bench(cfg, args, device, world):
+    rows = []
+    main = world.rank == 0
+    for case in args.cases:
+        torch.manual_seed(1 + world.rank)  # each rank its own batch, as each draws its own shard
+        images, target = benchmark.random_batch(cfg, args.batch, args.classes, device, torch.preserve_format)
+        base = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
+        steps = []
+        for wrap in WRAPS:
+            step, params = phase_step(case, copy.deepcopy(base), cfg, images, target, device, wrap)
+            steps.append(step)
+        trainable = sum(p.numel() for p in params)  # the phase's, the same in every wrap
+        times = benchmark.timed_in_turn(steps, args.rounds, args.warmup, device)
+        total = sum(p.numel() for p in base.parameters())
+        for k, wrap in enumerate(WRAPS):
+            sent = bytes_per_step(case, cfg, args, images, target, device, wrap) if wrap != "none" else 0
+            row = dict(case=case, wrap=wrap, processes=world.size, batch=args.batch, rounds=args.rounds,
+                       ms_per_step=1000 * statistics.median(times[k]),
+                       ratio_to_none=statistics.median(t / n for t, n in zip(times[k], times[0])),
+                       allreduced_bytes=sent, trainable_params=trainable, model_params=total)
+            rows.append(row)
+            if main:
+                print(f"{case:14s} {wrap:6s} {row['ms_per_step']:8.1f} ms  x{row['ratio_to_none']:.3f} of none  "
+                      f"{sent / 2**20:7.2f} MiB all-reduced per step  (trainable {trainable:,} of {total:,} "
+                      f"parameters)", flush=True)
+        outcome = strict_whole(case, cfg, args, images, target, device)
+        rows.append(dict(case=case, wrap="whole_strict", processes=world.size, outcome=outcome))
+        if main:
+            print(f"{case:14s} whole without find_unused_parameters: {outcome}", flush=True)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="experiments/configs/fgsynth_default.yaml")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--classes", type=benchmark.at_least(1), default=10)
+    p.add_argument("--batch", type=benchmark.at_least(1), default=16, help="images per process")
+    p.add_argument("--cases", nargs="+", default=list(benchmark.PHASES), choices=list(benchmark.PHASES))
+    p.add_argument("--rounds", type=benchmark.at_least(1), default=30)
+    p.add_argument("--warmup", type=benchmark.at_least(0), default=3)
+    p.add_argument("--json", default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        cfg = benchmark.load_bench_config(args.config, args.opts, device)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "WORLD_SIZE" not in os.environ:  # plain python: a group of one
+        os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", "29518"))
+    world = init_distributed(args.device)
+    if not dist.is_initialized():  # init_distributed joins a group only for several processes
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    if world.rank == 0:
+        print(f"{args.config} {' '.join(args.opts)}: {world.size} process(es), "
+              f"{torch.get_num_threads()} thread(s) each, batch {args.batch} per process, {args.rounds} rounds",
+              flush=True)
+    rows = bench(cfg, args, device, world)
+    if world.rank == 0 and args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "opts": args.opts, "processes": world.size,
+                       "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
