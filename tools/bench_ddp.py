@@ -34,7 +34,6 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel
 
 import benchmark  # tools/benchmark.py: its configs, models, batches and interleaved timing
 from raccnn.device import DEVICES, resolve_device
@@ -53,8 +52,7 @@ def phase_step(case, model, cfg, images, target, device, wrap, count=None, find_
     if wrap == "whole":  # built while every parameter is trainable; the phase freezes afterwards
         for p in model.parameters():
             p.requires_grad_(True)
-        module = DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None,
-                                         find_unused_parameters=find_unused)
+        module = wrap_ddp(module, device, find_unused_parameters=find_unused)
     params = phase.freeze(model)
     phase.set_modes(model)
     if wrap == "phase":

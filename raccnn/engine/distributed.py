@@ -53,13 +53,15 @@ def init_distributed(device_name: str) -> World:
     return world
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+def wrap_ddp(module: torch.nn.Module, device: torch.device, **options) -> DistributedDataParallel:
     """``module`` in DistributedDataParallel on ``device`` (its GPU; the CPU under gloo). The trainer
     wraps each phase's step after the phase froze the rest of the model: DDP puts its all-reduce
     hooks on the parameters that require gradient when it is built, so only the phase's trainable
     parameters are exchanged, and the frozen ones, which get no gradient, cannot stall its reducer.
-    ``tools/bench_ddp.py`` measures this against one wrap of the whole model."""
-    return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    ``tools/bench_ddp.py`` measures this against one wrap of the whole model. ``options`` go to
+    DistributedDataParallel."""
+    return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None,
+                                   **options)
 
 
 def current_world() -> World:
