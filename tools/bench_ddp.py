@@ -73,19 +73,18 @@ def phase_step(case, model, cfg, images, target, device, wrap, count=None, find_
     return step, params
 
 
-def bytes_per_step(case, cfg, args, images, target, device, wrap) -> int:
-    """The bytes ``wrap`` all-reduces in one step of ``case`` (a DDP communication hook counts them)."""
+def bytes_per_step(case, base, cfg, images, target, device, wrap) -> int:
+    """The bytes ``wrap`` all-reduces in one step of ``case`` on a copy of ``base`` (a DDP
+    communication hook counts them; it must be registered before the wrap's first step)."""
     count = [0]
-    model = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
-    step, _ = phase_step(case, model, cfg, images, target, device, wrap, count)
+    step, _ = phase_step(case, copy.deepcopy(base), cfg, images, target, device, wrap, count)
     step()
     return count[0]
 
 
-def strict_whole(case, cfg, args, images, target, device) -> str:
-    """What two steps of ``whole`` without ``find_unused_parameters`` do."""
-    model = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
-    step, _ = phase_step(case, model, cfg, images, target, device, "whole", find_unused=False)
+def strict_whole(case, base, cfg, images, target, device) -> str:
+    """What two steps of ``whole`` without ``find_unused_parameters`` do, on a copy of ``base``."""
+    step, _ = phase_step(case, copy.deepcopy(base), cfg, images, target, device, "whole", find_unused=False)
     try:
         step()
         step()
@@ -109,7 +108,7 @@ def bench(cfg, args, device, world):
         times = benchmark.timed_in_turn(steps, args.rounds, args.warmup, device)
         total = sum(p.numel() for p in base.parameters())
         for k, wrap in enumerate(WRAPS):
-            sent = bytes_per_step(case, cfg, args, images, target, device, wrap) if wrap != "none" else 0
+            sent = bytes_per_step(case, base, cfg, images, target, device, wrap) if wrap != "none" else 0
             row = dict(case=case, wrap=wrap, processes=world.size, batch=args.batch, rounds=args.rounds,
                        ms_per_step=1000 * statistics.median(times[k]),
                        ratio_to_none=statistics.median(t / n for t, n in zip(times[k], times[0])),
@@ -119,7 +118,7 @@ def bench(cfg, args, device, world):
                 print(f"{case:14s} {wrap:6s} {row['ms_per_step']:8.1f} ms  x{row['ratio_to_none']:.3f} of none  "
                       f"{sent / 2**20:7.2f} MiB all-reduced per step  (trainable {trainable:,} of {total:,} "
                       f"parameters)", flush=True)
-        outcome = strict_whole(case, cfg, args, images, target, device)
+        outcome = strict_whole(case, base, cfg, images, target, device)
         rows.append(dict(case=case, wrap="whole_strict", processes=world.size, outcome=outcome))
         if main:
             print(f"{case:14s} whole without find_unused_parameters: {outcome}", flush=True)
