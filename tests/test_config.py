@@ -57,7 +57,7 @@ def test_two_level_inheritance_merges_dicts_and_replaces_lists(chain):
     assert cfg["model"]["apn"]["pool_size"] == 2      # root's sibling key survives the merge
     assert cfg["model"]["input_sizes"] == [32, 32, 32]
     assert cfg["data"]["hit_parts"] == ["eye"]        # lists replace, never concatenate
-    assert cfg["model"]["crop"] == {"k": 5.0, "grad": "mask", "impl": "gather", "compile": False}
+    assert cfg["model"]["crop"] == {"k": 5.0, "grad": "mask", "impl": "auto", "compile": False}
     assert isinstance(cfg["model"]["crop"]["k"], float)
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from raccnn.models import GRAD_MODES, attention_crop, box_mask
-from raccnn.models.crop import compiled_attention_crop, masked_zoom
+import raccnn.models.crop as crop_module
+from raccnn.models.crop import compiled_attention_crop, masked_zoom, resolve_impl
 
 
 def naive_crop(image, box, out_h, out_w, k):
@@ -109,6 +110,24 @@ def test_grid_sample_impl_has_the_gather_gradients(grad):
                                  (images, boxes)) for impl in ("gather", "grid_sample")]
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
     assert grads[0][1].abs().sum() > 0
+
+
+def test_auto_impl_is_grid_sample_on_cuda_and_the_gathers_elsewhere(monkeypatch):
+    """``impl="auto"`` (the default) picks per device what measured faster there; an explicit
+    choice is kept on every device."""
+    assert resolve_impl("auto", torch.device("cuda", 0)) == "grid_sample"
+    assert resolve_impl("auto", torch.device("cpu")) == "gather"
+    assert resolve_impl("gather", torch.device("cuda")) == "gather"
+    assert resolve_impl("grid_sample", torch.device("cpu")) == "grid_sample"
+    called = []
+    monkeypatch.setattr(crop_module, "masked_zoom_grid_sample", lambda *a: called.append("grid_sample"))
+    monkeypatch.setattr(crop_module, "masked_zoom", lambda *a: called.append("gather"))
+    images, boxes = torch.rand(1, 3, 8, 8), torch.tensor([[0.5, 0.5, 0.25]])
+    attention_crop(images, boxes, 4)
+    attention_crop(images, boxes, 4, impl="grid_sample")
+    assert called == ["gather", "grid_sample"]
+    with pytest.raises(ValueError, match="impl must be one of"):
+        attention_crop(images, boxes, 4, impl="bilinear")
 
 
 @pytest.mark.parametrize("grad", GRAD_MODES)

@@ -88,8 +88,10 @@ def run_counting_graphs(trainer, counters) -> dict[str, int]:
 
 def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch):
     """Dynamo guards on train/eval mode and requires_grad: the phases switch between a few such
-    states, each compiled once; a second alternation round must add no graph. (The eager backend
-    keeps the test fast: what is counted is Dynamo's guarding, the same for every backend.)"""
+    states, each compiled once; a second alternation round must add no graph, and no graph may
+    reach Dynamo's recompile limit (past it Dynamo would run the network eager without a word, and
+    add no graph either). (The eager backend keeps the test fast: what is counted is Dynamo's
+    guarding, the same for every backend.)"""
     dynamo = pytest.importorskip("torch._dynamo")
     real = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real(self, backend="eager"))
@@ -97,7 +99,8 @@ def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_r
     counters = dynamo.utils.counters
     counters.clear()
     trainer = make_trainer(data_root, tmp_path, ["train.compile=true", "train.alternate.rounds=3"])
-    graphs_before = run_counting_graphs(trainer, counters)
+    with dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no silent fall-back to eager
+        graphs_before = run_counting_graphs(trainer, counters)
     assert graphs_before["alternate_cls[round 2]"] > 0  # compiled in the first round
     assert graphs_before["alternate_cls[round 3]"] == graphs_before["alternate_cls[round 2]"]  # round 2 added none
 
@@ -115,7 +118,8 @@ def test_compiled_crop_does_not_recompile_once_every_phase_state_was_seen(data_r
     counters.clear()
     try:
         trainer = make_trainer(data_root, tmp_path, ["model.crop.compile=true", "train.alternate.rounds=3"])
-        graphs_before = run_counting_graphs(trainer, counters)
+        with dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            graphs_before = run_counting_graphs(trainer, counters)
     finally:
         compiled_attention_crop.cache_clear()  # later tests compile with the real backend
     assert graphs_before["alternate_cls[round 2]"] > 0

@@ -135,7 +135,7 @@ def test_a_checkpoint_from_before_newer_keys_still_loads(checkpoint, tmp_path):
     old = tmp_path / "old.pt"
     save_checkpoint(old, ckpt)
     model, loaded = load_trained_model(old, "cpu")
-    assert model.crop_impl == "gather" and model.crop_k == 7.0
+    assert model.crop_impl == "auto" and model.crop_k == 7.0
     assert loaded["config"]["train"]["cudnn_benchmark"] == "auto"
     assert fill_defaults({"model": {"width": 3}, "gone": 1})["model"]["width"] == 3
     assert fill_defaults({"gone": 1})["gone"] == 1  # keys no longer in the schema are kept, not refused

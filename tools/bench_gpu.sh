@@ -30,7 +30,7 @@ steps)
     "$py" -m pytest -q -p no:cacheprovider tests/test_crop.py 2>&1 | tail -3
     bench sweep 240 --batch 16 32 64 96 128 --cases alternate_cls alternate_apn fusion eval --steps 10 --warmup 3 \
         --loader-workers 8 16 --loader-images 1024
-    bench largest 120 --batch 160 192 256 --cases alternate_cls --steps 5 --warmup 2 --loader-workers
+    bench largest 120 --batch 192 256 288 320 --cases alternate_cls --steps 5 --warmup 2 --loader-workers
     ;;
 options)
     bench fp32_nchw 150 --batch 32 --amp none bf16 --channels-last false true --cases alternate_cls eval --steps 10 \

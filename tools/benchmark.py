@@ -45,6 +45,7 @@ import tempfile
 import time
 
 import torch
+import torch._dynamo
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -59,6 +60,7 @@ from raccnn.engine.distributed import wrap_ddp
 from raccnn.engine.phases import AlternateAPN, AlternateCls, Fusion
 from raccnn.engine.precision import AMP_DTYPES, autocast, check_compiler, set_cudnn_benchmark
 from raccnn.engine.trainer import PhaseStep
+from raccnn.models.crop import resolve_impl
 from raccnn.models.racnn import build_racnn
 
 PHASES = {"alternate_cls": AlternateCls, "alternate_apn": AlternateAPN, "fusion": Fusion}
@@ -189,6 +191,9 @@ def build_model(cfg, num_classes, device, fmt, compile):
     model = build_racnn(dict(cfg, model=dict(cfg["model"], pretrained=False)), num_classes)
     model.to(device, memory_format=fmt)
     if compile:
+        # Dynamo's recompile limit counts per code object, over every model of the process: without
+        # a reset, the cases after the first few models ran eager while reported as compiled.
+        torch._dynamo.reset()
         for net in model.scales:
             net.compile()
     return model
@@ -270,7 +275,7 @@ def bench_model(cfg, args, device):
                 crop = crop_step(model, images, case, device, impl)
                 if crop:
                     crop_ms[impl] = 1000 * timed(crop, args.steps, args.warmup, device)
-            used = model.crop_impl
+            used = resolve_impl(model.crop_impl, device)
             row = dict(case=case, batch=batch, amp=amp, channels_last=cl, compile=comp, ddp=ddp,
                        images_per_s=batch / sec, ms_per_step=1000 * sec, first_step_s=first,
                        peak_memory_mib=peak_memory_mib(device), gflop_per_image=flops / 1e9,
@@ -383,6 +388,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
+    if any(args.compile):  # a graph that hits Dynamo's recompile limit stops the run instead of going eager
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
     cudnn = set_cudnn_benchmark(cfg["train"]["cudnn_benchmark"], device, cfg["deterministic"])
     if any(args.ddp) and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -67,7 +67,7 @@ class RACNN(nn.Module):
         apn: dict | None = None,
         crop_k: float = K_DEFAULT,
         crop_grad: str = "mask",
-        crop_impl: str = "gather",
+        crop_impl: str = "auto",
         crop_compile: bool = False,
         attention: dict | None = None,
         proposer: str = "apn",
