@@ -86,7 +86,8 @@ def run_counting_graphs(trainer, counters) -> dict[str, int]:
     return graphs_before
 
 
-def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sizes", ["[32,32,32]", "[48,32,32]"])  # the second as the paper's 448 -> 224 -> 224
+def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_root, tmp_path, monkeypatch, sizes):
     """Dynamo guards on train/eval mode and requires_grad: the phases switch between a few such
     states, each compiled once; a second alternation round must add no graph, and no graph may
     reach Dynamo's recompile limit (past it Dynamo would run the network eager without a word, and
@@ -98,7 +99,8 @@ def test_compiled_scales_do_not_recompile_once_every_phase_state_was_seen(data_r
     dynamo.reset()
     counters = dynamo.utils.counters
     counters.clear()
-    trainer = make_trainer(data_root, tmp_path, ["train.compile=true", "train.alternate.rounds=3"])
+    trainer = make_trainer(data_root, tmp_path, ["train.compile=true", "train.alternate.rounds=3",
+                                                 f"model.input_sizes={sizes}"])
     with dynamo.config.patch(fail_on_recompile_limit_hit=True):  # no silent fall-back to eager
         graphs_before = run_counting_graphs(trainer, counters)
     assert graphs_before["alternate_cls[round 2]"] > 0  # compiled in the first round
