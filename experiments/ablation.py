@@ -46,7 +46,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from raccnn.config import ConfigError, config_diff, load_config
+from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
@@ -121,8 +121,10 @@ def run_one(config: str, opts: list[str], work_dir: Path, threads: int | None = 
         metrics_path = work_dir / "metrics.json"
         if metrics_path.exists():
             saved = load_config(work_dir / "config.yaml")
-            # where a run lives is not what it is: a run copied from another grid's folder counts
-            diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]), ignore=("name", "work_dir"))
+            # where a run lives is not what it is: a run copied from another grid's folder counts, and so
+            # does one computed another way (HOW_COMPUTED)
+            diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]),
+                               ignore=("name", "work_dir", *HOW_COMPUTED))
             if diff:
                 raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
         else:

@@ -37,7 +37,15 @@ from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
 from .models.racnn import RACNN
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve_config", "default_config", "save_config",
-           "config_diff", "parse_cli_opts"]
+           "config_diff", "parse_cli_opts", "HOW_COMPUTED"]
+
+# Keys that choose how the same formulas are computed (the crop's implementation, compilation, memory
+# layout, cuDNN's algorithm search; equal up to float rounding, tests/test_crop.py and
+# tests/test_precision.py), not which experiment runs: a resumed run (tools/train.py) and a grid's
+# finished run (experiments/ablation.py) may differ in them, e.g. a run saved with
+# model.crop.impl=gather, the default before auto, or one continued on a GPU.
+HOW_COMPUTED = ("model.crop.impl", "model.crop.compile", "train.compile", "train.channels_last",
+                "train.cudnn_benchmark")
 
 
 def _dirname(v):

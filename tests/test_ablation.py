@@ -68,6 +68,12 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     # a finished run copied into another grid's folder is the same run: reused, not retrained
     moved = tmp_path / "moved"
     shutil.copytree(out / "attention_none_proposer_apn", moved / "attention_none_proposer_apn")
+    # as is one computed another way (raccnn.config.HOW_COMPUTED): here with the crop's former default
+    saved_cfg = moved / "attention_none_proposer_apn" / "seed0" / "config.yaml"
+    saved = yaml.safe_load(saved_cfg.read_text())
+    assert saved["model"]["crop"]["impl"] == "auto"
+    saved["model"]["crop"]["impl"] = "gather"
+    saved_cfg.write_text(yaml.safe_dump(saved))
     grid["blocks"][0]["attention"].pop("se@3")
     grid_file.write_text(yaml.safe_dump(grid))
     reused = subprocess.run(cmd[:-1] + [str(moved)], capture_output=True, text=True)

@@ -277,6 +277,10 @@ def test_resume_accepts_a_changed_learning_rate_only():
     check_same_run(older, load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=features"]), "x")
     with pytest.raises(CheckpointError, match="model.fusion: 'features' -> 'log_probs'"):
         check_same_run(older, load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=log_probs"]), "x")
+    # how the numbers are computed may change: a run saved with the crop's former default, resumed compiled
+    gathered = load_config("experiments/configs/fgsynth_default.yaml", ["model.crop.impl=gather"])
+    check_same_run(gathered, load_config("experiments/configs/fgsynth_default.yaml",
+                                         ["train.compile=true", "train.channels_last=true"]), "x")
 
 
 @pytest.mark.parametrize("opt, message", [

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from raccnn.config import ConfigError, config_diff, fill_defaults, load_config, save_config
+from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, fill_defaults, load_config, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
@@ -51,9 +51,10 @@ def quiet_writer_thread(args) -> None:
 def check_same_run(saved: dict, cfg: dict, path: str) -> None:
     """A resumed run continues the same experiment: another config would mix two of them (and can
     change the phase plan the checkpoint's position refers to). Learning rates may change (the way
-    on after a divergence), and so may train.force_lr. Keys added since the checkpoint was written
-    count at their defaults."""
-    diff = [d for d in config_diff(fill_defaults(saved), cfg, ignore=("work_dir", "train.force_lr", "data.verify_images")) if not d[0].endswith(".lr")]
+    on after a divergence), and so may train.force_lr and the keys of how the numbers are computed
+    (``HOW_COMPUTED``). Keys added since the checkpoint was written count at their defaults."""
+    ignore = ("work_dir", "train.force_lr", "data.verify_images", *HOW_COMPUTED)
+    diff = [d for d in config_diff(fill_defaults(saved), cfg, ignore=ignore) if not d[0].endswith(".lr")]
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:6])
         raise CheckpointError(f"{path} belongs to a run with another config ({shown}); choose another "
