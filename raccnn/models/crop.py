@@ -22,7 +22,7 @@ over images, no custom autograd function (autograd differentiates the formulas e
 ``impl`` chooses how the same formulas are computed: ``"gather"`` (``masked_zoom``: four gathered
 neighbours per output pixel, work proportional to the output; on the CPU the faster when the boxes
 receive gradient), ``"grid_sample"`` (torch's ``grid_sample`` on the masked full-resolution image;
-on an H100 two to three times faster than the gathers, README "Speed and scale") or ``"auto"``
+on an H100 1.8 to 3 times faster than the gathers, README "Speed and scale") or ``"auto"``
 (``grid_sample`` on CUDA, ``gather`` elsewhere: ``resolve_impl``). Both give the same values and
 gradients (tested); ``tools/benchmark.py`` times both on the device at hand.
 ``compiled_attention_crop`` is the same function through ``torch.compile`` (``model.crop.compile``).
