@@ -47,7 +47,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
-from raccnn.engine.checkpoint import load_checkpoint
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
 from raccnn.models.fusion import fusion_names
@@ -139,7 +139,7 @@ def run_one(config: str, opts: list[str], work_dir: Path, threads: int | None = 
             if res.returncode != 0:
                 raise RunFailed(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
     metrics = json.loads(metrics_path.read_text())
-    progress = load_checkpoint(work_dir / "last.pt", weights_only=False)["progress"]
+    progress = load_checkpoint(work_dir / "last.pt")["progress"]
     metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
     return metrics
 
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     for (name, seed), future in futures.items():
         try:
             per_row[name][seed] = future.result()
-        except (RunFailed, ConfigError) as exc:
+        except (RunFailed, ConfigError, CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
     incomplete = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
     failed = 0 if args.report else incomplete

@@ -121,7 +121,7 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert res.stdout.count("fusion 123: per-scale weights") == 1  # rank 0 logs
-    best = torch.load(fit / "best.pt", map_location="cpu", weights_only=False)
+    best = torch.load(fit / "best.pt", map_location="cpu", weights_only=True)
     assert best["phase"] == "fusion" and not torch.allclose(best["model"]["fusion.123.raw"], torch.full((3,), 0.5413), atol=1e-3)
 
 

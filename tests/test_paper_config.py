@@ -39,7 +39,7 @@ def test_paper_config_runs_every_phase_on_a_cub_shaped_standin(tmp_path):
         assert f"== phase {phase}:" in res.stdout
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["num_images"] == 2
-    ckpt = torch.load(work / "best.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(work / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["config"]["model"]["input_sizes"] == [448, 224, 224] and ckpt["config"]["model"]["backbone"] == "vgg19"
     assert ckpt["num_classes"] == 200 and ckpt["model"]["scales.0.classifier.weight"].shape == (200, 512)
     assert sum(v.numel() for k, v in ckpt["model"].items() if k.startswith("scales.0.backbone")) == 20_024_384

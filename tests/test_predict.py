@@ -129,7 +129,7 @@ def test_an_out_path_that_is_a_file_is_one_line_and_exit_2(checkpoint, tmp_path)
 def test_a_checkpoint_from_before_newer_keys_still_loads(checkpoint, tmp_path):
     """A checkpoint whose saved config lacks keys added later (model.crop.impl,
     train.cudnn_benchmark) is read with those keys at their defaults, its own values kept."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     del ckpt["config"]["model"]["crop"]["impl"], ckpt["config"]["train"]["cudnn_benchmark"]
     ckpt["config"]["model"]["crop"]["k"] = 7.0
     old = tmp_path / "old.pt"

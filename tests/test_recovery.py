@@ -83,7 +83,7 @@ def run(cmd, env=None, **kwargs):
 
 
 def model_tensors(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def assert_same_tensors(a, b, what):

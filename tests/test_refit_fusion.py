@@ -23,8 +23,8 @@ def test_refit_swaps_the_fusion_heads_and_keeps_the_scales(data_root, tmp_path, 
     out = tmp_path / "refit"
     metrics = refit(str(run), target, str(out))
     assert (out / "metrics.json").exists() and metrics["num_images"] == 24
-    source_model = load_checkpoint(run / "best_alternate.pt", weights_only=False)["model"]
-    best = load_checkpoint(out / "best.pt", weights_only=False)
+    source_model = load_checkpoint(run / "best_alternate.pt")["model"]
+    best = load_checkpoint(out / "best.pt")
     assert best["config"]["model"]["fusion"] == target and best["phase"] == "fusion"
     assert {k for k in best["model"] if k.startswith("fusion.")} == keys
     for k, v in source_model.items():  # scales and APNs exactly as the alternation left them

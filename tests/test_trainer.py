@@ -18,11 +18,11 @@ def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
     assert phases.index("init_apn") < phases.index("alternate_cls[round 1]") < phases.index("fusion")
     assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(cls_before, trainer.model.scales.parameters()))
-    last = load_checkpoint(tmp_path / "last.pt", weights_only=False)
+    last = load_checkpoint(tmp_path / "last.pt")
     assert last["progress"]["phase_index"] == len(trainer.plan)
     assert (tmp_path / "best.pt").exists()
     # the fused head was trained and selected on validation
-    assert load_checkpoint(tmp_path / "best.pt", weights_only=False)["phase"] == "fusion"
+    assert load_checkpoint(tmp_path / "best.pt")["phase"] == "fusion"
     # pretraining copied scale 1's network into the other scales before they diverged
     assert trainer.progress.history[0]["phase"] == "pretrain_cls"
 
@@ -110,7 +110,7 @@ def test_resume_mid_alternate_ends_with_the_same_weights(data_root, tmp_path):
     stop_step = next(h["step"] for h in full.progress.history if h["phase"] == "alternate_apn[round 1]")
     part = make_trainer(data_root, tmp_path / "part")
     part.run(stop_after_step=stop_step)
-    ckpt = load_checkpoint(tmp_path / "part" / "last.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "part" / "last.pt")
     assert ckpt["phase"] == "alternate_apn[round 1]" and ckpt["progress"]["step"] == stop_step
     resumed = make_trainer(data_root, tmp_path / "part")
     resumed.resume(str(tmp_path / "part" / "last.pt"))
@@ -255,7 +255,7 @@ def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(data_ro
     fusion.loss = exploding
     with pytest.raises(DivergenceError, match=r"training diverged in fusion, epoch 1, step \d+: loss .*train.fusion.lr"):
         trainer.run()
-    last = load_checkpoint(tmp_path / "last.pt", weights_only=False)
+    last = load_checkpoint(tmp_path / "last.pt")
     assert last["phase"] == "fusion" and last["progress"]["epoch"] == 0  # the last finished epoch
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
     assert (tmp_path / "best_alternate.pt").exists() and not (tmp_path / "best.pt").exists()
@@ -381,7 +381,7 @@ def test_log_prob_fusion_is_fitted_on_validation_without_training_steps(data_roo
         trainer.run()
     history = trainer.progress.history
     assert history[-1]["phase"] == "fusion" and history[-1]["step"] == history[-2]["step"]  # no training step
-    best = load_checkpoint(tmp_path / "best.pt", weights_only=False)
+    best = load_checkpoint(tmp_path / "best.pt")
     assert best["phase"] == "fusion"
     trainer.model.load_state_dict(best["model"])
     head = trainer.model.fusion["123"]

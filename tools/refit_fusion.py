@@ -34,7 +34,7 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
     if not os.path.exists(source):
         raise CheckpointError(f"{source} not found: --run must be the work dir of a run whose alternation has "
                               f"finished (it writes {Alternating.best_file})")
-    ckpt = load_checkpoint(source, weights_only=False)
+    ckpt = load_checkpoint(source)
     with tempfile.TemporaryDirectory() as tmp:  # the run's config, validated again with the changes
         save_config(fill_defaults(ckpt["config"]), os.path.join(tmp, "run.yaml"))
         cfg = load_config(os.path.join(tmp, "run.yaml"), [*opts, f"model.fusion={fusion}", f"work_dir={work_dir}"])

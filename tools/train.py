@@ -127,7 +127,7 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
                               f"own directory (its best checkpoints are there); copy that directory and "
                               f"resume inside it, or pass --work-dir {os.path.dirname(resume) or '.'}")
     if resume:
-        saved = load_checkpoint(resume, weights_only=False).get("config")
+        saved = load_checkpoint(resume).get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{resume}: no 'config' entry (not a raccnn training checkpoint?)")
         check_same_run(saved, cfg, resume)

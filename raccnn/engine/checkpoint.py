@@ -1,16 +1,23 @@
-"""Checkpoint files: atomic saving, loading with clear errors, RNG state, compatibility.
+"""Checkpoint files: atomic saving, safe loading with clear errors, RNG state, compatibility.
 
 A checkpoint is a dict saved with ``torch.save``. Checkpoints meant for
 resuming should hold at least ``"config"`` (the resolved config) and
 ``"num_classes"`` so that ``check_compatible`` can compare them with the
-current run. ``capture_rng_state`` returns only plain Python values and
-tensors, so a checkpoint holding it loads with ``weights_only=True``.
+current run.
+
+Every checkpoint is read with torch's restricted unpickler (``weights_only=True``): tensors, plain
+Python containers, numbers and strings load, and a file holding any other object is refused
+before any of it runs. A pickle can name any function to call while it is read, so a file from
+someone else must never reach the unrestricted loader; raccnn's own checkpoints hold nothing else
+(``capture_rng_state`` returns tensors and plain values for that reason).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import zipfile
 from typing import Any, Mapping
 
@@ -21,6 +28,7 @@ from ..fileio import atomic_open
 
 __all__ = [
     "CheckpointError",
+    "UnsafeCheckpointError",
     "ARCHITECTURE_KEYS",
     "save_checkpoint",
     "load_checkpoint",
@@ -32,6 +40,10 @@ __all__ = [
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the current config."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds objects beyond tensors and plain values (unpickling it could run code)."""
 
 
 # Config keys that change the model's parameters: their shapes, or which modules hold any.
@@ -62,30 +74,53 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
         torch.save(dict(state), f)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
-                    weights_only: bool = True) -> dict:
-    """Load a checkpoint dict; raises ``CheckpointError`` naming ``path`` on any problem.
-
-    ``weights_only=True`` (torch's safe loader) accepts tensors and plain
-    Python containers and numbers; pass ``False`` only for trusted files
-    holding other objects.
-    """
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint dict with torch's safe loader; raises ``CheckpointError`` naming ``path``
+    on any problem, and ``UnsafeCheckpointError`` (before anything in the file runs) when it holds
+    an object other than tensors and plain Python values."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+        # explicit True: torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only overrides an unset argument
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path) and _REFUSED.search(str(e)):
+            raise UnsafeCheckpointError(
+                f"refused {path}: it holds {_refused_object(str(e))}, and a checkpoint may hold only tensors and "
+                f"plain Python values; nothing in it was run or loaded. Checkpoints written by raccnn never hold "
+                f"other objects: ask whoever made the file for one saved as a state dict") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
     except Exception as e:  # torch raises many kinds of errors for bad files
         if not zipfile.is_zipfile(path):
             reason = "it is not a torch.save archive (corrupt, truncated or another format?)"
         else:
-            reason = f"{type(e).__name__}: {str(e).strip()}"
+            reason = f"{type(e).__name__}: {_first_line(e)}"
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+_REFUSED = re.compile(r"Weights only load failed")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refused_object(message: str) -> str:
+    """What torch's restricted unpickler refused, in words (its messages name the global)."""
+    found = _GLOBAL.search(message)
+    if found:
+        return f"a reference to {found.group(1)}"
+    detail = [line.strip() for line in message.splitlines()[1:] if line.strip()
+              and "weights_only" not in line and "documentation" not in line]
+    return f"content the safe loader refuses ({detail[0].rstrip('.')})" if detail else "content the safe loader refuses"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def capture_rng_state() -> dict:

@@ -112,7 +112,7 @@ def load_training_checkpoint(checkpoint) -> dict:
     """The dict of a raccnn training checkpoint, its config with the keys added since it was
     written at their defaults (read its config before building the dataset, then
     ``build_trained_model``: one read of the file)."""
-    ckpt = load_checkpoint(checkpoint, weights_only=False)
+    ckpt = load_checkpoint(checkpoint)
     missing = [k for k in ("model", "config", "num_classes") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{checkpoint}: no {missing} entries (not a raccnn training checkpoint?)")

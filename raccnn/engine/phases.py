@@ -247,7 +247,7 @@ class Fusion(Phase):
         path = os.path.join(trainer.work_dir, Alternating.best_file)
         barrier()  # under torchrun rank 0 may still be writing it: every process must read the final file
         if os.path.exists(path):
-            best = load_checkpoint(path, weights_only=False)
+            best = load_checkpoint(path)
             trainer.model.load_state_dict(best["model"])
             log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
                      best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))

@@ -176,7 +176,7 @@ class Trainer:
             save_checkpoint(os.path.join(self.work_dir, name), self.state())
 
     def resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path, weights_only=False)
+        ckpt = load_checkpoint(path)
         if isinstance(ckpt.get("config"), dict):
             ckpt["config"] = fill_defaults(ckpt["config"])  # keys added since it was written, at their defaults
         check_compatible(ckpt, self.cfg, self.num_classes)
