@@ -22,7 +22,7 @@ over images, no custom autograd function (autograd differentiates the formulas e
 ``impl`` chooses how the same formulas are computed: ``"gather"`` (``masked_zoom``: four gathered
 neighbours per output pixel, work proportional to the output; on the CPU the faster when the boxes
 receive gradient), ``"grid_sample"`` (torch's ``grid_sample`` on the masked full-resolution image;
-on an H100 1.8 to 3 times faster than the gathers, README "Speed and scale") or ``"auto"``
+the faster on a GPU, docs/speed.md) or ``"auto"``
 (``grid_sample`` on CUDA, ``gather`` elsewhere: ``resolve_impl``). Both give the same values and
 gradients (tested); ``tools/benchmark.py`` times both on the device at hand.
 ``compiled_attention_crop`` is the same function through ``torch.compile`` (``model.crop.compile``).
@@ -112,7 +112,7 @@ def masked_zoom_grid_sample(images: Tensor, mask_boxes: Tensor, grid_boxes: Tens
                             k: float = K_DEFAULT) -> Tensor:
     """``masked_zoom`` through ``grid_sample`` on the masked image (the same numbers up to rounding).
     It streams the whole masked image through memory, forward and backward; on the CPU its backward
-    made it slower than the gathers (README "Speed and scale")."""
+    makes it the slower of the two (docs/speed.md)."""
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
     height, width = images.shape[-2:]
     work = torch.promote_types(images.dtype, torch.float32)
@@ -135,7 +135,7 @@ def masked_zoom(images: Tensor, mask_boxes: Tensor, grid_boxes: Tensor, out_size
 
     The two axes' weights are multiplied first into one [B, 1, out_h, out_w] weight per neighbour,
     so each product with the gathered pixels broadcasts over the channels only; weights broadcast
-    over rows or columns made the CPU's elementwise kernels slower (README "Speed and scale").
+    over rows or columns make the CPU's elementwise kernels slower (docs/speed.md).
     """
     out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
     b, c, height, width = images.shape

@@ -10,7 +10,7 @@
 Why the second exists: after the alternation every scale is nearly perfect on the training images
 (FG-Synth: 480 of them), so a head trained there cannot learn that a scale is weak on new images.
 Weights fitted on held-out images are the classic remedy for stacking overfitted members. On the
-default FG-Synth run neither head wins outside the seed noise (README "The fusion head",
+default FG-Synth run neither head wins outside the seed noise (docs/results.md, "The fusion head";
 ``experiments/grids/fusion.yaml``), so ``features``, the paper's, is the default.
 """
 from __future__ import annotations

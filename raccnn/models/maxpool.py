@@ -1,9 +1,8 @@
 """A 2x2, stride-2 max-pool with the values and gradients of ``F.max_pool2d``, faster on the CPU.
 
 PyTorch's CPU kernel for ``max_pool2d`` on NCHW tensors is several times slower than its
-channels-last kernel: on the 2-core machine, one pool of a [32, 16, 64, 64] map took 5.3 ms forward
-against 0.8 ms for the elementwise maximum of its four strided sub-grids, and the default model's
-pools about 28 ms of a 65-ms eval step (``tools/bench_pool.py``, README "Speed and scale").
+channels-last kernel and than the elementwise maximum of a window's four strided sub-grids, and the
+pools are a large share of the small default model's evaluation step (measured in docs/speed.md).
 Keeping the model in NCHW (``train.channels_last=false``, the CPU default) keeps every
 convolution's float rounding, so a run's numbers stay those of ``nn.MaxPool2d``; only the pools
 take a faster road:
