@@ -362,6 +362,24 @@ def test_folder_single_layout_and_errors(tmp_path):
         FolderDataset(tmp_path / "missing", "train")
 
 
+def test_folder_images_in_subfolders_count_and_macos_resource_forks_are_skipped(tmp_path):
+    _write_folder(tmp_path / "a", 4)
+    for c in ("cat", "dog"):  # e.g. one subfolder per photo session, one of them nested deeper
+        (tmp_path / "a" / c / "2019" / "march").mkdir(parents=True)
+        Image.fromarray(_noise(40, 30, 7)).save(tmp_path / "a" / c / "2019" / "x.png")
+        Image.fromarray(_noise(40, 30, 8)).save(tmp_path / "a" / c / "2019" / "march" / "y.png")
+        (tmp_path / "a" / c / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+        (tmp_path / "a" / c / ".thumbs").mkdir()
+        Image.fromarray(_noise(8, 8)).save(tmp_path / "a" / c / ".thumbs" / "0.png")
+    splits = [FolderDataset(tmp_path / "a", s, test_fraction=0.25) for s in ("trainval", "test")]
+    paths = sorted(Path(ds.annotation(i)["path"]).relative_to(tmp_path / "a") for ds in splits for i in range(len(ds)))
+    assert [str(p) for p in paths] == [f"{c}/{name}" for c in ("cat", "dog")
+                                       for name in ("0.png", "1.png", "2.png", "2019/march/y.png", "2019/x.png", "3.png")]
+    nested = next(ds for ds in splits if any("march" in ds.annotation(i)["path"] for i in range(len(ds))))
+    i = next(i for i in range(len(nested)) if "march" in nested.annotation(i)["path"])
+    assert nested[i]["label"].item() == int("dog/" in nested.annotation(i)["path"])
+
+
 def test_folder_unreadable_image_fails_at_open_or_is_skipped(tmp_path):
     _write_folder(tmp_path / "a", 5)
     victim = sorted((tmp_path / "a").rglob("*.*"))[0]

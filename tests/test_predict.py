@@ -14,6 +14,7 @@ from conftest import TINY_MODEL as TINY
 from PIL import Image
 
 from raccnn.config import fill_defaults, load_config
+from raccnn.data.transforms import build_transforms
 from raccnn.engine.checkpoint import save_checkpoint
 from raccnn.engine.inference import load_trained_model
 from raccnn.models import build_racnn
@@ -167,3 +168,37 @@ def test_an_oracle_checkpoint_is_refused_in_one_line(predict, tmp_path, capsys):
     assert predict.main(["--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {ckpt}: its proposer is the oracle") and "\n" not in err
+
+
+def test_a_sideways_phone_photo_is_read_upright(predict, tmp_path):
+    """EXIF orientation 6 (the stored pixels turn 90 degrees clockwise to stand upright): the model
+    sees the photo as a phone shows it, exactly the pixels of the same photo saved upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 120, 3), dtype=np.uint8)).save(
+        tmp_path / "phone.jpg", "JPEG", exif=exif)
+    with Image.open(tmp_path / "phone.jpg") as stored:
+        stored.convert("RGB").transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    transform = build_transforms(False, 96, 96)
+    seen = predict.read_image(str(tmp_path / "phone.jpg"), transform)
+    assert torch.equal(seen, predict.read_image(str(tmp_path / "upright.png"), transform))
+
+
+def test_class_names_that_do_not_name_every_output_are_refused(predict, checkpoint, tmp_path, capsys):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    image = random_image(tmp_path / "bird.png", "RGB")
+    for classes in (["alpha", "beta"], ["alpha", "beta", "beta"]):
+        bad = tmp_path / "bad.pt"
+        save_checkpoint(bad, {**ckpt, "classes": classes})
+        assert predict.main(["--checkpoint", str(bad), str(image), "--out", str(tmp_path / "out")]) == 2
+        printed = capsys.readouterr()
+        assert printed.out == "" and "\n" not in printed.err.strip()
+        assert printed.err.startswith(f"error: {bad}: its class names {classes} are not 3 distinct names")
+    assert not (tmp_path / "out").exists()
+
+
+def test_crop_panel_of_no_image_is_one_line_and_writes_nothing(checkpoint, tmp_path, capsys):
+    out = tmp_path / "panel.png"
+    assert load_tool("crop_panel").main(["--checkpoint", str(checkpoint), "--n", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --n 0: the panel needs at least one image (row)"
+    assert not out.exists()

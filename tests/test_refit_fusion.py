@@ -3,14 +3,17 @@ import sys
 
 import pytest
 import torch
-from conftest import make_trainer
+from conftest import DEFAULT_CONFIG, TINY, make_trainer
+from PIL import Image
 
-from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.config import load_config
+from raccnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from raccnn.errors import ConfigError
 from raccnn.fileio import exclusive_lock
+from raccnn.models import build_racnn
 
 sys.path.insert(0, "tools")
-from refit_fusion import refit  # noqa: E402
+from refit_fusion import main, refit  # noqa: E402
 
 
 @pytest.mark.parametrize("source, target, keys", [
@@ -44,3 +47,39 @@ def test_refit_swaps_the_fusion_heads_and_keeps_the_scales(data_root, tmp_path, 
     # tools/train.py's full plan refuses to continue the one-phase refit
     with pytest.raises(CheckpointError, match="another plan of phases"):
         make_trainer(data_root, out, extra=[f"model.fusion={target}", "train.alternate.rounds=1"]).resume(str(out / "last.pt"))
+
+
+def fake_run(root, extra=()):
+    """``root/run/best_alternate.pt``: a tiny untrained model on FG-Synth's 3 classes, as the
+    alternation leaves it (no data is read until the refit opens the dataset)."""
+    cfg = load_config(DEFAULT_CONFIG, TINY + [f"data.root={root / 'fgsynth'}", *extra])
+    (root / "run").mkdir()
+    save_checkpoint(root / "run" / "best_alternate.pt", {
+        "model": build_racnn(cfg, num_classes=3).state_dict(), "config": cfg, "num_classes": 3,
+        "classes": ["alpha", "beta", "gamma"], "phase": "alternate", "progress": {"best": {}}})
+    return root / "run"
+
+
+def test_opts_that_change_the_kept_scales_are_refused_before_anything_is_written(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    out = tmp_path / "refit"
+    assert main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", "model.width=32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: option model.width: model.width is 4 in {run / 'best_alternate.pt'} and shapes the "
+                   "weights it holds, so it cannot become 32")
+    assert not out.exists() and not (tmp_path / "fgsynth").exists()
+
+
+def test_a_dataset_with_other_class_names_is_refused_before_anything_is_written(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    for c in ("cat", "dog", "owl"):
+        (tmp_path / "folder" / c).mkdir(parents=True)
+        for j in range(4):
+            Image.new("RGB", (96, 96), (60 * j, 0, 0)).save(tmp_path / "folder" / c / f"{j}.png")
+    out = tmp_path / "refit"
+    opts = ["data.dataset=folder", f"data.root={tmp_path / 'folder'}", "data.hit_parts=[]", "data.val_fraction=0.5"]
+    assert main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", *opts]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {run / 'best_alternate.pt'}: the class names of the dataset in "
+                                              f"{tmp_path / 'folder'} differ from those it was trained on")
+    assert not out.exists()

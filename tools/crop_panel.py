@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: crop_panel_<split>.png next to the checkpoint")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
+    if args.n < 1:
+        print(f"error: --n {args.n}: the panel needs at least one image (row)", file=sys.stderr)
+        return 2
     try:
         ckpt = load_training_checkpoint(args.checkpoint)
         cfg = ckpt["config"]

@@ -1,6 +1,14 @@
-"""Evaluate a checkpoint: prints a table and writes metrics.json next to the checkpoint.
+"""Evaluate a checkpoint: prints a table and writes its metrics file next to the checkpoint.
 
     python tools/eval.py --checkpoint work_dirs/fgsynth_default/best.pt [--split test|val] [--device cpu]
+                         [--data-root DIR] [--opts data.num_workers=0 ...]
+
+The file is named after the checkpoint and split: ``metrics.json`` for ``best.pt`` on the test split
+(what tools/train.py writes), ``metrics_val.json`` on the validation split, ``metrics_<stem>.json`` and
+``metrics_<stem>_val.json`` for another checkpoint (``best_alternate.pt`` -> ``metrics_best_alternate.json``),
+so one checkpoint's numbers never replace another's. The dataset is the one the checkpoint's config
+names, or ``--data-root`` (the same dataset moved); its class names must be the checkpoint's, in the
+same order, else nothing is computed or written.
 """
 from __future__ import annotations
 
@@ -20,13 +28,19 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--device", default=None, choices=DEVICES)
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="the dataset's folder, if it moved since training (default: data.root of the checkpoint)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override keys of the checkpoint's config, e.g. data.num_workers=0 (not those that "
+                        "shape the weights)")
     args = p.parse_args(argv)
     try:
-        metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device)
+        metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device, opts=args.opts,
+                                        data_root=args.data_root)
     except (CheckpointError, ConfigError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # metrics.json cannot be written beside the checkpoint
+    except OSError as exc:  # the metrics file cannot be written beside the checkpoint
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     print(table)

@@ -4,7 +4,7 @@
 
 For each image: the top-5 classes of every scale and every fusion head, with probabilities, and
 ``<out>/<image stem>_crops.png``: the input with the scale-2 (red) and scale-3 (yellow) squares, then
-the zoomed crops. An image that cannot be read is reported on stderr and skipped; the exit code is
+the zoomed crops. A photo is turned upright as its EXIF orientation says (as a phone shows it). An image that cannot be read is reported on stderr and skipped; the exit code is
 then 1 (2 if the checkpoint itself cannot be used or the output folder cannot be written). Images
 that share a stem (``a.png a.jpg``) are told apart by their extension (``a_png_crops.png``,
 ``a_jpg_crops.png``), and the same name in several folders by a number, so no panel overwrites another.
@@ -41,6 +41,9 @@ def load_model(path: str, device: torch.device):
                               "a new image has none (tools/eval.py scores it on its dataset)")
     cfg = ckpt["config"]
     classes = list(ckpt.get("classes") or [f"class {k}" for k in range(ckpt["num_classes"])])
+    if len(classes) != ckpt["num_classes"] or len(set(classes)) != len(classes):
+        raise CheckpointError(f"{path}: its class names {classes} are not {ckpt['num_classes']} distinct names, one per "
+                              "output of the model, so its predictions cannot be named")
     transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
     return model, classes, transform
 

@@ -7,7 +7,9 @@ Reads ``best_alternate.pt`` of ``--run`` (the epoch fusion starts from) and writ
 ``--work-dir``: that checkpoint with the chosen fusion heads in place of the old ones (scales and
 APNs unchanged), the fusion phase's ``best.pt`` and ``last.pt``, ``train.log`` and the test
 ``metrics.json``. So two fusion heads can be compared on the very same scales, paired by run.
-The run's own files are only read; an ``--work-dir`` that already holds a run is refused.
+The run's own files are only read; an ``--work-dir`` that already holds a run is refused, and so are
+``--opts`` that change the shape of the kept scales and APNs (``model.width``, ...) or a dataset whose
+class names differ from the run's, before anything is written.
 """
 from __future__ import annotations
 
@@ -15,18 +17,21 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
+from typing import Mapping
 
-from raccnn.config import ConfigError, fill_defaults, load_config, save_config
+from raccnn.config import ConfigError, fill_defaults, parse_cli_opts, save_config
 from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
-from raccnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from raccnn.engine.inference import run_evaluation
+from raccnn.engine.checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint, save_checkpoint
+from raccnn.engine.inference import check_classes, override_config, run_evaluation
 from raccnn.engine.phases import Alternating, Fusion
 from raccnn.engine.trainer import Trainer
 from raccnn.fileio import describe_os_error
 from raccnn.models.fusion import FUSIONS
 from train import hold_work_dir, setup_logging  # tools/train.py: the same work-dir lock, train.log and console
+
+# what the refit keeps from the run: everything that shapes its weights but the fusion heads
+KEPT_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "model.fusion")
 
 
 def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
@@ -35,18 +40,21 @@ def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
         raise CheckpointError(f"{source} not found: --run must be the work dir of a run whose alternation has "
                               f"finished (it writes {Alternating.best_file})")
     ckpt = load_checkpoint(source)
-    with tempfile.TemporaryDirectory() as tmp:  # the run's config, validated again with the changes
-        save_config(fill_defaults(ckpt["config"]), os.path.join(tmp, "run.yaml"))
-        cfg = load_config(os.path.join(tmp, "run.yaml"), [*opts, f"model.fusion={fusion}", f"work_dir={work_dir}"])
+    # the run's config, validated again with the changes; the scales and APNs it holds must still fit
+    changes = {**(dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)),
+               "model.fusion": fusion, "work_dir": work_dir}
+    cfg = override_config(fill_defaults(ckpt["config"]), changes, KEPT_KEYS, source)
+    datasets = build_datasets(cfg)
+    check_classes(ckpt, datasets["train"].classes, source, f"the dataset in {cfg['data']['root']}")
     with hold_work_dir(work_dir):
         if os.path.exists(os.path.join(work_dir, "last.pt")):
             raise CheckpointError(f"{work_dir} already holds a run (last.pt); choose another --work-dir")
-        return refit_in(ckpt, cfg, source, fusion, work_dir)
+        return refit_in(ckpt, cfg, source, fusion, work_dir, datasets)
 
 
-def refit_in(ckpt: dict, cfg: dict, source: str, fusion: str, work_dir: str) -> dict:
+def refit_in(ckpt: dict, cfg: dict, source: str, fusion: str, work_dir: str, datasets: dict | None = None) -> dict:
     setup_logging(work_dir)
-    datasets = build_datasets(cfg)
+    datasets = datasets if datasets is not None else build_datasets(cfg)
     trainer = Trainer(cfg, datasets, work_dir, plan=[Fusion(cfg)])
     if Alternating.best_file in ckpt["progress"]["best"]:  # the alternation's validation score, for the log
         trainer.progress.best[Alternating.best_file] = ckpt["progress"]["best"][Alternating.best_file]

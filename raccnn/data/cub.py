@@ -318,7 +318,8 @@ class CUBDataset(torch.utils.data.Dataset):
         return self.cache[index]
 
     def _decode(self, index: int) -> torch.Tensor:
-        return pil_to_uint8(load_rgb(self.records[index].path))
+        # stored orientation: bounding_boxes.txt and part_locs.txt give stored pixels (data/images.py)
+        return pil_to_uint8(load_rgb(self.records[index].path, exif_transpose=False))
 
     def _build(self, index: int, image: torch.Tensor) -> dict:
         r = self.records[index]

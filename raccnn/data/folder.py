@@ -9,12 +9,16 @@ Two layouts are accepted:
    moves images between the test split and the others.
 
 In both layouts ``val`` is carved from the training images with ``val_fraction`` and
-``split_seed``.  Classes are the sorted training class-folder names.  Samples have the same
+``split_seed``.  Classes are the sorted training class-folder names; a class's images are all
+image files under its folder, subfolders included.  Hidden files and folders (a leading dot, e.g.
+macOS ``._name.jpg`` resource forks) are skipped.  Photos are turned upright as their EXIF
+orientation says (:func:`raccnn.data.images.load_rgb`).  Samples have the same
 keys as :class:`raccnn.data.cub.CUBDataset`, with ``box`` NaN and zero parts, and the same
 ``cache`` modes.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -31,8 +35,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 TEST_SPLIT_SEED = 0
 
 
+def _images_under(cdir: Path) -> list[Path]:
+    """The image files anywhere under ``cdir`` (its subfolders too), sorted; hidden files and
+    folders (a leading dot: ``.git``, macOS ``._name.jpg`` resource forks) are skipped."""
+    files = []
+    for parent, dirs, names in os.walk(cdir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(parent) / n for n in names
+                  if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in files if p.is_file())
+
+
 def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    """List (path, label) of images in ``folder/<class>/``; every class folder must have images."""
+    """List (path, label) of images under ``folder/<class>/``; every class folder must have images."""
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         raise DatasetError(f"no class folders in {folder} (expected {folder}/<class name>/<images>)")
@@ -47,9 +62,7 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], li
         cdir = folder / name
         if not cdir.is_dir():
             continue  # a class may be absent from the test folder
-        files = sorted(
-            p for p in cdir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = _images_under(cdir)
         if not files:
             raise DatasetError(f"class folder {cdir} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
         items += [(p, label) for p in files]

@@ -1,21 +1,31 @@
-"""Reading image files: every decodable file as 8-bit RGB."""
+"""Reading image files: every decodable file as 8-bit RGB.
+
+A camera stores a photo taken sideways as it was sensed, with an EXIF orientation tag saying how to
+turn it upright; viewers apply it. ``load_rgb`` applies it too (``exif_transpose=True``), as for new
+images (tools/predict.py) and folder datasets, which have no annotations. A dataset whose boxes or
+part locations are given in the stored pixels (CUB) reads the stored orientation instead
+(``exif_transpose=False``), so its annotations stay on the pixels they were drawn on.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode any PIL-readable file (grayscale, 16-bit, CMYK, palette, PNG named .jpg...) as RGB."""
+def load_rgb(path: Path, exif_transpose: bool = True) -> Image.Image:
+    """Decode any PIL-readable file (grayscale, 16-bit, CMYK, palette, PNG named .jpg...) as RGB,
+    turned upright as its EXIF orientation says unless ``exif_transpose`` is False."""
     try:
         with Image.open(path) as im:
             im.load()  # force the full decode so truncated files fail here
+            if exif_transpose:
+                ImageOps.exif_transpose(im, in_place=True)
             if im.mode.startswith("I"):
                 im = _wide_gray_to_8bit(im)
             if im.mode == "P" and "transparency" in im.info:

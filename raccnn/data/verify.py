@@ -41,10 +41,11 @@ _TAIL = 1024  # bytes searched for the end marker (a JPEG may carry padding afte
 
 
 def check_image(path: Path, full: bool) -> tuple[int, int] | str:
-    """(width, height) of a readable image, else the reason it cannot be read."""
+    """(width, height) of a readable image in its stored orientation (the pixels annotations refer
+    to), else the reason it cannot be read."""
     try:
         if full:
-            return load_rgb(path).size
+            return load_rgb(path, exif_transpose=False).size
         with Image.open(path) as im:
             size, marker = im.size, _END_MARKERS.get(im.format)
         if marker is not None:
@@ -52,7 +53,7 @@ def check_image(path: Path, full: bool) -> tuple[int, int] | str:
                 f.seek(max(0, os.path.getsize(path) - _TAIL))
                 if marker in f.read():
                     return size
-        return load_rgb(path).size  # no marker to look for, or it is missing: decode to decide
+        return load_rgb(path, exif_transpose=False).size  # no marker to look for, or it is missing: decode to decide
     except DatasetError as exc:  # from load_rgb, which names the path already known here
         return _reason(exc.__cause__ or exc)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -4,20 +4,22 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Iterable, Mapping
+import tempfile
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import fill_defaults
+from ..config import config_diff, fill_defaults, load_config, parse_cli_opts, save_config
 from ..data.build import build_dataset, prepare_data
 from ..device import resolve_device
+from ..errors import ConfigError
 from ..models.apn import peak_targets
 from ..models.boxes import compose_boxes, full_image_boxes
 from ..models.racnn import build_racnn
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint
 from .distributed import EvalShardSampler, current_world, gather_outputs
 from .evaluate import compute_metrics, format_table, write_metrics
 from .precision import amp_dtype, autocast
@@ -130,28 +132,83 @@ def build_trained_model(ckpt: dict, device, part_names):
     return model.to(dev).eval(), ckpt
 
 
+def check_classes(ckpt: dict, classes, checkpoint, where: str) -> None:
+    """CheckpointError unless the dataset's ``classes`` are the checkpoint's, same names in the same
+    order (label k must mean what it meant in training). A checkpoint that stores no class names
+    is only checked for the count."""
+    classes = list(classes)
+    if len(classes) != ckpt["num_classes"]:
+        raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, {where} has {len(classes)}")
+    trained = ckpt.get("classes")
+    if trained is None or list(trained) == classes:
+        return
+    trained = list(trained)
+    gone, new = [c for c in trained if c not in classes], [c for c in classes if c not in trained]
+    if gone or new:
+        differ = f"only in the checkpoint: {gone}, only in the dataset: {new}"
+    else:  # the same names, in another order or repeated
+        k = next((i for i, (a, b) in enumerate(zip(trained, classes)) if a != b), min(len(trained), len(classes)))
+        ours, theirs = (repr(names[k]) if k < len(names) else "absent" for names in (trained, classes))
+        differ = f"label {k} is {ours} in the checkpoint, {theirs} in the dataset"
+    raise CheckpointError(f"{checkpoint}: the class names of {where} differ from those it was trained on: {differ}; "
+                          f"restore the class names (folder names, classes.txt) or pass the dataset it was trained on")
+
+
+def override_config(cfg: dict, opts: Mapping, keep=ARCHITECTURE_KEYS, what: str = "the checkpoint") -> dict:
+    """A checkpoint's ``cfg`` with ``opts`` (``{dotted key: value}``) applied and validated again.
+    ConfigError naming the option when it would change a key in ``keep`` (one that shapes the
+    weights the checkpoint holds)."""
+    if not opts:
+        return cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.yaml")
+        save_config(cfg, path)
+        try:
+            saved, changed = load_config(path), load_config(path, opts)
+        except ConfigError as exc:  # name the checkpoint, not the temporary copy of its config
+            raise ConfigError(str(exc).replace(path, f"the config of {what}")) from None
+    for key, before, after in config_diff(saved, changed):
+        if any(key == k or key.startswith(k + ".") for k in keep):
+            given = next((o for o in opts if key == o or key.startswith(o + ".") or o.startswith(key + ".")), key)
+            raise ConfigError(f"option {given}: {key} is {before!r} in {what} and shapes the weights it holds, "
+                              f"so it cannot become {after!r}")
+    return changed
+
+
+def metrics_name(checkpoint: str | os.PathLike, split: str) -> str:
+    """The metrics file of one checkpoint and split: ``metrics.json`` for ``best.pt`` on the test
+    split (what tools/train.py writes and experiments/ablation.py reads), ``metrics_<split>.json``
+    for ``best.pt`` on another split, ``metrics_<stem>[_<split>].json`` for any other checkpoint,
+    so evaluating one checkpoint never replaces another's numbers."""
+    stem = os.path.splitext(os.path.basename(os.fspath(checkpoint)))[0]
+    parts = ([] if stem == "best" else [stem]) + ([] if split == "test" else [split])
+    return "_".join(["metrics", *parts]) + ".json"
+
+
 def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
-                   device: str | None = None) -> tuple[dict, str]:
-    """Evaluate a training checkpoint on ``split`` of the dataset its config names; writes
-    ``metrics.json`` (test split) or ``metrics_<split>.json`` next to the checkpoint and returns
-    (metrics, markdown table). Under torchrun each process runs its share of the images and the
+                   device: str | None = None, opts: Sequence[str] | Mapping = (),
+                   data_root: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """Evaluate a training checkpoint on ``split`` of the dataset its config names (``data_root``
+    and ``opts``, ``KEY=VALUE`` strings or a ``{dotted key: value}`` mapping, override it; the keys
+    that shape the weights cannot change); writes ``metrics_name(checkpoint, split)`` next to the
+    checkpoint and returns (metrics, markdown table). The dataset's class names must be those the
+    checkpoint was trained on. Under torchrun each process runs its share of the images and the
     outputs are gathered, so every image counts once; only rank 0 writes the file."""
     ckpt = load_training_checkpoint(checkpoint)
-    cfg = ckpt["config"]
+    overrides = dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)
+    if data_root is not None:
+        overrides["data.root"] = os.fspath(data_root)
+    ckpt["config"] = cfg = override_config(ckpt["config"], overrides, what=os.fspath(checkpoint))
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
+    check_classes(ckpt, dataset.classes, checkpoint, f"the {split} split of {cfg['data']['root']}")
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
-    if len(dataset.classes) != ckpt["num_classes"]:
-        raise CheckpointError(f"{checkpoint}: trained for {ckpt['num_classes']} classes, the {split} split "
-                              f"of {cfg['data']['root']} has {len(dataset.classes)}")
     world = current_world()
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
                         sampler=EvalShardSampler(len(dataset), world))
     dev = next(model.parameters()).device
     outputs = collect_outputs(model, loader, dev, f"eval {split}", amp_dtype(cfg["train"].get("amp", "none"), dev))
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    # metrics.json for the test split (what tools/train.py reports), metrics_<split>.json otherwise
-    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), metrics_name(checkpoint, split))
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
     if world.main:
         write_metrics(metrics, path)
