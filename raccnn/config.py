@@ -20,6 +20,7 @@ import torch
 
 from .attention.create import ATTENTION_TYPES, build_attention
 from .attention.sasa import SASAConv
+from .data.aircraft import LABEL_LEVELS
 from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
@@ -80,7 +81,8 @@ SCHEMA: dict = {
     "deterministic": Key(False),  # torch.use_deterministic_algorithms
     "data": {
         "dataset": Key("fgsynth", choices=DATASETS),
-        "root": Key("data/fgsynth"),
+        "root": Key("data/fgsynth"),  # the folder holding the dataset's own top folder (CUB_200_2011/, nabirds/...)
+        "label_level": Key("variant", choices=list(LABEL_LEVELS)),  # fgvc_aircraft: the labels' level
         "synth": {  # FG-Synth, generated under data.root when absent
             "classes": Key(SYNTH["classes"], min=2, max=MAX_CLASSES),
             "images_per_class": Key(SYNTH["images_per_class"], min=MIN_IMAGES_PER_CLASS),
@@ -188,6 +190,9 @@ def _cross_checks(c: dict):
             hint = f"data.synth.size={fits} passes" if fits else "no stored size nearby passes"
             yield (("data.synth.size", "model.input_sizes", "data.resize", "data.crop"),
                    f"{problem} ({hint}; data.synth.check=false runs it anyway)")
+    if d["label_level"] != "variant" and d["dataset"] != "fgvc_aircraft":
+        yield (("data.label_level", "data.dataset"), f"data.label_level: only fgvc_aircraft has label levels, "
+               f"not {d['dataset']!r}")
     if m["proposer"] == "oracle" and not d["hit_parts"]:
         yield ("model.proposer", "data.hit_parts"), "model.proposer: 'oracle' needs data.hit_parts to name its part"
     if not c["train"]["force_lr"]:

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .aircraft import FGVCAircraft
+from .cars import StanfordCars
 from .cub import CUBDataset
+from .dogs import StanfordDogs
 from .folder import FolderDataset
+from .nabirds import NABirds
 from .synthetic import ensure_fgsynth, texture_scale_for
 from .transforms import build_transforms
 
 
-DATASETS = ("fgsynth", "cub", "folder")
+# read from their publishers' files under data.root (data/annotated.py)
+PUBLISHED = {"stanford_dogs": StanfordDogs, "stanford_cars": StanfordCars, "fgvc_aircraft": FGVCAircraft,
+             "nabirds": NABirds}
+DATASETS = ("fgsynth", "cub", "folder", *PUBLISHED)
 # data.cache: "memory" keeps every split in memory (data/cache.py): the training splits' images
 # decoded, the evaluation splits' finished samples. "auto" does so for FG-Synth, whose default
 # splits take 246 MiB that way; CUB at its own size would take about 6.6 GB decoded and is read from disk.
@@ -51,6 +58,10 @@ def build_dataset(cfg: dict, split: str, root: Path | None = None):
                   cache=cache_mode(cfg, split))
     if d["dataset"] == "folder":
         return FolderDataset(root, **kwargs)
+    if d["dataset"] == "fgvc_aircraft":
+        return FGVCAircraft(root, label_level=d["label_level"], **kwargs)
+    if d["dataset"] in PUBLISHED:
+        return PUBLISHED[d["dataset"]](root, **kwargs)
     return CUBDataset(root, **kwargs)
 
 
