@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from test_data_cub import write_cub
 
-from raccnn.data import CUBDataset, FolderDataset
+from raccnn.data import CUBDataset, FolderDataset, StanfordCars
+from raccnn.data.standin import write_cars_standin
 from raccnn.data.images import load_rgb
 
 ORIENTATION = 0x0112  # EXIF tag; 6 = the stored image must turn 90 degrees clockwise to stand upright
@@ -52,3 +53,11 @@ def test_cub_keeps_the_stored_orientation_its_boxes_refer_to(tmp_path):
     sample = ds[i]
     assert sample["image"].shape == (3, 100, 200)
     assert sample["box"].tolist() == [20.0, 10.0, 80.0, 50.0]
+
+
+def test_the_published_datasets_keep_the_stored_orientation_too(tmp_path):
+    d = write_cars_standin(tmp_path)
+    sideways_photo(d / "cars_test" / "00001.jpg", size=(72, 56))  # the stand-in's first test image, same size
+    ds = StanfordCars(tmp_path, "test")
+    i = next(i for i in range(len(ds)) if ds.annotation(i)["path"].endswith("00001.jpg"))
+    assert ds[i]["image"].shape == (3, 56, 72)

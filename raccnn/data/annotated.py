@@ -182,7 +182,7 @@ class PublishedDataset(torch.utils.data.Dataset):
         return self.cache[index]
 
     def _decode(self, index: int) -> torch.Tensor:
-        image = pil_to_uint8(load_rgb(self.records[index].path))
+        image = pil_to_uint8(load_rgb(self.records[index].path, exif_transpose=False))  # boxes: stored pixels
         if self.BANNER:
             h = image.shape[-2]
             if h <= self.BANNER:

@@ -3,7 +3,8 @@
 A camera stores a photo taken sideways as it was sensed, with an EXIF orientation tag saying how to
 turn it upright; viewers apply it. ``load_rgb`` applies it too (``exif_transpose=True``), as for new
 images (tools/predict.py) and folder datasets, which have no annotations. A dataset whose boxes or
-part locations are given in the stored pixels (CUB) reads the stored orientation instead
+part locations are given in the stored pixels (CUB, Stanford Dogs and Cars, FGVC-Aircraft, NABirds,
+FG-Synth) reads the stored orientation instead
 (``exif_transpose=False``), so its annotations stay on the pixels they were drawn on.
 """
 from __future__ import annotations
