@@ -231,7 +231,7 @@ def test_int_accepted_for_float(chain):
 
 def test_invalid_choice_lists_allowed_values(chain):
     msg = error_of(chain, ["model.crop.grad=masks"])
-    assert msg.startswith("model.crop.grad: 'masks' is not one of ['mask', 'grid', 'both']"
+    assert msg.startswith("model.crop.grad: 'masks' is not one of ['mask', 'grid', 'both', 'caffe']"
                           " (did you mean 'mask'?)")
 
 

@@ -17,7 +17,9 @@ over images, no custom autograd function (autograd differentiates the formulas e
 ``grad`` chooses the path by which the boxes receive gradient:
 - ``"mask"``: only through M (the paper's analysis; the sampling grid uses detached boxes);
 - ``"grid"``: only through the sampling positions (spatial-transformer style);
-- ``"both"``: through both.
+- ``"both"``: through both;
+- ``"caffe"``: the surrogate of the authors' released Caffe layer (``caffe_grad.py``): the forward
+  is the same, the boxes get that layer's backward instead of the true gradient.
 
 ``impl`` chooses how the same formulas are computed: ``"gather"`` (``masked_zoom``: four gathered
 neighbours per output pixel, work proportional to the output; on the CPU the faster when the boxes
@@ -34,7 +36,10 @@ import functools
 import torch
 from torch import Tensor
 
-GRAD_MODES = ("mask", "grid", "both")
+from .caffe_grad import CaffeBoxGrad
+
+EXACT_GRAD_MODES = ("mask", "grid", "both")  # autograd's gradient of the path each selects
+GRAD_MODES = (*EXACT_GRAD_MODES, "caffe")
 IMPLS = ("auto", "gather", "grid_sample")
 K_DEFAULT = 10.0  # mask steepness per input pixel, as in every public port
 
@@ -84,7 +89,10 @@ def attention_crop(
     mask_boxes = boxes if grad in ("mask", "both") else boxes.detach()
     grid_boxes = boxes if grad in ("grid", "both") else boxes.detach()
     zoom = masked_zoom_grid_sample if resolve_impl(impl, images.device) == "grid_sample" else masked_zoom
-    return zoom(images, mask_boxes, grid_boxes, out_size, k)
+    out = zoom(images, mask_boxes, grid_boxes, out_size, k)
+    if grad == "caffe" and boxes.requires_grad:
+        out = CaffeBoxGrad.apply(out, boxes, images.shape[-2], images.shape[-1])
+    return out
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
