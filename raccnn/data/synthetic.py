@@ -23,6 +23,7 @@ All textures are symmetric under a horizontal flip, so flip augmentation keeps t
 
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
 ``(seed, class, index within class)``.  Part boxes are written to ``parts/part_boxes.txt``.
+A set on disk is never written over, and an unfinished one is never stamped (``generate_fgsynth``).
 """
 from __future__ import annotations
 
@@ -370,9 +371,9 @@ def _state(d: Path, params: dict) -> str:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise DatasetError(f"{d} is not an FG-Synth folder (it holds {shown}); refusing to write into it: use "
                            f"another data root (data.root, or --out), or empty {d} yourself")
-    have = _read_params(d)
     if not (d / STAMP).is_file():
         return "interrupted"
+    have = _read_params(d)
     diff = [(k, have.get(k), v) for k, v in params.items() if have.get(k) != v]
     if not diff:
         return "complete"
