@@ -140,6 +140,7 @@ def test_ensure_reuses_complete_set_and_refuses_foreign_folder(tiny, tmp_path):
     assert ensure_fgsynth(out, **TINY) == d
     assert (d / ".fgsynth_complete").stat().st_mtime_ns == stamp
     (tmp_path / "CUB_200_2011").mkdir()
+    (tmp_path / "CUB_200_2011" / "notes.txt").write_text("mine\n")
     with pytest.raises(DatasetError, match="not an FG-Synth folder"):
         generate_fgsynth(tmp_path, **TINY)
 

@@ -7,15 +7,22 @@
 The textures' periods follow the factor from the stored size to scale 1's view of the whole image
 (``--scale1-size``: model.input_sizes[0] x data.resize / data.crop); a setting where the whole image
 alone would show the class is refused (``--no-check`` writes it anyway).
+
+A set already in the folder is never written over: the same setting is kept as it is, another one
+is refused (use another --out, or remove the folder yourself). The generator waits while another
+process (a training, another make_synthetic) writes FG-Synth in the same folder.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+from pathlib import Path
 
 from raccnn.data import DatasetError
-from raccnn.data.synthetic import DEFAULTS, DEFAULT_SCALE1_SIZE, certificate, generate_fgsynth, texture_scale_for
+from raccnn.data.synthetic import (DEFAULTS, DEFAULT_SCALE1_SIZE, STAMP, certificate, fgsynth_lock,
+                                    generate_fgsynth, texture_scale_for)
 from raccnn.fileio import describe_os_error
 
 
@@ -31,6 +38,9 @@ def main() -> int:
                    help="side of the whole image at scale 1, px (model.input_sizes[0] x data.resize / data.crop)")
     p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
     args = p.parse_args()
+    log = logging.getLogger("raccnn")  # says when it waits for another writer of the folder
+    log.addHandler(logging.StreamHandler(sys.stdout))
+    log.setLevel(logging.INFO)
     if not args.scale1_size > 0:
         p.error(f"--scale1-size must be > 0, got {args.scale1_size:g}")
     problem = certificate(args.size, args.scale1_size)["problem"]
@@ -39,9 +49,11 @@ def main() -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
-                                size=args.size, seed=args.seed, train_fraction=args.train_fraction,
-                                texture_scale=texture_scale_for(args.size, args.scale1_size))
+        with fgsynth_lock(args.out):  # the lock trainings take to write FG-Synth there
+            existed = (Path(args.out) / "CUB_200_2011" / STAMP).is_file()  # a finished set is never rewritten
+            path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
+                                    size=args.size, seed=args.seed, train_fraction=args.train_fraction,
+                                    texture_scale=texture_scale_for(args.size, args.scale1_size))
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
@@ -49,6 +61,9 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n = args.classes * args.images_per_class
+    if existed:
+        print(f"{path} already holds this set ({n} images); nothing written")
+        return 0
     print(f"wrote {n} images to {path} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -38,7 +38,8 @@ def scale1_size(cfg: dict) -> float:
 
 
 def prepare_data(cfg: dict) -> Path:
-    """The dataset root; FG-Synth is generated there first when it is absent."""
+    """The dataset root; FG-Synth is generated there first when it is absent (a set of another
+    setting there is refused, never written over)."""
     d = cfg["data"]
     if d["dataset"] == "fgsynth":
         synth = {k: v for k, v in d["synth"].items() if k != "check"}

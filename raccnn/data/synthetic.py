@@ -23,11 +23,17 @@ All textures are symmetric under a horizontal flip, so flip augmentation keeps t
 
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
 ``(seed, class, index within class)``.  Part boxes are written to ``parts/part_boxes.txt``.
+A set on disk is never written over, and an unfinished one is never stamped (``generate_fgsynth``).
 """
 from __future__ import annotations
 
 import json
-import shutil
+import logging
+import os
+import re
+import secrets
+import threading
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +252,135 @@ def certificate(size: int, scale1_size: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- dataset
+# What a generation writes, by name (the generator's manifest): the annotation files, the
+# parameters, the stamp and images/<class folder>/fgsynth_<class>_<index>.png. Only files so named
+# are ever removed, and only from an unfinished set of ours; anything else in the folder stays.
+ANNOTATION_FILES = ("images.txt", "train_test_split.txt", "image_class_labels.txt", "bounding_boxes.txt",
+                    "classes.txt", "parts/parts.txt", "parts/part_locs.txt", "parts/part_boxes.txt")
+_OWN_IMAGE = re.compile(r"images/(\d{3})\.([a-z_]+)/fgsynth_(\d{3})_\d{4,}\.png")
+# A generation writes into out_dir/.CUB_200_2011.<8 hex digits>.tmp, then moves the finished set into place.
+_TEMPORARY = re.compile(r"\.CUB_200_2011\.[0-9a-f]{8}\.tmp")
+
+log = logging.getLogger(__name__)
+_held = threading.local()  # the lock files this thread holds (ensure_fgsynth holds one around generate_fgsynth)
+
+
 def _class_dir_name(c: int) -> str:
     return f"{c + 1:03d}.{PATTERN_NAMES[c]}"
+
+
+def _is_own_file(rel: str) -> bool:
+    """Whether the path ``rel`` (relative to a set's folder, '/'-separated) is one FG-Synth writes."""
+    if rel in ANNOTATION_FILES or rel in (PARAMS_FILE, STAMP):
+        return True
+    m = _OWN_IMAGE.fullmatch(rel)
+    return bool(m) and m[1] == m[3] and 1 <= int(m[1]) <= MAX_CLASSES and m[2] == PATTERN_NAMES[int(m[1]) - 1]
+
+
+def _is_own_dir(rel: str) -> bool:
+    """Whether the folder ``rel`` belongs to FG-Synth's layout."""
+    classes = rel.startswith("images/") and rel[len("images/"):] in map(_class_dir_name, range(MAX_CLASSES))
+    return rel in ("images", "parts") or classes
+
+
+def _remove_own(folder: Path) -> list[str]:
+    """Delete the files FG-Synth writes from ``folder`` and the folders of its layout left empty;
+    returns what stays there (paths relative to ``folder``: files FG-Synth does not write)."""
+    kept = []
+    for top, dirs, files in os.walk(folder, topdown=False):
+        here = Path(top).relative_to(folder).as_posix()
+        prefix = "" if here == "." else here + "/"
+        for name in files:
+            if _is_own_file(prefix + name):
+                os.remove(os.path.join(top, name))
+            else:
+                kept.append(prefix + name)
+        for name in dirs:  # their content was seen first (bottom-up); a link is never followed
+            path = os.path.join(top, name)
+            if os.path.islink(path) or (os.listdir(path) == [] and not _is_own_dir(prefix + name)):
+                kept.append(prefix + name + "/")
+            elif os.listdir(path) == []:
+                os.rmdir(path)
+    return sorted(kept)
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Remove what an interrupted generation (killed before its set moved into place) left in its
+    temporary folder: called with the lock held, so no generation is running there."""
+    for path in out_dir.iterdir():
+        if _TEMPORARY.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            if _remove_own(path):
+                log.warning("kept %s: it holds files FG-Synth did not write", path)
+            else:
+                path.rmdir()
+
+
+@contextmanager
+def fgsynth_lock(out_dir: str | Path):
+    """Hold ``out_dir/.fgsynth.lock`` for the block (``out_dir`` is created if needed): every
+    writer of FG-Synth in ``out_dir`` takes it, a second one waits. A thread that holds it already
+    re-enters at once."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = os.path.realpath(Path(out_dir) / LOCK_FILE)
+    held = _held.__dict__.setdefault("paths", set())
+    if path in held:
+        yield
+        return
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(path, wait=False))
+        except BlockingIOError:
+            log.warning("waiting for %s: another process is writing FG-Synth in %s", path, out_dir)
+            stack.enter_context(exclusive_lock(path))
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
+
+
+def _read_params(d: Path) -> dict:
+    try:
+        params = json.loads((d / PARAMS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{d / PARAMS_FILE}: cannot read the FG-Synth setting ({exc}); remove {d} yourself "
+                           f"to regenerate it there, or use another data root") from None
+    if not isinstance(params, dict):
+        raise DatasetError(f"{d / PARAMS_FILE}: not an FG-Synth setting; remove {d} yourself to regenerate it "
+                           f"there, or use another data root")
+    return params
+
+
+def _key(name: str) -> str:
+    """The config key of a setting (texture_scale follows data.synth.size and scale 1's view)."""
+    return f"data.synth.{name}" if name in DEFAULTS and name != "texture_scale" else name
+
+
+def _state(d: Path, params: dict) -> str:
+    """What ``d`` holds: "missing", "empty", "interrupted" (an unstamped set of ours) or "complete"
+    (the set of ``params``). A set of another setting, or a folder FG-Synth did not write, raises
+    DatasetError: neither is ever written over."""
+    if not d.exists():
+        return "missing"
+    if not d.is_dir():
+        raise DatasetError(f"{d} is a file, not an FG-Synth folder; use another data root, or move it away")
+    if not (d / PARAMS_FILE).is_file():
+        entries = sorted(p.name for p in d.iterdir())
+        if not entries:
+            return "empty"
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise DatasetError(f"{d} is not an FG-Synth folder (it holds {shown}); refusing to write into it: use "
+                           f"another data root (data.root, or --out), or empty {d} yourself")
+    if not (d / STAMP).is_file():
+        return "interrupted"
+    have = _read_params(d)
+    diff = [(k, have.get(k), v) for k, v in params.items() if have.get(k) != v]
+    if not diff:
+        return "complete"
+    shown = "; ".join(f"{_key(k)}: {'absent' if a is None else a!r} there, {b!r} asked" for k, a, b in diff)
+    raise DatasetError(f"{d} holds FG-Synth of another setting ({shown}); an existing set is never written over: "
+                       f"use another data root (data.root, or --out) for this setting, or remove {d} yourself "
+                       f"to regenerate it there")
 
 
 def generate_fgsynth(
@@ -259,13 +392,18 @@ def generate_fgsynth(
     train_fraction: float = DEFAULTS["train_fraction"],
     texture_scale: int = DEFAULTS["texture_scale"],
 ) -> Path:
-    """Write FG-Synth to ``out_dir/CUB_200_2011`` (replacing an earlier FG-Synth there).
+    """Write FG-Synth to ``out_dir/CUB_200_2011`` unless this set is complete there already.
 
     Image ``j`` of class ``c`` is drawn from ``numpy.random.default_rng([seed, c, j])``; the
     first ``round(train_fraction * images_per_class)`` images of each class form the
     official train split, the rest the test split.  ``texture_scale`` multiplies the textures'
     periods (``texture_scale_for`` gives it for a model's scale-1 input).  Returns the
     ``CUB_200_2011`` folder.
+
+    The set is written only where there is none (a missing or empty folder) or where a generation
+    of ours was interrupted (its files, and only those, are replaced); a set of another setting or
+    a folder of other files raises DatasetError. It is written in a temporary folder beside, under
+    ``out_dir/.fgsynth.lock``, and moved into place finished, the stamp last.
     """
     if not 1 <= classes <= MAX_CLASSES:
         raise ValueError(f"classes must be in 1..{MAX_CLASSES}, got {classes}")
@@ -280,11 +418,32 @@ def generate_fgsynth(
     params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                   train_fraction=train_fraction, texture_scale=texture_scale, version=1)
 
-    d = Path(out_dir) / "CUB_200_2011"
-    if d.exists():
-        if not (d / PARAMS_FILE).is_file():
-            raise DatasetError(f"{d} exists and is not an FG-Synth folder; refusing to overwrite it")
-        shutil.rmtree(d)
+    out = Path(out_dir)
+    d = out / "CUB_200_2011"
+    with fgsynth_lock(out):
+        state = _state(d, params)
+        if state == "complete":
+            return d
+        _remove_stale_temporaries(out)
+        tmp = out / f".CUB_200_2011.{secrets.token_hex(4)}.tmp"
+        try:
+            _write_set(tmp, params, n_train)
+        except BaseException:
+            if tmp.is_dir() and not _remove_own(tmp):
+                tmp.rmdir()
+            raise
+        if state == "interrupted":
+            kept = _remove_own(d)
+            if kept:
+                log.warning("%s: completing an interrupted FG-Synth beside files it did not write (%s)", d,
+                            ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else ""))
+        _place(tmp, d)
+    return d
+
+
+def _write_set(d: Path, params: dict, n_train: int) -> None:
+    """Write the set of ``params`` into the new folder ``d``, the stamp last."""
+    classes, images_per_class, seed = params["classes"], params["images_per_class"], params["seed"]
     (d / "parts").mkdir(parents=True)
     (d / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
 
@@ -296,7 +455,7 @@ def generate_fgsynth(
         for j in range(images_per_class):
             image_id += 1
             rng = np.random.default_rng([seed, c, j])
-            img, box, parts = render_image(c, rng, size, texture_scale)
+            img, box, parts = render_image(c, rng, params["size"], params["texture_scale"])
             rel = f"{_class_dir_name(c)}/fgsynth_{c + 1:03d}_{j + 1:04d}.png"
             Image.fromarray(img).save(d / "images" / rel, compress_level=1)
             lines["images"].append(f"{image_id} {rel}")
@@ -320,12 +479,29 @@ def generate_fgsynth(
     write("parts/part_locs.txt", lines["locs"])
     write("parts/part_boxes.txt", lines["pboxes"])
     (d / STAMP).write_text("complete\n")  # written last: marks a finished set
-    return d
+
+
+def _place(tmp: Path, d: Path) -> None:
+    """Move the finished set from ``tmp`` to ``d``: one rename where ``d`` is missing or an empty
+    folder; else (the user's files stay there) file by file, the parameters first (they mark the
+    folder as ours) and the stamp last."""
+    if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+        d.rmdir()
+    if not os.path.lexists(d):
+        os.rename(tmp, d)
+        return
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    for rel in [PARAMS_FILE] + [f for f in files if f not in (PARAMS_FILE, STAMP)] + [STAMP]:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp / rel, d / rel)
+    if not _remove_own(tmp):
+        tmp.rmdir()
 
 
 def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
     """Return ``out_dir/CUB_200_2011``, generating it unless a complete set with the same
-    parameters is already there (checked via the stamp file written last).
+    parameters is already there (checked via the stamp file written last); a set of another
+    setting there raises DatasetError (``generate_fgsynth`` says where a set is written).
 
     Several processes may ask for the same set at once (an ablation grid's runs started side by
     side, trainings started by hand on one data root): generation holds an exclusive lock on
@@ -335,8 +511,7 @@ def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
     wanted = dict(DEFAULTS, **kwargs)
     if _is_complete(d, wanted):
         return d
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(Path(out_dir) / LOCK_FILE):
+    with fgsynth_lock(out_dir):
         if _is_complete(d, wanted):
             return d
         return generate_fgsynth(out_dir, **wanted)
@@ -345,6 +520,5 @@ def ensure_fgsynth(out_dir: str | Path, **kwargs) -> Path:
 def _is_complete(d: Path, wanted: dict) -> bool:
     if not ((d / STAMP).is_file() and (d / PARAMS_FILE).is_file()):
         return False
-    have = json.loads((d / PARAMS_FILE).read_text())
+    have = _read_params(d)
     return all(have.get(k) == v for k, v in wanted.items())
-
