@@ -38,7 +38,7 @@ def local_attention(q: Tensor, key: Tensor, v: Tensor, rel_rows: Tensor, rel_col
     B·heads·d·k²·H·W numbers); ``dense`` scores every pixel against all H·W pixels with matrix
     products and masks out the pairs farther than k // 2 (B·heads·(H·W)² numbers). ``auto`` takes
     the one whose largest tensor is smaller: dense while H·W <= d·k². Forward and backward on one
-    CPU thread, heads 4, k 7 (``python tools/bench_local_attention.py``): the small model's stage-4
+    CPU thread, heads 4, k 7 (``python tools/benchmark.py attention``): the small model's stage-4
     maps (batch 32, 128 channels, 8×8) 10.1 ms dense against 269.4 ms unfold; stage 3 (32, 64,
     16×16) 178.7 against 599.6 ms; at 28×28 with 64 channels, where the two sizes meet, 170.4
     against 173.2 ms (batch 4).

@@ -3,7 +3,7 @@
 PyTorch's CPU kernel for ``max_pool2d`` on NCHW tensors is several times slower than its
 channels-last kernel: on the 2-core machine, one pool of a [32, 16, 64, 64] map took 5.3 ms forward
 against 0.8 ms for the elementwise maximum of its four strided sub-grids, and the default model's
-pools about 28 ms of a 65-ms eval step (``tools/bench_pool.py``, README "Speed and scale").
+pools about 28 ms of a 65-ms eval step (``tools/benchmark.py pool``, README "Speed and scale").
 Keeping the model in NCHW (``train.channels_last=false``, the CPU default) keeps every
 convolution's float rounding, so a run's numbers stay those of ``nn.MaxPool2d``; only the pools
 take a faster road:
