@@ -165,3 +165,49 @@ def test_benchmark_refuses_bad_numbers_in_one_usage_line():
         res = run([sys.executable, "tools/benchmark.py", *args])
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
 
+
+def test_one_command_line_runs_every_benchmark_and_steps_by_default():
+    """tools/benchmark.py and ``python -m raccnn.bench`` share one parser: a sub-command per
+    benchmark, ``steps`` when the arguments start with an option, one usage line for an unknown name."""
+    assert [parse_args([name]).benchmark for name in ("steps", "crop", "pool", "ddp", "attention", "images")] == [
+        "steps", "crop", "pool", "ddp", "attention", "images"]
+    assert parse_args([]).benchmark == "steps"
+    default = parse_args(["--batch", "2", "4", "--overhead"])
+    assert default.benchmark == "steps" and default.batch == [2, 4] and default.overhead
+    implicit, explicit = (vars(parse_args(argv)) for argv in (["--steps", "3"], ["steps", "--steps", "3"]))
+    assert implicit.pop("parser") is not None and explicit.pop("parser") is not None
+    assert implicit == explicit and implicit["steps"] == 3
+    bad = run([sys.executable, "-m", "raccnn.bench", "stepz"])
+    assert bad.returncode == 2 and "invalid choice: 'stepz'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_crop_benchmark_times_the_batched_crop_against_the_loop():
+    res = run([sys.executable, "tools/benchmark.py", "crop", "--sizes", "32", "16", "--batches", "1", "3",
+               "--repeats", "2", "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"]
+    for _, fast, slow, speedup in rows:
+        assert float(fast) > 0 and float(slow) > 0 and speedup.endswith("x")
+    assert "crop 32->16, forward+backward, median of 2" in res.stdout
+    bad = run([sys.executable, "tools/benchmark.py", "crop", "--batches", "0"])
+    assert bad.returncode == 2 and "--batches: must be at least 1, got 0" in bad.stderr
+
+
+def test_image_check_benchmark_times_both_modes_cold_then_cached(tmp_path):
+    """On a small stand-in with one truncated JPEG: both modes, the first check reads every file and
+    caches, the second is answered from the cache; the unreadable file is counted each time."""
+    from raccnn.data.standin import write_cub_standin
+    from raccnn.data.verify import CACHE_NAME
+
+    d = write_cub_standin(tmp_path, classes=2, images_per_class=3, size=(40, 30))
+    victim = sorted((d / "images").rglob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    res = run([sys.executable, "-m", "raccnn.bench", "images", "--root", str(tmp_path), "--workers", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("6 images, ") and "generated" not in res.stdout  # an existing stand-in is kept
+    timed = [line.split() for line in lines[1:]]
+    assert [(t[0], t[1]) for t in timed] == [("header", "cold"), ("header", "cached"), ("full", "cold"), ("full", "cached")]
+    assert all(float(t[2]) >= 0 and t[3] == "s" and float(t[4]) > 0 and t[-2:] == ["(1", "unreadable)"] for t in timed)
+    assert json.loads((d / CACHE_NAME).read_text())["mode"] == "full"
