@@ -1,4 +1,5 @@
-"""tools/benchmark.py at a tiny size on the CPU: every case measured, the table and the JSON agree."""
+"""The benchmarks (raccnn/bench, run by tools/benchmark.py) at a tiny size on the CPU: every case
+measured, the table and the JSON agree."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
+from raccnn.bench import main, parse_args, steps
 from raccnn.config import load_config
 
 from test_recovery import run
@@ -73,12 +74,10 @@ def test_benchmark_compiles_every_model_afresh(monkeypatch):
     instead of reusing them (Dynamo's caches are per code object, shared by every model of the
     process, and its recompile limit with them; on an H100 the third batch size of one process
     ran eager while reported as compiled: 34.6 against 43.6 % MFU). The eager backend keeps it fast."""
-    sys.path.insert(0, str(Path("tools").resolve()))
-    import benchmark
     import torch
 
     graphs, built = [], []
-    real_compile, real_build = torch.nn.Module.compile, benchmark.build_model
+    real_compile, real_build = torch.nn.Module.compile, steps.build_model
 
     def counting_backend(gm, example_inputs):
         graphs.append(gm)
@@ -89,10 +88,10 @@ def test_benchmark_compiles_every_model_afresh(monkeypatch):
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: real_compile(self, backend=counting_backend))
-    monkeypatch.setattr(benchmark, "build_model", recording_build)
+    monkeypatch.setattr(steps, "build_model", recording_build)
     torch._dynamo.reset()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=False):  # main() sets it; restored on exit
-        rc = benchmark.main(["--config", "experiments/configs/fgsynth_default.yaml", "--opts", *TINY, "--classes",
+        rc = main(["--config", "experiments/configs/fgsynth_default.yaml", "--opts", *TINY, "--classes",
                              "5", "--batch", "2", "2", "--steps", "1", "--warmup", "0", "--compile", "true",
                              "--cases", "alternate_cls", "eval", "--loader-workers"])
         assert rc == 0 and torch._dynamo.config.fail_on_recompile_limit_hit  # a fall-back to eager stops it
@@ -102,12 +101,9 @@ def test_benchmark_compiles_every_model_afresh(monkeypatch):
 
 def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
     """tools/bench_gpu.sh, run with stand-ins for python and timeout that record their arguments:
-    every benchmark call parses with benchmark.py's own parser and every config + --opts it names
+    every benchmark call parses with the benchmarks' own parser and every config + --opts it names
     loads, so a GPU session is not lost to a typo; and the time limits of each part's commands add
     up to at most 9 minutes, so a part fits a 10-minute slot on the device."""
-    sys.path.insert(0, str(Path("tools").resolve()))
-    import benchmark
-
     calls, limits, bin_dir = tmp_path / "calls", tmp_path / "limits", tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
@@ -129,7 +125,8 @@ def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
     bench = [argv[1:] for argv in lines if argv[0] == "tools/benchmark.py"]
     assert len(bench) == 9
     for argv in bench:
-        args = benchmark.build_parser().parse_args(argv)
+        args = parse_args(argv)
+        assert args.benchmark == "steps"
         load_config(args.config, args.opts)
     trains = [argv[argv.index("tools/train.py") + 1:] for argv in lines if "tools/train.py" in argv]
     assert len(trains) == 1
@@ -139,17 +136,17 @@ def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
 
 
 def test_local_attention_benchmark_times_both_computations():
-    """tools/bench_local_attention.py at tiny shapes: a row per shape with both times and the pick
+    """The attention benchmark at tiny shapes: a row per shape with both times and the pick
     of ``auto`` (dense on the 4x4 map, unfold on the 12x12 one at d = 2, k = 3)."""
-    res = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "1x8x12",
+    res = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8x4", "1x8x12",
                "--kernel-size", "3", "--repeats", "1"])
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
     assert [(r[0], r[1], r[2]) for r in rows] == [("2x8x4", "18 vs 16", "dense"), ("1x8x12", "18 vs 144", "unfold")]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
-    bad = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8"])
+    bad = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8"])
     assert bad.returncode == 2 and "expected BATCHxCHANNELSxSIDE" in bad.stderr
-    even = run([sys.executable, "tools/bench_local_attention.py", "--shapes", "2x8x4", "--kernel-size", "4"])
+    even = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8x4", "--kernel-size", "4"])
     assert even.returncode == 2 and "kernel_size must be odd" in even.stderr and "Traceback" not in even.stderr
 
 
@@ -167,3 +164,50 @@ def test_benchmark_refuses_bad_numbers_in_one_usage_line():
                         (["--warmup", "-1"], "--warmup: must be at least 0, got -1")):
         res = run([sys.executable, "tools/benchmark.py", *args])
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+
+
+def test_one_command_line_runs_every_benchmark_and_steps_by_default():
+    """tools/benchmark.py and ``python -m raccnn.bench`` share one parser: a sub-command per
+    benchmark, ``steps`` when the arguments start with an option, one usage line for an unknown name."""
+    assert [parse_args([name]).benchmark for name in ("steps", "crop", "pool", "ddp", "attention", "images")] == [
+        "steps", "crop", "pool", "ddp", "attention", "images"]
+    assert parse_args([]).benchmark == "steps"
+    default = parse_args(["--batch", "2", "4", "--overhead"])
+    assert default.benchmark == "steps" and default.batch == [2, 4] and default.overhead
+    implicit, explicit = (vars(parse_args(argv)) for argv in (["--steps", "3"], ["steps", "--steps", "3"]))
+    assert implicit.pop("parser") is not None and explicit.pop("parser") is not None
+    assert implicit == explicit and implicit["steps"] == 3
+    bad = run([sys.executable, "-m", "raccnn.bench", "stepz"])
+    assert bad.returncode == 2 and "invalid choice: 'stepz'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_crop_benchmark_times_the_batched_crop_against_the_loop():
+    res = run([sys.executable, "tools/benchmark.py", "crop", "--sizes", "32", "16", "--batches", "1", "3",
+               "--repeats", "2", "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"]
+    for _, fast, slow, speedup in rows:
+        assert float(fast) > 0 and float(slow) > 0 and speedup.endswith("x")
+    assert "crop 32->16, forward+backward, median of 2" in res.stdout
+    bad = run([sys.executable, "tools/benchmark.py", "crop", "--batches", "0"])
+    assert bad.returncode == 2 and "--batches: must be at least 1, got 0" in bad.stderr
+
+
+def test_image_check_benchmark_times_both_modes_cold_then_cached(tmp_path):
+    """On a small stand-in with one truncated JPEG: both modes, the first check reads every file and
+    caches, the second is answered from the cache; the unreadable file is counted each time."""
+    from raccnn.data.standin import write_cub_standin
+    from raccnn.data.verify import CACHE_NAME
+
+    d = write_cub_standin(tmp_path, classes=2, images_per_class=3, size=(40, 30))
+    victim = sorted((d / "images").rglob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    res = run([sys.executable, "-m", "raccnn.bench", "images", "--root", str(tmp_path), "--workers", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("6 images, ") and "generated" not in res.stdout  # an existing stand-in is kept
+    timed = [line.split() for line in lines[1:]]
+    assert [(t[0], t[1]) for t in timed] == [("header", "cold"), ("header", "cached"), ("full", "cold"), ("full", "cached")]
+    assert all(float(t[2]) >= 0 and t[3] == "s" and float(t[4]) > 0 and t[-2:] == ["(1", "unreadable)"] for t in timed)
+    assert json.loads((d / CACHE_NAME).read_text())["mode"] == "full"

@@ -127,7 +127,7 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 def test_phase_wrap_exchanges_only_the_phase_parameters(tmp_path):
-    """tools/bench_ddp.py under torchrun (2 gloo processes, tiny model): the trainer's wrap
+    """The ddp benchmark under torchrun (2 gloo processes, tiny model): the trainer's wrap
     (``wrap_ddp`` after the phase froze the model) all-reduces exactly the phase's trainable
     parameters, fp32, once per step; one wrap of the whole model exchanges every parameter, and
     without find_unused_parameters it stops at the second step."""
@@ -137,7 +137,7 @@ def test_phase_wrap_exchanges_only_the_phase_parameters(tmp_path):
 
     tiny = ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "data.resize=48", "data.crop=48"]
     out = tmp_path / "ddp.json"
-    res = torchrun("tools/bench_ddp.py", "--opts", *tiny, "--classes", "3", "--batch", "2", "--rounds", "2",
+    res = torchrun("tools/benchmark.py", "ddp", "--opts", *tiny, "--classes", "3", "--batch", "2", "--rounds", "2",
                    "--warmup", "1", "--json", str(out))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

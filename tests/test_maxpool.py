@@ -154,7 +154,7 @@ def test_vgg_trunks_use_it_and_train_bitwise_as_with_nn_maxpool(name):
 
 
 def test_pool_benchmark_reports_bitwise_equality_and_times_steps_with_both_pools():
-    res = run([sys.executable, "tools/bench_pool.py", "--batch", "2", "--width", "4", "--size", "16",
+    res = run([sys.executable, "tools/benchmark.py", "pool", "--batch", "2", "--width", "4", "--size", "16",
                "--repeats", "2", "--threads", "1", "--steps", "eval", "alternate_apn",
                "--opts", "model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16",
                "data.resize=48", "data.crop=48"])
@@ -171,7 +171,7 @@ def test_pool_benchmark_reports_bitwise_equality_and_times_steps_with_both_pools
 
 def test_pool_benchmark_refuses_a_bad_config_in_one_line_before_timing():
     for opt, words in (("model.widht=3", "did you mean 'model.width'"), ("model.proposer=oracle", "oracle zooms")):
-        res = run([sys.executable, "tools/bench_pool.py", "--steps", "eval", "--opts", opt])
+        res = run([sys.executable, "tools/benchmark.py", "pool", "--steps", "eval", "--opts", opt])
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
         assert "forward" not in res.stdout  # nothing was timed
 
@@ -180,5 +180,5 @@ def test_pool_benchmark_refuses_bad_numbers_in_one_usage_line():
     for args, words in ((["--width", "0"], "--width: must be at least 1, got 0"),
                         (["--size", "7"], "--size: must be at least 8, got 7"),  # vgg_small's three applied pools
                         (["--repeats", "x"], "--repeats: expected an integer, got 'x'")):
-        res = run([sys.executable, "tools/bench_pool.py", *args])
+        res = run([sys.executable, "tools/benchmark.py", "pool", *args])
         assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr

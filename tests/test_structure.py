@@ -134,3 +134,24 @@ def test_a_phase_from_outside_the_package_runs(data_root, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(fusion_before, trainer.model.fusion.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
     assert not any(p.requires_grad for p in trainer.model.scales.parameters())
+
+
+# tools/refit_fusion.py reuses tools/train.py's work-dir lock and log set-up
+TOOL_IMPORTS_ALLOWED = {("refit_fusion.py", "train")}
+
+
+def test_no_tool_imports_another_tool():
+    """Each script of tools/ is an entry point over the library: shared code lives in the package."""
+    tools = PACKAGE.parent / "tools"
+    names = {p.stem for p in tools.glob("*.py")}
+    found = set()
+    for path in tools.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported = {node.module.split(".")[0]}
+            else:
+                continue
+            found |= {(path.name, name) for name in imported & names}
+    assert found <= TOOL_IMPORTS_ALLOWED, sorted(found - TOOL_IMPORTS_ALLOWED)

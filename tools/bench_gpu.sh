@@ -17,11 +17,11 @@ out=${2:?output folder}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-bench() {  # bench NAME SECONDS ARGS...: one benchmark command, stopped after SECONDS
+bench() {  # bench NAME SECONDS ARGS...: one steps benchmark, stopped after SECONDS
     local name=$1 limit=$2
     shift 2
-    echo "== $name: tools/benchmark.py $*"
-    timeout "$limit" "$py" tools/benchmark.py --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
+    echo "== $name: tools/benchmark.py steps $*"
+    timeout "$limit" "$py" tools/benchmark.py steps --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
 }
 case $part in
 steps)

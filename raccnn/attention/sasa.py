@@ -38,7 +38,7 @@ def local_attention(q: Tensor, key: Tensor, v: Tensor, rel_rows: Tensor, rel_col
     B·heads·d·k²·H·W numbers); ``dense`` scores every pixel against all H·W pixels with matrix
     products and masks out the pairs farther than k // 2 (B·heads·(H·W)² numbers). ``auto`` takes
     the one whose largest tensor is smaller: dense while H·W <= d·k², which is also where the
-    measured times of the two cross (docs/ablations.md).
+    measured times of the two cross (``python tools/benchmark.py attention``, docs/ablations.md).
     """
     h, w = q.shape[-2:]
     half, k = rel_rows.shape[1:]

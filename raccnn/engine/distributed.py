@@ -58,7 +58,7 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device, **options) -> Distri
     wraps each phase's step after the phase froze the rest of the model: DDP puts its all-reduce
     hooks on the parameters that require gradient when it is built, so only the phase's trainable
     parameters are exchanged, and the frozen ones, which get no gradient, cannot stall its reducer.
-    ``tools/bench_ddp.py`` measures this against one wrap of the whole model. ``options`` go to
+    ``tools/benchmark.py ddp`` measures this against one wrap of the whole model. ``options`` go to
     DistributedDataParallel."""
     return DistributedDataParallel(module, device_ids=[device.index or 0] if device.type == "cuda" else None,
                                    **options)

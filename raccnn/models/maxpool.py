@@ -2,7 +2,8 @@
 
 PyTorch's CPU kernel for ``max_pool2d`` on NCHW tensors is several times slower than its
 channels-last kernel and than the elementwise maximum of a window's four strided sub-grids, and the
-pools are a large share of the small default model's evaluation step (measured in docs/speed.md).
+pools are a large share of the small default model's evaluation step (``python tools/benchmark.py pool``,
+measured in docs/speed.md).
 Keeping the model in NCHW (``train.channels_last=false``, the CPU default) keeps every
 convolution's float rounding, so a run's numbers stay those of ``nn.MaxPool2d``; only the pools
 take a faster road:

@@ -1,14 +1,14 @@
 """What DistributedDataParallel costs a phase's step, wrapped per phase (the trainer's way) or once.
 
-    torchrun --nproc_per_node=2 tools/bench_ddp.py [--config experiments/configs/fgsynth_default.yaml]
-        [--opts KEY=VALUE ...] [--classes 10] [--batch 16] [--rounds 30] [--warmup 3]
-        [--cases alternate_cls alternate_apn fusion] [--json out.json]
+    torchrun --standalone --nproc_per_node=2 tools/benchmark.py ddp
+        [--config experiments/configs/fgsynth_default.yaml] [--opts KEY=VALUE ...] [--classes 10]
+        [--batch 16] [--rounds 30] [--warmup 3] [--cases alternate_cls alternate_apn fusion] [--json out.json]
 
 The phases freeze different parts of the model, so the wrap decides which gradients DDP exchanges.
-For each phase step (``tools/benchmark.py``'s: random tensors, the phase's freezing, loss and
+For each phase step (the ``steps`` benchmark's: random tensors, the phase's freezing, loss and
 optimiser; ``--batch`` images per process), three wraps of the same step, each on its own copy of
-the model, timed in turn round by round (``benchmark.timed_in_turn``; every step ends with a barrier,
-so the ranks start each step together):
+the model, timed in turn round by round (every step ends with a barrier, so the ranks start each
+step together):
 
 - ``none``: no DDP; no gradient is exchanged and the ranks' weights drift apart (the floor);
 - ``phase``: the trainer's wrap (``raccnn.engine.distributed.wrap_ddp``), built after the phase
@@ -26,28 +26,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import statistics
-import sys
 
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-import benchmark  # tools/benchmark.py: its configs, models, batches and interleaved timing
-from raccnn.device import DEVICES, resolve_device
-from raccnn.engine.distributed import init_distributed, wrap_ddp
-from raccnn.engine.trainer import PhaseStep
-from raccnn.errors import ConfigError
+from ..device import resolve_device
+from ..engine.distributed import init_distributed, wrap_ddp
+from ..engine.trainer import PhaseStep
+from .options import FGSYNTH, add_config, add_device, at_least
+from .timing import median_ms, median_ratio, timed_in_turn
+from .workload import PHASES, build_model, join_group_of_one, load_bench_config, random_batch, tiny_lr
 
+NAME = "ddp"
+HELP = "DistributedDataParallel per phase against one wrap of the whole model (under torchrun)"
 WRAPS = ("none", "phase", "whole")
 
 
 def phase_step(case, model, cfg, images, target, device, wrap, count=None, find_unused=True):
     """One optimiser step of phase ``case`` on ``model`` with the gradients exchanged as ``wrap``
     says; ``count``: a one-element list to which every all-reduced bucket adds its bytes."""
-    phase = benchmark.PHASES[case](cfg, 0)
+    phase = PHASES[case](cfg, 0)
     module = PhaseStep(model, phase)
     if wrap == "whole":  # built while every parameter is trainable; the phase freezes afterwards
         for p in model.parameters():
@@ -62,7 +61,7 @@ def phase_step(case, model, cfg, images, target, device, wrap, count=None, find_
             count[0] += bucket.buffer().numel() * bucket.buffer().element_size()
             return default_hooks.allreduce_hook(state, bucket)
         module.register_comm_hook(None, counting)
-    opt = benchmark.tiny_lr(phase.optimizer(params))
+    opt = tiny_lr(phase.optimizer(params))
 
     def step():
         loss, _ = module(images, target, None)
@@ -98,20 +97,19 @@ def bench(cfg, args, device, world):
     main = world.rank == 0
     for case in args.cases:
         torch.manual_seed(1 + world.rank)  # each rank its own batch, as each draws its own shard
-        images, target = benchmark.random_batch(cfg, args.batch, args.classes, device, torch.preserve_format)
-        base = benchmark.build_model(cfg, args.classes, device, torch.preserve_format, False)
+        images, target = random_batch(cfg, args.batch, args.classes, device, torch.preserve_format)
+        base = build_model(cfg, args.classes, device, torch.preserve_format, False)
         steps = []
         for wrap in WRAPS:
             step, params = phase_step(case, copy.deepcopy(base), cfg, images, target, device, wrap)
             steps.append(step)
         trainable = sum(p.numel() for p in params)  # the phase's, the same in every wrap
-        times = benchmark.timed_in_turn(steps, args.rounds, args.warmup, device)
+        times = timed_in_turn(steps, args.rounds, args.warmup, device)
         total = sum(p.numel() for p in base.parameters())
         for k, wrap in enumerate(WRAPS):
             sent = bytes_per_step(case, base, cfg, images, target, device, wrap) if wrap != "none" else 0
             row = dict(case=case, wrap=wrap, processes=world.size, batch=args.batch, rounds=args.rounds,
-                       ms_per_step=1000 * statistics.median(times[k]),
-                       ratio_to_none=statistics.median(t / n for t, n in zip(times[k], times[0])),
+                       ms_per_step=median_ms(times[k]), ratio_to_none=median_ratio(times[k], times[0]),
                        allreduced_bytes=sent, trainable_params=trainable, model_params=total)
             rows.append(row)
             if main:
@@ -125,34 +123,22 @@ def bench(cfg, args, device, world):
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="experiments/configs/fgsynth_default.yaml")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--classes", type=benchmark.at_least(1), default=10)
-    p.add_argument("--batch", type=benchmark.at_least(1), default=16, help="images per process")
-    p.add_argument("--cases", nargs="+", default=list(benchmark.PHASES), choices=list(benchmark.PHASES))
-    p.add_argument("--rounds", type=benchmark.at_least(1), default=30)
-    p.add_argument("--warmup", type=benchmark.at_least(0), default=3)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config(p, FGSYNTH, classes=10)
+    add_device(p, "auto")
+    p.add_argument("--batch", type=at_least(1), default=16, help="images per process")
+    p.add_argument("--cases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    p.add_argument("--rounds", type=at_least(1), default=30)
+    p.add_argument("--warmup", type=at_least(0), default=3)
     p.add_argument("--json", default=None)
-    return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        cfg = benchmark.load_bench_config(args.config, args.opts, device)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if "WORLD_SIZE" not in os.environ:  # plain python: a group of one
-        os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", "29518"))
-    world = init_distributed(args.device)
-    if not dist.is_initialized():  # init_distributed joins a group only for several processes
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+def run(args) -> dict | None:
+    """Time the three wraps on every process of the group; rank 0's JSON document (None on the others)."""
+    device = resolve_device(args.device)
+    cfg = load_bench_config(args.config, args.opts, device)
+    world = init_distributed(args.device)  # torchrun's group; a group of one under plain python
+    join_group_of_one(device, 29518)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     if world.rank == 0:
@@ -160,13 +146,8 @@ def main(argv=None) -> int:
               f"{torch.get_num_threads()} thread(s) each, batch {args.batch} per process, {args.rounds} rounds",
               flush=True)
     rows = bench(cfg, args, device, world)
-    if world.rank == 0 and args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": args.config, "opts": args.opts, "processes": world.size,
-                       "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if world.rank != 0:
+        return None
+    return {"config": args.config, "opts": args.opts, "processes": world.size,
+            "threads": torch.get_num_threads(), "rows": rows}
