@@ -41,7 +41,8 @@ def load_model(path: str, device: torch.device):
                               "a new image has none (tools/eval.py scores it on its dataset)")
     cfg = ckpt["config"]
     classes = list(ckpt.get("classes") or [f"class {k}" for k in range(ckpt["num_classes"])])
-    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
+    mean, std = model.input_normalization  # the training's
+    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"], mean=mean, std=std)
     return model, classes, transform
 
 
@@ -90,7 +91,8 @@ def predict(model, classes, transform, path: str, png: str, device) -> str:
     for s, box in enumerate(out.abs_boxes, start=2):
         tx, ty, tl = box[0].tolist()
         print(f"  scale-{s} square: centre ({tx:.3f}, {ty:.3f}), half side {tl:.3f} of the input")
-    panel = crop_panel(images.cpu(), out)
+    mean, std = model.input_normalization
+    panel = crop_panel(images.cpu(), out, mean=mean, std=std)
     with atomic_open(png, "wb") as f:
         to_pil_image(panel).save(f, format="PNG")
     print(f"  crops: {png}")
