@@ -31,7 +31,7 @@ from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_
 from .errors import ConfigError
 from .losses import MARGIN
 from .models.apn import APN
-from .models.backbones import check_backbone_name, min_input_size, vgg_stage_channels
+from .models.backbones import TIMM_PREFIX, check_backbone_name, min_input_size, vgg_stage_channels
 from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
 from .models.fusion import FUSIONS
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
@@ -104,10 +104,15 @@ SCHEMA: dict = {
         "verify_images": Key("header", choices=VERIFY_MODES),  # checked when a dataset opens (data/verify.py)
         "max_images": Key(0, min=0),  # per split: only the first N after the split rule (smoke tests); 0 = all
         "hit_parts": Key([], item=str),  # parts whose centre defines a part hit; the first is the oracle's
+        # per-channel normalisation of the inputs; null: the backbone's pretraining (models/backbones.py)
+        "mean": Key(None, list, item=float, length=3, nullable=True),
+        "std": Key(None, list, item=float, length=3, nullable=True,
+                   check=lambda v: None if all(x > 0 for x in v) else f"{v}: every entry must be > 0"),
     },
     "model": {
         "backbone": Key(arg(RACNN, "backbone"), check=check_backbone_name),
         "width": Key(arg(RACNN, "width"), min=1),  # channels of vgg_small's first stage
+        "backbone_kwargs": Key({}),  # timm backbones: extra timm.create_model arguments, e.g. {drop_path_rate: 0.2}
         "pretrained": Key(arg(RACNN, "pretrained"), (bool, str)),  # true: torchvision's cache; a string: a file
         "n_scales": Key(arg(RACNN, "n_scales"), min=2, max=5),  # a scale to zoom from and one to zoom into
         "input_sizes": Key(list(arg(RACNN, "input_sizes")), min=8),  # one per scale
@@ -172,6 +177,9 @@ def _cross_checks(c: dict):
     if min(m["input_sizes"]) < smallest:
         yield (("model.input_sizes", "model.backbone"),
                f"model.input_sizes {m['input_sizes']}: {m['backbone']} needs inputs of at least {smallest} px")
+    if m["backbone_kwargs"] and not m["backbone"].startswith(TIMM_PREFIX):
+        yield (("model.backbone_kwargs", "model.backbone"), f"model.backbone_kwargs: only timm backbones take extra "
+               f"arguments, not {m['backbone']}")
     if not 0 < apn["tl_min"] <= apn["tl_max"] <= 0.5:
         yield (("model.apn.tl_min", "model.apn.tl_max"), "need 0 < model.apn.tl_min <= model.apn.tl_max <= 0.5, "
                f"got tl_min={apn['tl_min']} and tl_max={apn['tl_max']}")

@@ -205,3 +205,18 @@ def test_fusion_start_reads_best_alternate_safely(finished, data_root, tmp_path)
     with pytest.raises(UnsafeCheckpointError, match="refused"):
         trainer.run()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("backbone", ["vgg11", "timm:resnet18"])
+def test_pretrained_weights_are_read_safely_too(tmp_path, backbone):
+    from raccnn.models import PretrainedWeightsError
+    from raccnn.models.backbones import build_backbone
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "weights.pth"
+    torch.save({"features.0.weight": torch.zeros(1), "extra": touch(marker)}, path)
+    with pytest.raises(PretrainedWeightsError) as info:
+        build_backbone(backbone, pretrained=str(path))
+    assert not marker.exists()
+    message = str(info.value)
+    assert "\n" not in message and f"refused {path}" in message and "posix.system" in message, message

@@ -44,7 +44,8 @@ def load_model(path: str, device: torch.device):
     if len(classes) != ckpt["num_classes"] or len(set(classes)) != len(classes):
         raise CheckpointError(f"{path}: its class names {classes} are not {ckpt['num_classes']} distinct names, one per "
                               "output of the model, so its predictions cannot be named")
-    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])
+    mean, std = model.input_normalization  # the training's
+    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"], mean=mean, std=std)
     return model, classes, transform
 
 
@@ -93,7 +94,8 @@ def predict(model, classes, transform, path: str, png: str, device) -> str:
     for s, box in enumerate(out.abs_boxes, start=2):
         tx, ty, tl = box[0].tolist()
         print(f"  scale-{s} square: centre ({tx:.3f}, {ty:.3f}), half side {tl:.3f} of the input")
-    panel = crop_panel(images.cpu(), out)
+    mean, std = model.input_normalization
+    panel = crop_panel(images.cpu(), out, mean=mean, std=std)
     with atomic_open(png, "wb") as f:
         to_pil_image(panel).save(f, format="PNG")
     print(f"  crops: {png}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models.backbones import input_normalization
 from .aircraft import FGVCAircraft
 from .cars import StanfordCars
 from .cub import CUBDataset
@@ -53,7 +54,8 @@ def build_dataset(cfg: dict, split: str, root: Path | None = None):
     d = cfg["data"]
     root = root if root is not None else Path(d["root"])
     train = split in ("train", "trainval")
-    transform = build_transforms(train, d["resize"], d["crop"], flip=d["flip"])
+    mean, std = input_normalization(cfg)
+    transform = build_transforms(train, d["resize"], d["crop"], flip=d["flip"], mean=mean, std=std)
     kwargs = dict(split=split, transform=transform, val_fraction=d["val_fraction"], split_seed=d["split_seed"],
                   skip_unreadable=d["skip_unreadable"], verify=d["verify_images"], max_images=d["max_images"],
                   cache=cache_mode(cfg, split))

@@ -5,19 +5,16 @@ resuming should hold at least ``"config"`` (the resolved config) and
 ``"num_classes"`` so that ``check_compatible`` can compare them with the
 current run.
 
-Every checkpoint is read with torch's restricted unpickler (``weights_only=True``): tensors, plain
+Every checkpoint is read with torch's restricted unpickler (``raccnn/safeload.py``): tensors, plain
 Python containers, numbers and strings load, and a file holding any other object is refused
-before any of it runs. A pickle can name any function to call while it is read, so a file from
-someone else must never reach the unrestricted loader; raccnn's own checkpoints hold nothing else
-(``capture_rng_state`` returns tensors and plain values for that reason).
+before any of it runs; raccnn's own checkpoints hold nothing else (``capture_rng_state`` returns
+tensors and plain values for that reason).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import re
 import zipfile
 from typing import Any, Mapping
 
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_open
+from ..safeload import load_tensors, refusal, unsafe_message
 
 __all__ = [
     "CheckpointError",
@@ -84,16 +82,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     try:
-        # explicit True: torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only overrides an unset argument
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if zipfile.is_zipfile(path) and _REFUSED.search(str(e)):
-            raise UnsafeCheckpointError(
-                f"refused {path}: it holds {_refused_object(str(e))}, and a checkpoint may hold only tensors and "
-                f"plain Python values; nothing in it was run or loaded. Checkpoints written by raccnn never hold "
-                f"other objects: ask whoever made the file for one saved as a state dict") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
+        state = load_tensors(path, map_location)
     except Exception as e:  # torch raises many kinds of errors for bad files
+        what = refusal(e)
+        if what is not None:
+            raise UnsafeCheckpointError(unsafe_message(path, what)) from None
         if not zipfile.is_zipfile(path):
             reason = "it is not a torch.save archive (corrupt, truncated or another format?)"
         else:
@@ -102,20 +95,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
-
-
-_REFUSED = re.compile(r"Weights only load failed")
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _refused_object(message: str) -> str:
-    """What torch's restricted unpickler refused, in words (its messages name the global)."""
-    found = _GLOBAL.search(message)
-    if found:
-        return f"a reference to {found.group(1)}"
-    detail = [line.strip() for line in message.splitlines()[1:] if line.strip()
-              and "weights_only" not in line and "documentation" not in line]
-    return f"content the safe loader refuses ({detail[0].rstrip('.')})" if detail else "content the safe loader refuses"
 
 
 def _first_line(exc: BaseException) -> str:

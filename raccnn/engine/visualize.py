@@ -119,7 +119,7 @@ def crops_tag(phase_label: str) -> str:
 
 
 def denormalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
-    """Undo the ImageNet normalisation: float [B, 3, H, W] -> uint8 [B, 3, H, W]."""
+    """Undo the normalisation (ImageNet's unless given): float [B, 3, H, W] -> uint8 [B, 3, H, W]."""
     images = images.detach().float().cpu()
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
@@ -156,14 +156,16 @@ def _pad_to_width(tile: Tensor, width: int) -> Tensor:
 
 
 def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_boxes: Tensor | None = None,
-               hit_part_index: int | None = None, height: int | None = None, line: int = 2) -> Tensor:
+               hit_part_index: int | None = None, height: int | None = None, line: int = 2,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Tensor:
     """One uint8 image [3, H', W'] with a row per image (see the module docstring).
 
     ``images`` [B, 3, H, W] normalised model input; ``out`` the model's output for it, computed with
     ``return_crops=True``. ``part_boxes`` [B, 4] or [B, P, 4] and ``object_boxes`` [B, 4] are pixel
     xyxy in ``images`` (NaN rows are skipped); with [B, P, 4], ``hit_part_index`` selects the part
     to draw (None: all parts). Tiles are resized to ``height`` (default: H) and padded to a common
-    width. Works for up to 5 scales (one colour per scale in ``BOX_COLOURS``).
+    width. Works for up to 5 scales (one colour per scale in ``BOX_COLOURS``). ``mean`` and ``std``:
+    the normalisation of ``images``, undone for the picture.
     """
     if out.crops is None:
         raise ValueError("crop_panel needs the crops: run the model with return_crops=True")
@@ -176,7 +178,7 @@ def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_box
     rows = []
     for b in range(B):
         # scale 1: the input image with every square and the ground-truth boxes
-        tile = _resize(denormalize(images[b : b + 1])[0], height)
+        tile = _resize(denormalize(images[b : b + 1], mean, std)[0], height)
         th, tw = tile.shape[-2:]
         sy, sx = th / H, tw / W
         if object_boxes is not None:
@@ -191,7 +193,7 @@ def crop_panel(images: Tensor, out, part_boxes: Tensor | None = None, object_box
         tiles = [tile]
         # scales 2..n: the zoomed crop, with the next scale's square relative to this crop
         for s in range(1, n_scales):
-            tile = _resize(denormalize(out.crops[s][b : b + 1])[0], height)
+            tile = _resize(denormalize(out.crops[s][b : b + 1], mean, std)[0], height)
             if s + 1 < n_scales:
                 th, tw = tile.shape[-2:]
                 tile = _draw(tile, square_to_xyxy(out.boxes[s][b : b + 1].float().cpu(), th, tw), BOX_COLOURS[f"scale{s + 2}"], line)
@@ -215,7 +217,8 @@ def model_panel(model, batch: dict, hit_part: int | None = None, device=None) ->
         out = model(images, return_crops=True, part_boxes=batch.get("part_boxes"))
     finally:
         model.train(was_training)
-    return crop_panel(images.cpu(), out, batch.get("part_boxes"), batch.get("box"), hit_part)
+    mean, std = getattr(model, "input_normalization", (IMAGENET_MEAN, IMAGENET_STD))
+    return crop_panel(images.cpu(), out, batch.get("part_boxes"), batch.get("box"), hit_part, mean=mean, std=std)
 
 
 def fixed_images(dataset, n: int = 8) -> dict:

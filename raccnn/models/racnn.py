@@ -12,14 +12,13 @@ With ``input_sizes[0]`` equal to the image size (the paper: 448) it is exactly t
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import build_backbone
+from .backbones import backbone_normalization, build_backbones, input_normalization
 from .boxes import compose_boxes, full_image_boxes
 from .crop import K_DEFAULT, attention_crop, compiled_attention_crop
 from .fusion import build_fusion
@@ -74,10 +73,14 @@ class RACNN(nn.Module):
         proposer_cfg: dict | None = None,
         oracle_part: int | None = None,
         fusion: str = "features",
+        backbone_kwargs: dict | None = None,
+        normalization: tuple | None = None,
     ):
         """``apn``: the ``model.apn`` keys (bounds for every proposer, sizes for the APN);
         ``proposer_cfg``: the ``model.proposer_cfg`` keys (``PROPOSER_OPTIONS``); ``oracle_part``:
-        the index of the part the oracle proposer zooms on."""
+        the index of the part the oracle proposer zooms on; ``backbone_kwargs``: extra arguments of a
+        timm backbone (``model.backbone_kwargs``); ``normalization``: the (mean, std) its inputs are
+        normalised with, kept as ``input_normalization`` (default: the backbone's pretraining)."""
         super().__init__()
         input_sizes = [int(s) for s in input_sizes]
         if len(input_sizes) != n_scales:
@@ -85,11 +88,11 @@ class RACNN(nn.Module):
         self.num_classes, self.n_scales, self.input_sizes = num_classes, n_scales, input_sizes
         self.crop_k, self.crop_grad, self.crop_impl = float(crop_k), crop_grad, crop_impl
         self.crop_compile = bool(crop_compile)
-        trunk = build_backbone(backbone, pretrained=pretrained, width=width, attention=attention)
-        self.scales = nn.ModuleList(
-            ScaleNet(trunk if s == 0 else copy.deepcopy(trunk), num_classes, dropout) for s in range(n_scales)
-        )
-        channels = trunk.out_channels
+        self.input_normalization = tuple(normalization or backbone_normalization(backbone))
+        trunks = build_backbones(backbone, input_sizes, pretrained=pretrained, width=width, attention=attention,
+                                 kwargs=backbone_kwargs)
+        self.scales = nn.ModuleList(ScaleNet(trunk, num_classes, dropout) for trunk in trunks)
+        channels = trunks[0].out_channels
         if proposer not in PROPOSERS:
             raise ValueError(f"unknown proposer {proposer!r}; choose one of {list(PROPOSERS)}")
         self.proposer = proposer
@@ -188,4 +191,6 @@ def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
         proposer_cfg=m["proposer_cfg"],
         oracle_part=part_index(part_names, cfg["data"]["hit_parts"]),
         fusion=m["fusion"],
+        backbone_kwargs=m["backbone_kwargs"],
+        normalization=input_normalization(cfg),
     )
