@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any
 
 import torch
@@ -24,17 +25,19 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def refusal(exc: BaseException) -> str | None:
-    """What the restricted unpickler refused in the file, in words, when ``exc`` is that refusal or
-    was raised from it (timm's reader wraps it); None for any other error (a corrupt file)."""
+def refusal(exc: BaseException, path: str | os.PathLike) -> str | None:
+    """What the restricted unpickler refused in ``path``, in words, when ``exc`` is that refusal or
+    was raised from it (timm's reader wraps it); None for any other error. Bytes that are no pickle
+    at all (a corrupt or truncated file) are refused by the same unpickler, but name no object:
+    they count as a refusal only inside a ``torch.save`` archive."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         message = str(exc)
-        if _REFUSED.search(message) or _BLOCKED.search(message):
-            found = _GLOBAL.search(message) or _BLOCKED.search(message)
-            if found:
-                return f"a reference to {found.group(1)}"
+        found = _GLOBAL.search(message) or _BLOCKED.search(message)
+        if found:
+            return f"a reference to {found.group(1)}"
+        if _REFUSED.search(message) and zipfile.is_zipfile(path):
             detail = [line.strip() for line in message.splitlines()[1:] if line.strip()
                       and "weights_only" not in line and "documentation" not in line]
             return (f"content the safe loader refuses ({detail[0].rstrip('.')})" if detail

@@ -84,7 +84,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         state = load_tensors(path, map_location)
     except Exception as e:  # torch raises many kinds of errors for bad files
-        what = refusal(e)
+        what = refusal(e, path)
         if what is not None:
             raise UnsafeCheckpointError(unsafe_message(path, what)) from None
         if not zipfile.is_zipfile(path):

@@ -334,7 +334,7 @@ def _read_weights(path: Path):
     try:
         return load_tensors(path)
     except Exception as exc:  # a refused object, or not a torch file at all
-        what = refusal(exc)
+        what = refusal(exc, path)
         if what is not None:
             raise PretrainedWeightsError(unsafe_message(path, what)) from None
         raise PretrainedWeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
@@ -351,8 +351,8 @@ def load_timm_state(model: nn.Module, model_name: str, path: Path) -> None:
     try:
         state = load_state_dict(str(path))  # torch files through the restricted unpickler
     except Exception as exc:  # not a state dict: pickle, zip or safetensors errors of every kind
-        if refusal(exc) is not None:
-            raise PretrainedWeightsError(unsafe_message(path, refusal(exc))) from None
+        if refusal(exc, path) is not None:
+            raise PretrainedWeightsError(unsafe_message(path, refusal(exc, path))) from None
         raise PretrainedWeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
