@@ -15,6 +15,13 @@ block contributes the cartesian product of its axes (label -> config overrides):
         proposer: {apn: {model.proposer: apn}}
       - proposer: {center: {model.proposer: center}}
 
+The grid is checked whole before anything trains (``--dry-run`` checks the same and stops): each
+key's type and shape (``seeds`` a non-empty list of distinct integers, ``blocks`` a non-empty list
+of such mappings, no config key set by two axes of one row, no ``seed`` or ``work_dir`` override:
+they come from ``seeds`` and ``--out``) and every row's config, resolved with its overrides; a
+problem is one ``error:`` line naming the grid file, the key or row and what is wrong, and exit
+code 2. Like config files, a grid file may not write a key twice in one mapping.
+
 Every run trains with tools/train.py in its own work dir (<out>/<row>/seed<k>) and is evaluated on
 the test split; a run whose metrics.json exists is skipped, so re-running the command resumes the
 grid. ``--jobs N`` trains N runs at a time, each on cpu cores / N threads (its output then goes only
@@ -47,6 +54,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
+from raccnn.configtree import load_yaml
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
@@ -54,38 +62,129 @@ from raccnn.models.fusion import fusion_names
 from raccnn.stats import LEVEL, paired_difference, t_interval
 
 GRID_KEYS = {"config", "opts", "seeds", "blocks", "baseline"}
+GRID_SET_KEYS = {"seed": "seeds", "work_dir": "--out"}  # config keys each run gets from the grid
 DIFF_METRICS = ("acc_scale2", "acc_fused_all")  # the columns compared with the baseline in results.md
 
 
 def load_grid(path: str) -> dict:
-    grid = yaml.safe_load(Path(path).read_text())
-    if not isinstance(grid, dict) or "config" not in grid or "blocks" not in grid:
-        raise ConfigError(f"{path}: a grid needs 'config' and 'blocks' (see experiments/ablation.py)")
-    unknown = set(grid) - GRID_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown grid keys {sorted(unknown)}; valid: {sorted(GRID_KEYS)}")
+    """The grid of ``path``, checked whole (``check_grid``): a ``ConfigError`` naming the file and
+    the key of the first problem."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"grid file not found: {path}")
+    grid = load_yaml(path)
+    check_grid(grid, path)
     grid.setdefault("opts", {})
+    grid["opts"] = grid["opts"] or {}
     grid.setdefault("seeds", [0])
     return grid
 
 
+def _kind(value) -> str:
+    return "null" if value is None else f"{'mapping' if isinstance(value, dict) else type(value).__name__} {value!r}"
+
+
+def _check_overrides(value, path: str, key: str) -> None:
+    """Config overrides: a mapping of dotted config keys to values (or null: none), but no key the
+    grid sets for each run itself."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping of config keys to values, got {_kind(value)}")
+    for k in value:
+        if not isinstance(k, str) or not k or not all(k.split(".")):
+            raise ConfigError(f"{path}: {key}: {k!r} is not a dotted config key like train.lr")
+        if k in GRID_SET_KEYS:
+            raise ConfigError(f"{path}: {key}: {k} is set for each run by the grid ({GRID_SET_KEYS[k]}); remove it")
+
+
+def check_grid(grid, path: str) -> None:
+    """Every key of a grid file of the right type and shape (see the module's docstring), before
+    any row's config is read: ``seeds`` a non-empty list of distinct integers, ``blocks`` a
+    non-empty list of mappings axis -> {label: overrides}, no key set twice within a row."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: a grid file is a mapping with 'config' and 'blocks', got {_kind(grid)}")
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid keys {sorted(map(str, unknown))}; valid: {sorted(GRID_KEYS)}")
+    for key in ("config", "blocks"):
+        if key not in grid:
+            raise ConfigError(f"{path}: a grid needs 'config' and 'blocks' (see experiments/ablation.py); '{key}' is missing")
+    if not isinstance(grid["config"], str) or not os.path.isfile(grid["config"]):
+        problem = "no such file" if isinstance(grid["config"], str) else "expected the path of a config file"
+        raise ConfigError(f"{path}: config: {problem}, got {_kind(grid['config'])}")
+    _check_overrides(grid.get("opts"), path, "opts")
+    seeds = grid.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"{path}: seeds: expected a non-empty list of integers, e.g. [0, 1, 2], got {_kind(seeds)}")
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"{path}: seeds[{i}]: expected an integer, got {_kind(seed)}")
+        if seed in seeds[:i]:
+            raise ConfigError(f"{path}: seeds[{i}]: seed {seed} is listed twice (each seed is one run of every row)")
+    if "baseline" in grid and not isinstance(grid["baseline"], str):
+        raise ConfigError(f"{path}: baseline: expected a row name like axis=label,axis=label, got {_kind(grid['baseline'])}")
+    blocks = grid["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise ConfigError(f"{path}: blocks: expected a non-empty list of blocks (each a mapping axis -> "
+                          f"{{label: config overrides}}), got {_kind(blocks)}")
+    for b, block in enumerate(blocks):
+        where = f"blocks[{b}]"
+        if not isinstance(block, dict) or not block:
+            raise ConfigError(f"{path}: {where}: expected a non-empty mapping axis -> {{label: config overrides}}, "
+                              f"got {_kind(block)}")
+        for axis, labels in block.items():
+            if not isinstance(axis, str):
+                raise ConfigError(f"{path}: {where}: axis {axis!r} is not a name")
+            if not isinstance(labels, dict) or not labels:
+                raise ConfigError(f"{path}: {where}.{axis}: expected a non-empty mapping label -> config overrides, "
+                                  f"got {_kind(labels)}")
+            for label, overrides in labels.items():
+                if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+                    raise ConfigError(f"{path}: {where}.{axis}: label {label!r} is read by YAML as "
+                                      f"{_kind(label).split()[0]}; quote it")
+                _check_overrides(overrides, path, f"{where}.{axis}.{label}")
+        for name, choice in _block_rows(block):  # two axes of a row setting one key: which would win?
+            set_by: dict = {}
+            for axis, (_, overrides) in zip(block, choice):
+                for k in overrides or {}:
+                    if k in set_by:
+                        raise ConfigError(f"{path}: {where}, row {name}: axes '{set_by[k]}' and '{axis}' both set {k}")
+                    set_by[k] = axis
+
+
+def _block_rows(block: dict):
+    """(row name, ((label, overrides) per axis)) for each row of a block."""
+    for choice in itertools.product(*[list(labels.items()) for labels in block.values()]):
+        yield ",".join(f"{axis}={label}" for axis, (label, _) in zip(block, choice)), choice
+
+
 def expand_rows(grid: dict) -> list[tuple[str, dict, dict]]:
-    """(row name, {axis: label}, overrides) for every row of every block, in order, without
-    duplicates."""
+    """(row name, {axis: label}, overrides) for every row of every block, in order; a row that
+    two blocks both give appears once (a ``ConfigError`` when their overrides differ)."""
     rows: dict[str, tuple[dict, dict]] = {}
     for block in grid["blocks"]:
-        axes = list(block)
-        for choice in itertools.product(*[list(block[axis].items()) for axis in axes]):
-            labels = {axis: str(label) for axis, (label, _) in zip(axes, choice)}
+        for name, choice in _block_rows(block):
+            labels = {axis: str(label) for axis, (label, _) in zip(block, choice)}
             overrides = {}
             for _, opts in choice:
                 overrides.update(opts or {})
-            rows.setdefault(",".join(f"{a}={v}" for a, v in labels.items()), (labels, overrides))
+            if name in rows and rows[name][1] != overrides:
+                raise ConfigError(f"row {name} is given twice with different overrides ({rows[name][1]} and "
+                                  f"{overrides}); rename one of its labels")
+            rows.setdefault(name, (labels, overrides))
     return [(name, labels, overrides) for name, (labels, overrides) in rows.items()]
 
 
 def to_opts(overrides: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def row_config(grid_path: str, config: str, opts: list[str], name: str) -> dict:
+    """A row's resolved config (nothing built); a problem names the grid file and the row."""
+    try:
+        return load_config(config, opts)
+    except ConfigError as exc:
+        raise ConfigError(f"{grid_path}: row {name}: {exc}") from None
 
 
 def row_dir(out: Path, name: str) -> Path:
@@ -158,10 +257,13 @@ def main(argv=None) -> int:
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         grid = load_grid(args.grid)
-        rows = expand_rows(grid)
+        try:
+            rows = expand_rows(grid)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.grid}: {exc}") from None
         shared = to_opts(grid["opts"])
         # every row's config is validated before anything trains
-        configs = {name: load_config(grid["config"], shared + to_opts(ov)) for name, _, ov in rows}
+        configs = {name: row_config(args.grid, grid["config"], shared + to_opts(ov), name) for name, _, ov in rows}
         folders = [row_dir(Path(""), name) for name, _, _ in rows]
         if len(set(folders)) != len(folders):
             raise ConfigError(f"{args.grid}: two rows map to the same folder name; rename their labels")

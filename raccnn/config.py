@@ -75,13 +75,17 @@ def _alternating(lr: float, min_delta: float, optimizer: str = "sgd") -> dict:
 
 SCHEMA: dict = {
     "name": Key(None, str, nullable=True, check=_dirname),  # run name; default: the config file's stem
-    "work_dir": Key(None, str, nullable=True),  # default: work_dirs/<name>
+    # Paths (work_dir, data.root, model.pretrained as a file): a leading ~ is the home folder; a
+    # relative path is relative to the current working directory, not to the config file.
+    "work_dir": Key(None, str, nullable=True, path=True),  # default: work_dirs/<name>
     "seed": Key(0),
     "device": Key("auto", choices=DEVICES),
     "deterministic": Key(False),  # torch.use_deterministic_algorithms
     "data": {
         "dataset": Key("fgsynth", choices=DATASETS),
-        "root": Key("data/fgsynth"),  # the folder holding the dataset's own top folder (CUB_200_2011/, nabirds/...)
+        # the folder holding the dataset's own top folder (CUB_200_2011/, nabirds/...); a relative path is
+        # relative to the current working directory, ~ is the home folder
+        "root": Key("data/fgsynth", path=True),
         "label_level": Key("variant", choices=list(LABEL_LEVELS)),  # fgvc_aircraft: the labels' level
         "synth": {  # FG-Synth, generated under data.root when absent
             "classes": Key(SYNTH["classes"], min=2, max=MAX_CLASSES),
@@ -113,7 +117,7 @@ SCHEMA: dict = {
         "backbone": Key(arg(RACNN, "backbone"), check=check_backbone_name),
         "width": Key(arg(RACNN, "width"), min=1),  # channels of vgg_small's first stage
         "backbone_kwargs": Key({}),  # timm backbones: extra timm.create_model arguments, e.g. {drop_path_rate: 0.2}
-        "pretrained": Key(arg(RACNN, "pretrained"), (bool, str)),  # true: torchvision's cache; a string: a file
+        "pretrained": Key(arg(RACNN, "pretrained"), (bool, str), path=True),  # true: torchvision's cache; a string: a file
         "n_scales": Key(arg(RACNN, "n_scales"), min=2, max=5),  # a scale to zoom from and one to zoom into
         "input_sizes": Key(list(arg(RACNN, "input_sizes")), min=8),  # one per scale
         "dropout": Key(arg(RACNN, "dropout"), min=0.0, max=1.0),

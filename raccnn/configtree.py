@@ -4,7 +4,8 @@ problem as one ``ConfigError`` naming the dotted key and the file or option that
 
 A config file is a YAML mapping. ``_base_`` (a path or a list of paths, relative to the file) names
 parents that are loaded first and merged in order, then the file's own keys on top: a mapping
-merges key by key, any other value (lists included) replaces. Overrides are merged last.
+merges key by key, any other value (lists included) replaces. Overrides are merged last. A key
+written twice in one mapping of a file is refused (YAML itself would keep the last one silently).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Hashable
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
@@ -28,7 +30,8 @@ class Key:
     """One leaf of the schema. ``type`` defaults to the default's type (a list's ``item`` to its
     first element's); ``int`` is accepted where ``float`` is expected, ``bool`` never as a number;
     ``min``, ``max`` and ``choices`` apply to a list's elements; ``dict`` is a free-form mapping;
-    ``check(value)`` returns an error message or None."""
+    ``check(value)`` returns an error message or None; ``path``: a string value is a file or folder
+    path, its leading ``~`` expanded to the home folder."""
 
     default: Any
     type: Any = None
@@ -39,6 +42,7 @@ class Key:
     length: int | None = None
     nullable: bool = False
     check: Callable[[Any], str | None] | None = None
+    path: bool = False
 
     @property
     def types(self) -> tuple:
@@ -56,8 +60,27 @@ def arg(fn, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- loading
+class DuplicateKeyError(yaml.YAMLError):
+    """A key written twice in one YAML mapping."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot, e.g. ``5e-4``."""
+    """SafeLoader that also reads exponent floats without a dot, e.g. ``5e-4``, and refuses a key
+    written twice in one mapping (where YAML keeps the last one and drops the first silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` keys may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                if isinstance(key, Hashable) and key in lines:
+                    raise DuplicateKeyError(f"duplicate key {key!r} at lines {lines[key]} and {line} (only the "
+                                            f"last would count); keep one")
+                if isinstance(key, Hashable):
+                    lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -81,17 +104,26 @@ def merge_into(dst: dict, src: Mapping, origins: Origins, where: str, prefix: st
             dst[key] = copy.deepcopy(value)
 
 
+def load_yaml(path: str | os.PathLike) -> Any:
+    """The YAML document of ``path`` (configs and grid files alike); a ``ConfigError`` naming the
+    file when it is not valid YAML or writes a key twice in one mapping."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{os.fspath(path)}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{os.fspath(path)}: invalid YAML: {e}") from e
+
+
 def _load_file(path: str, cfg: dict, origins: Origins, chain: tuple = ()) -> None:
     seen = [os.path.realpath(p) for p in chain]
     if os.path.realpath(path) in seen:
         raise ConfigError("circular _base_ inheritance: " + " -> ".join([*chain[seen.index(os.path.realpath(path)):], path]))
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}" + (f" (included from {chain[-1]})" if chain else ""))
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.load(f.read(), Loader=_Loader) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    raw = load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(raw).__name__}")
     bases = raw.pop("_base_", [])
@@ -243,6 +275,8 @@ def _check_leaf(key: Key, value: Any, name: str, origins: Origins) -> Any:
         return copy.deepcopy(dict(value))
     if isinstance(value, (list, tuple)):
         return [float(v) if key.item_type is float else v for v in value]
+    if key.path and isinstance(value, str):
+        return os.path.expanduser(value)
     return float(value) if float in key.types and not isinstance(value, (bool, str)) else value
 
 

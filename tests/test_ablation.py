@@ -1,9 +1,11 @@
 """The ablation runner on a 2-row grid of tiny runs."""
 import csv
+import importlib.util
 import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import TINY
@@ -127,3 +129,54 @@ def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_pa
     md = (out / "results.md").read_text()
     assert "| scale 1 | scale 2 | fused (all) |" in md and "scale 3" not in md
     assert "| weights=missing | n/a | n/a | n/a | n/a | - | - | n/a | n/a | n/a | seed 0 |" in md
+
+
+GRID = {"config": "experiments/configs/fgsynth_default.yaml", "seeds": [0], "blocks": [{"run": {"default": {}}}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"blocks": {"run": {"default": {}}}}, "blocks: expected a non-empty list of blocks"),
+    ({"blocks": []}, "blocks: expected a non-empty list of blocks"),
+    ({"blocks": [{"run": []}]}, "blocks[0].run: expected a non-empty mapping label -> config overrides, got list []"),
+    ({"blocks": [{"run": {"a": [1]}}]}, "blocks[0].run.a: expected a mapping of config keys to values, got list [1]"),
+    ({"blocks": [{"run": {True: {}}}]}, "blocks[0].run: label True is read by YAML as bool; quote it"),
+    ({"blocks": [{"a": {"x": {"train.alternate.rounds": 1}}, "b": {"y": {"train.alternate.rounds": 2}}}]},
+     "blocks[0], row a=x,b=y: axes 'a' and 'b' both set train.alternate.rounds"),
+    ({"blocks": [{"run": {"x": {"model.width": 4}}}, {"run": {"x": {"model.width": 8}}}]},
+     "row run=x is given twice with different overrides"),
+    ({"seeds": 5}, "seeds: expected a non-empty list of integers, e.g. [0, 1, 2], got int 5"),
+    ({"seeds": "12"}, "seeds: expected a non-empty list of integers, e.g. [0, 1, 2], got str '12'"),
+    ({"seeds": []}, "seeds: expected a non-empty list of integers"),
+    ({"seeds": [0, 0]}, "seeds[1]: seed 0 is listed twice"),
+    ({"seeds": [1.5]}, "seeds[0]: expected an integer, got float 1.5"),
+    ({"seeds": [True]}, "seeds[0]: expected an integer, got bool True"),
+    ({"opts": [1]}, "opts: expected a mapping of config keys to values, got list [1]"),
+    ({"opts": {"seed": 3}}, "opts: seed is set for each run by the grid (seeds); remove it"),
+    ({"baseline": 1}, "baseline: expected a row name"),
+    ({"config": "nope.yaml"}, "config: no such file, got str 'nope.yaml'"),
+    ({"blocks": [{"run": {"bad": {"model.attention.type": "sex"}}}]},
+     "row run=bad: model.attention.type: 'sex' is not one of"),
+])
+def test_a_wrong_grid_is_one_line_naming_file_and_key_and_exit_2(tmp_path, capsys, change, message):
+    spec = importlib.util.spec_from_file_location("ablation", "experiments/ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({**GRID, **change}))
+    for extra in (["--dry-run"], []):  # the dry run checks what a run checks, before any run starts
+        assert ablation.main(["--grid", str(grid_file), "--out", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [err.strip()] and err.startswith(f"error: {grid_file}: "), err
+        assert message in err, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_label_written_twice_in_a_grid_is_refused(tmp_path):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("config: experiments/configs/fgsynth_default.yaml\nblocks:\n  - attention:\n"
+                         "      none: {model.attention.type: none}\n"
+                         "      none: {model.attention.type: se, model.attention.stages: [4]}\n")
+    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--dry-run"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr == f"error: {grid_file}: duplicate key 'none' at lines 4 and 5 " \
+                                                 f"(only the last would count); keep one\n"

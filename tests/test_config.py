@@ -116,6 +116,50 @@ def test_invalid_yaml_names_file(tmp_path):
         load_config(path)
 
 
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys: a whole earlier train: block would vanish."""
+    write(tmp_path / "base.yaml", "seed: 3\n")
+    path = write(tmp_path / "dup.yaml", """
+        _base_: base.yaml
+        train:
+          pretrain_cls: {epochs: 1}
+        model:
+          width: 4
+        train:
+          init_apn: {epochs: 1}
+    """)  # dedent leaves a blank first line: the keys are on lines 3, 5 and 7
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: duplicate key 'train' at lines 3 and 7 (only the last would count); "
+                              f"keep one")
+    nested = write(tmp_path / "nested.yaml", "model:\n  apn: {hidden: 8, hidden: 16}\n")
+    with pytest.raises(ConfigError, match=r"nested\.yaml: duplicate key 'hidden' at lines 2 and 2"):
+        load_config(nested)
+    write(tmp_path / "base.yaml", "seed: 3\nseed: 4\n")  # in a _base_ file, that file is named
+    with pytest.raises(ConfigError, match=r"/base\.yaml: duplicate key 'seed' at lines 1 and 2"):
+        load_config(write(tmp_path / "child.yaml", "_base_: base.yaml\n"))
+    with pytest.raises(ConfigError, match=r"invalid option .*duplicate key 'hidden'"):
+        parse_cli_opts(["model.apn={hidden: 8, hidden: 16}"])
+    # a YAML merge key overridden by the mapping's own key stays fine
+    ok = write(tmp_path / "ok.yaml", "model:\n  apn:\n    <<: {hidden: 8, pool_size: 2}\n    hidden: 16\n")
+    assert load_config(ok)["model"]["apn"]["hidden"] == 16
+
+
+def test_paths_expand_home_and_a_relative_root_stays_relative(tmp_path, monkeypatch):
+    """data.root=~/x must not become a folder named '~' under the current directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = str(tmp_path / "home")
+    cfg = load_config(write(tmp_path / "c.yaml", "data: {root: ~/fgsynth}\n"),
+                      ["work_dir=~/runs/a", "model.pretrained=~/vgg.pth"])
+    assert cfg["data"]["root"] == f"{home}/fgsynth"
+    assert cfg["work_dir"] == f"{home}/runs/a"
+    assert cfg["model"]["pretrained"] == f"{home}/vgg.pth"
+    assert load_config(tmp_path / "c.yaml", ["model.pretrained=true"])["model"]["pretrained"] is True
+    # relative paths are kept as written: relative to the current working directory
+    cfg = load_config(tmp_path / "c.yaml", ["data.root=data/x", "work_dir=runs/b"])
+    assert cfg["data"]["root"] == "data/x" and cfg["work_dir"] == "runs/b"
+
+
 # ----------------------------------------------------------------- options
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,3 +190,54 @@ def test_a_second_training_in_a_busy_work_dir_is_refused_and_writes_nothing(data
         f"error: work_dir {work} is in use by another training (it holds {work}/.train.lock); wait for it to end, "
         f"or choose another --work-dir"]
     assert sorted(p.name for p in work.iterdir()) == [".train.lock"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory):
+    """A finished tiny run (one alternation round): every checkpoint, config.yaml and metrics.json."""
+    work = tmp_path_factory.mktemp("finished") / "run"
+    res = run([sys.executable, *train_cmd(data_root, work, "train.alternate.rounds=1")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    return work
+
+
+def written_files(work):
+    """Every file the run wrote, with its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in work.iterdir()
+            if p.suffix in (".pt", ".json", ".yaml")}
+
+
+@pytest.mark.parametrize("best", ["best_alternate.pt", "best.pt"])
+def test_resuming_from_a_best_checkpoint_is_refused_and_changes_nothing(finished_run, data_root, tmp_path, best):
+    """A best file holds an earlier epoch: continuing from it would train on and overwrite last.pt and
+    the best files with other weights."""
+    work = tmp_path / "run"
+    shutil.copytree(finished_run, work)
+    before = written_files(work)
+    cmd = train_cmd(data_root, work, "train.alternate.rounds=1")
+    cmd[cmd.index("auto")] = str(work / best)
+    res = run([sys.executable, *cmd])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: --resume {work / best}: {best} is a best checkpoint, kept for evaluation (tools/eval.py "
+        f"--checkpoint {work / best}); a run continues from its last.pt: --resume auto"]
+    assert written_files(work) == before
+
+
+def test_resume_auto_of_a_finished_run_trains_and_rewrites_nothing(finished_run, data_root, tmp_path):
+    """Another learning rate is accepted on resume; a finished run trained nothing with it, so its
+    config.yaml, checkpoints and metrics stay as they were."""
+    work = tmp_path / "run"
+    shutil.copytree(finished_run, work)
+    before = written_files(work)
+    res = run([sys.executable, *train_cmd(data_root, work, "train.alternate.rounds=1", "train.fusion.lr=0.001")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert written_files(work) == before
+    assert f"{work / 'last.pt'} is the end of a finished run: nothing to train" in res.stdout
+    assert f"the test metrics of this run are in {work / 'metrics.json'}" in res.stdout
+    # a split not evaluated yet is evaluated (a new file), the rest still untouched
+    res = run([sys.executable, *train_cmd(data_root, work, "train.alternate.rounds=1"), "--eval-split", "val"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (work / "metrics_val.json").exists()
+    after = written_files(work)
+    assert after.pop("metrics_val.json") and after == before

@@ -22,11 +22,13 @@ from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
+from raccnn.engine.phases import Alternating, Fusion
 from raccnn.engine.trainer import DivergenceError, Trainer
 from raccnn.fileio import check_writable_dir, describe_os_error, exclusive_lock
 from raccnn.models import PretrainedWeightsError
 
 WORK_DIR_LOCK = ".train.lock"  # held by the training that writes in a work dir
+BEST_FILES = (Alternating.best_file, Fusion.best_file)  # the checkpoints model selection keeps
 
 
 def setup_logging(work_dir: str) -> None:
@@ -61,12 +63,26 @@ def check_same_run(saved: dict, cfg: dict, path: str) -> None:
                               f"--work-dir, or remove {os.path.dirname(path)} to start over")
 
 
+def check_resumable_name(path: str) -> None:
+    """A run continues only from its ``last.pt``: a best checkpoint holds an earlier epoch, and
+    continuing from it would overwrite ``last.pt`` and the best files with another run's weights."""
+    name = os.path.basename(path)
+    if name == "last.pt":
+        return
+    if name in BEST_FILES:
+        raise CheckpointError(f"--resume {path}: {name} is a best checkpoint, kept for evaluation "
+                              f"(tools/eval.py --checkpoint {path}); a run continues from its last.pt: --resume auto")
+    raise CheckpointError(f"--resume {path}: a run continues only from the last.pt of its work dir "
+                          f"(--resume auto)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
-    p.add_argument("--resume", default=None, help="'auto' (last.pt in the work dir, if any) or a checkpoint path")
+    p.add_argument("--resume", default=None, help="'auto' (last.pt in the work dir, if any) or the path of the work dir's last.pt; "
+                   "a finished run trains nothing and keeps its files")
     p.add_argument("--eval-split", default=None, choices=["test", "val", "none"],
                    help="split evaluated after training (default: the config's eval.split)")
     args = p.parse_args(argv)
@@ -122,6 +138,9 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
     elif resume is None and os.path.exists(last):
         raise CheckpointError(f"{work_dir} already holds a run ({last}); continue it with --resume auto, "
                               f"or choose another --work-dir")
+    elif resume is not None:
+        resume = os.path.expanduser(resume)
+        check_resumable_name(resume)
     if resume and os.path.realpath(os.path.dirname(resume)) != os.path.realpath(work_dir):
         raise CheckpointError(f"--resume {resume} lies outside the work dir {work_dir}: a run continues in its "
                               f"own directory (its best checkpoints are there); copy that directory and "
@@ -142,7 +161,9 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
     trainer = Trainer(cfg, datasets, work_dir)
     if resume:
         trainer.resume(resume)
-    if world.main:
+    # a finished run (last.pt at the end of its schedule) trains nothing: its files stay as they are
+    finished = bool(resume) and trainer.progress.phase_index >= len(trainer.plan)
+    if world.main and not finished:
         save_config(cfg, os.path.join(work_dir, "config.yaml"))
 
     log = logging.getLogger("raccnn")
@@ -150,11 +171,19 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
              "in %.1f s, %.0f MiB held in memory (data.cache)", work_dir, len(datasets["train"]), len(datasets["val"]),
              len(datasets["test"]), trainer.num_classes, trainer.device, world.size, data_seconds,
              sum(ds.cache.nbytes() for ds in datasets.values()) / 2**20)
-    trainer.run()
+    if finished:
+        trainer.writer.close()
+        log.info("%s is the end of a finished run: nothing to train", resume)
+    else:
+        trainer.run()
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]
-    if split != "none":
+    written = os.path.join(work_dir, "metrics.json" if split == "test" else f"metrics_{split}.json")
+    if finished and split != "none" and os.path.exists(written):
+        log.info("the %s metrics of this run are in %s (tools/eval.py --checkpoint %s evaluates again)", split,
+                 written, os.path.join(work_dir, "best.pt"))
+    elif split != "none":
         barrier()  # rank 0 has written best.pt
         metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), split, datasets=datasets)
         if world.main:
