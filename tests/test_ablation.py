@@ -41,6 +41,8 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     assert float(rows[0]["images_per_s"]) > 0 and float(rows[0]["gflops"]) > 0
     md = (out / "results.md").read_text()
     assert "| attention=se@3,proposer=apn |" in md and "part hit s2" in md
+    # training's final evaluation leaves the per-image predictions beside metrics.json
+    assert (out / "attention_none_proposer_apn" / "seed0" / "predictions.csv").is_file()
     assert list((out / "hparams").rglob("events.out.tfevents*"))
 
     again = subprocess.run(cmd, capture_output=True, text=True)
