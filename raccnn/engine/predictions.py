@@ -20,7 +20,6 @@ import csv
 import os
 from typing import Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from ..fileio import atomic_open
