@@ -33,7 +33,8 @@ Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) u
 seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
 (``raccnn/stats.py``), marked * when the interval excludes zero. Parameters and forward FLOPs
 (torch.utils.flop_counter, one image) are those of the model each row builds; images/s is measured
-during its training.
+during its training. <out>/forest.png, linked from results.md, draws the differences results.md shows:
+one line per row, the mean difference and its interval against a line at zero (``raccnn/plots.py``).
 """
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
 from raccnn.models.fusion import fusion_names
+from raccnn.plots import forest_plot
 from raccnn.stats import LEVEL, paired_difference, t_interval
 
 GRID_KEYS = {"config", "opts", "seeds", "blocks", "baseline"}
 GRID_SET_KEYS = {"seed": "seeds", "work_dir": "--out"}  # config keys each run gets from the grid
 DIFF_METRICS = ("acc_scale2", "acc_fused_all")  # the columns compared with the baseline in results.md
+FOREST = "forest.png"  # beside results.md: DIFF_METRICS' paired differences per row, with their intervals
 
 
 def load_grid(path: str) -> dict:
@@ -342,9 +345,10 @@ def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list
 
 
 def write_results(out: Path, results: list[dict], missing: str = "failed") -> None:
-    """results.csv (every key of every row) and results.md; rows may have different numbers of
-    scales (a missing scale shows as n/a) and a row with missing runs says which: ``failed``, or
-    ``unfinished`` for a ``--report`` written while the grid runs."""
+    """results.csv (every key of every row), forest.png (``raccnn.plots.forest_plot`` of the
+    differences results.md shows) and results.md, which links the picture; rows may have different
+    numbers of scales (a missing scale shows as n/a) and a row with missing runs says which:
+    ``failed``, or ``unfinished`` for a ``--report`` written while the grid runs."""
     out.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in results for k in r))
     with atomic_open(out / "results.csv", "w", newline="") as f:  # two runners on one folder both write it
@@ -386,6 +390,8 @@ def write_results(out: Path, results: list[dict], missing: str = "failed") -> No
                  + ("A failed run's log is in its work dir." if missing == "failed" else
                     "Written while the grid runs: the unfinished runs are left out (paired differences over the "
                     "seeds both rows have)."))
+    forest_plot(results, DIFF_METRICS, out / FOREST)
+    lines += ["", f"![paired differences from the baseline, {100 * LEVEL:.0f} % t-intervals]({FOREST})"]
     with atomic_open(out / "results.md", "w") as f:
         f.write("\n".join(lines) + "\n")
 

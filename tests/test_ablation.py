@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import TINY
 
@@ -43,6 +44,12 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     assert float(rows[0]["images_per_s"]) > 0 and float(rows[0]["gflops"]) > 0
     md = (out / "results.md").read_text()
     assert "| attention=se@3,proposer=apn |" in md and "part hit s2" in md
+    # the paired differences drawn beside the table, which links the picture
+    assert "](forest.png)" in md
+    with Image.open(out / "forest.png") as picture:
+        assert picture.format == "PNG" and min(picture.size) > 100
+    # training's final evaluation leaves the per-image predictions beside metrics.json
+    assert (out / "attention_none_proposer_apn" / "seed0" / "predictions.csv").is_file()
     assert list((out / "hparams").rglob("events.out.tfevents*"))
 
     again = subprocess.run(cmd, capture_output=True, text=True)
@@ -129,6 +136,7 @@ def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_pa
     md = (out / "results.md").read_text()
     assert "| scale 1 | scale 2 | fused (all) |" in md and "scale 3" not in md
     assert "| weights=missing | n/a | n/a | n/a | n/a | - | - | n/a | n/a | n/a | seed 0 |" in md
+    assert "](forest.png)" in md and (out / "forest.png").stat().st_size > 0  # a row without runs: an empty line
 
 
 GRID = {"config": "experiments/configs/fgsynth_default.yaml", "seeds": [0], "blocks": [{"run": {"default": {}}}]}

@@ -1,5 +1,6 @@
 """tools/eval.py on tiny checkpoints of a folder dataset: one metrics file per checkpoint and split,
 class names checked against the checkpoint's, a dataset that moved."""
+import csv
 import importlib.util
 import json
 import shutil
@@ -73,6 +74,18 @@ def test_each_checkpoint_and_split_keeps_its_own_metrics_file(evaluate, run, cap
     # the two models disagree somewhere, so each file holds its own checkpoint's numbers
     a, b = metrics(run / "metrics.json"), metrics(run / "metrics_best_alternate.json")
     assert a["confusion_matrix"] != b["confusion_matrix"]
+    # and each metrics file has its per-image predictions beside it, named after it
+    for file, (name, split) in files.items():
+        m = metrics(run / file)
+        predictions = run / file.replace("metrics", "predictions").replace(".json", ".csv")
+        assert m["predictions"] == str(predictions)
+        rows = list(csv.DictReader(open(predictions, newline="")))
+        assert len(rows) == m["num_images"]
+        assert all((run.parent / "data" / r["image"]).is_file() and r["image"].split("/")[0] == r["label_name"]
+                   for r in rows)
+        right = sum(r["fused123_pred"] == r["label"] for r in rows)
+        assert m["acc_fused123"] == pytest.approx(right / len(rows))
+    assert len(list(run.glob("predictions*.csv"))) == len(files)
 
 
 @pytest.mark.parametrize("rename, shown", [

@@ -273,3 +273,60 @@ def test_fused_head_against_each_scale_image_by_image():
     }
     assert "scale 1 +0 / -4 (p = 0.125)" in format_table(m)
     json.dumps(m, allow_nan=False)
+
+
+def ranked_logits(rankings, k=7):
+    """Logits [N, k] whose order of classes, highest first, is each row of ``rankings``."""
+    logits = torch.zeros(len(rankings), k)
+    for i, order in enumerate(rankings):
+        logits[i, torch.tensor(order)] = torch.arange(k, 0, -1).float()
+    return logits
+
+
+def test_top5_and_mean_per_class_accuracy_by_hand():
+    """7 classes, of which only 0, 1, 2 have images (4, 1 and 2): top-5 differs from top-1 and from
+    100 %, and the mean per-class accuracy from the accuracy over images."""
+    classes = list("abcdefg")
+    labels = [0, 0, 0, 0, 1, 2, 2]
+    scale1 = [[0, 1, 2, 3, 4, 5, 6],   # right
+              [1, 2, 3, 4, 0, 5, 6],   # label 5th: top-5 only
+              [1, 2, 3, 4, 5, 0, 6],   # label 6th: neither
+              [6, 5, 4, 3, 2, 1, 0],   # label last: neither
+              [1, 0, 2, 3, 4, 5, 6],   # right
+              [0, 2, 1, 3, 4, 5, 6],   # label 2nd: top-5 only
+              [2, 0, 1, 3, 4, 5, 6]]   # right
+    scale2 = [[2, 0, 1, 3, 4, 5, 6]] * 7  # always class 2, then 0 and 1: top-5 holds every label
+    outputs = {"logits_scale1": ranked_logits(scale1), "logits_scale2": ranked_logits(scale2),
+               "logits_fused12": ranked_logits(scale1[::-1]), "label": torch.tensor(labels),
+               "image_size": torch.tensor([H, W])}
+    m = compute_metrics(outputs, classes)
+    assert m["top5_k"] == 5
+    assert m["acc_scale1"] == pytest.approx(3 / 7)
+    assert m["top5_acc_scale1"] == pytest.approx(5 / 7)
+    assert m["mean_class_acc_scale1"] == pytest.approx((1 / 4 + 1 / 1 + 1 / 2) / 3)  # classes d-g have no images
+    assert m["acc_scale2"] == pytest.approx(2 / 7)
+    assert m["top5_acc_scale2"] == 1.0
+    assert m["mean_class_acc_scale2"] == pytest.approx((0 + 0 + 1) / 3)
+    # fused12 gives image i scale 1's row 6 - i: right on images 1 and 4; the label is in the top 5
+    # everywhere but on image 3 (last)
+    assert m["acc_fused12"] == pytest.approx(2 / 7)
+    assert m["top5_acc_fused12"] == pytest.approx(6 / 7)
+    assert m["mean_class_acc_fused12"] == pytest.approx((1 / 4 + 1 + 0) / 3)
+    table = format_table(m)
+    assert "| head | top-1 accuracy (%) | top-5 accuracy (%) | mean per-class accuracy (%) |" in table
+    assert "| scale 1 | 42.86 | 71.43 | 58.33 |" in table and "| scale 2 | 28.57 | 100.00 | 33.33 |" in table
+    assert "| fused 1+2 | 28.57 | 85.71 | 41.67 |" in table
+    json.dumps(m, allow_nan=False)
+
+
+def test_top5_with_ties_and_with_fewer_than_five_classes():
+    from raccnn.engine.evaluate import top_k_accuracy
+
+    # equal logits rank classes by index, as argmax does: classes 0-4 are the top 5
+    assert top_k_accuracy(torch.zeros(2, 7), torch.tensor([4, 5]), 5) == 0.5
+    m = compute_metrics(hand_outputs(), CLASSES, PART_NAMES, ["beak", "crown"])  # 3 classes
+    assert m["top5_k"] == 3
+    assert all(m[f"top5_acc_{h}"] == 1.0 for h in m["heads"])
+    assert m["mean_class_acc_scale3"] == pytest.approx(1 / 3)
+    table = format_table(m)
+    assert "top-3 accuracy (%)" in table and "fewer than 5: top-3 counts every image" in table

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: prints a table and writes its metrics file next to the checkpoint.
+"""Evaluate a checkpoint: prints a table (top-1, top-5 and mean per-class accuracy per head) and
+writes its metrics file and its per-image predictions (a CSV) next to the checkpoint.
 
     python tools/eval.py --checkpoint work_dirs/fgsynth_default/best.pt [--split test|val] [--device cpu]
                          [--data-root DIR] [--opts data.num_workers=0 ...]
@@ -6,7 +7,10 @@
 The file is named after the checkpoint and split: ``metrics.json`` for ``best.pt`` on the test split
 (what tools/train.py writes), ``metrics_val.json`` on the validation split, ``metrics_<stem>.json`` and
 ``metrics_<stem>_val.json`` for another checkpoint (``best_alternate.pt`` -> ``metrics_best_alternate.json``),
-so one checkpoint's numbers never replace another's. The dataset is the one the checkpoint's config
+so one checkpoint's numbers never replace another's. The predictions file is named after it
+(``predictions.csv``, ``predictions_val.csv``, ``predictions_best_alternate.csv``, ...): per image its
+file, its label, each head's prediction with its probability and that of the label, and the squares
+of scales 2, 3, ... (columns: raccnn/engine/predictions.py). The dataset is the one the checkpoint's config
 names, or ``--data-root`` (the same dataset moved); its class names must be the checkpoint's, in the
 same order, else nothing is computed or written.
 """

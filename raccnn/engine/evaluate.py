@@ -5,6 +5,11 @@
 
     num_images, num_classes, heads
     acc_scale{s} (s = 1..n), acc_fused{name} (name = "12", "123", ...)   top-1 accuracy in [0, 1]
+    top5_k             min(5, number of classes): with fewer than 5 classes top-5 is top-K, always 1
+    top5_acc_{head}    top-5 accuracy: the true class among the head's 5 highest logits (ties go to
+                       the lower class index, as for top-1)
+    mean_class_acc_{head}  mean over the classes that have images of their per-class accuracy
+                       (recall), so that every class weighs the same however many images it has
     per_class_acc      {head: {class name: accuracy or None if the class has no images}}
     confusion_matrix   {head: K x K list of lists, rows = true class, columns = predicted}
     hit_parts          part names whose centre defines a part hit ([] without part annotations)
@@ -50,6 +55,7 @@ from ..stats import mcnemar_exact
 # CUB-200-2011 part names (parts/parts.txt) that lie on the bird's head: the part-hit metric of
 # the scale-2 and scale-3 squares uses the centre of those that are visible.
 CUB_HEAD_PARTS = ("beak", "crown", "forehead", "left eye", "right eye", "nape", "throat")
+TOP_K = 5  # the k of top-k accuracy (the paper's tables report top-1; ImageNet-style tables add top-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +69,8 @@ def head_names(outputs: Mapping[str, Tensor]) -> list[str]:
     return [f"scale{s}" for s in scales] + [f"fused{name}" for name in fused]
 
 
-def _scales_with_boxes(outputs: Mapping[str, Tensor]) -> list[int]:
+def scales_with_boxes(outputs: Mapping[str, Tensor]) -> list[int]:
+    """Scales s >= 2 whose squares ``outputs`` holds (``abs_boxes_scale{s}``), in order."""
     return sorted(int(k[len("abs_boxes_scale"):]) for k in outputs if k.startswith("abs_boxes_scale"))
 
 
@@ -131,16 +138,30 @@ def accuracies(outputs: Mapping[str, Tensor]) -> dict[str, float | None]:
             if len(labels) else None for head in head_names(outputs)}
 
 
+def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float | None:
+    """Fraction of images whose label is among the ``k`` highest of their logits [N, K] (None
+    without images). Ties are ranked by class index, lower first, as ``argmax`` does for top-1, so
+    top-k is never below top-1."""
+    if not len(labels):
+        return None
+    ranked = torch.argsort(-logits.float(), dim=1, stable=True)[:, :k]
+    return float((ranked == labels.long()[:, None]).any(1).double().mean())
+
+
 def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
     k = len(class_names)
-    metrics: dict[str, Any] = {"per_class_acc": {}, "confusion_matrix": {}, **accuracies(outputs)}
+    top = min(TOP_K, k)
+    metrics: dict[str, Any] = {"top5_k": top, "per_class_acc": {}, "confusion_matrix": {}, **accuracies(outputs)}
     for head in heads:
-        pred = outputs[f"logits_{head}"].argmax(1).numpy()
+        logits = outputs[f"logits_{head}"]
+        pred = logits.argmax(1).numpy()
         cm = confusion_matrix(labels, pred, labels=list(range(k)))
         support = cm.sum(1)
-        metrics["per_class_acc"][head] = {
-            name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)
-        }
+        per_class = {name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)}
+        present = [v for v in per_class.values() if v is not None]
+        metrics[f"top5_acc_{head}"] = top_k_accuracy(logits, torch.as_tensor(labels), top)
+        metrics[f"mean_class_acc_{head}"] = float(np.mean(present)) if present else None
+        metrics["per_class_acc"][head] = per_class
         metrics["confusion_matrix"][head] = cm.tolist()
     return metrics
 
@@ -175,7 +196,7 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     if fused and len(labels):
         metrics[f"paired_{fused[-1]}"] = paired_with_scales(outputs, fused[-1], labels)
 
-    scales = _scales_with_boxes(outputs)
+    scales = scales_with_boxes(outputs)
     height, width = (int(v) for v in outputs["image_size"])
     part_names = list(part_names or [])
     parts = outputs.get("parts")
@@ -242,14 +263,23 @@ def head_label(head: str) -> str:
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
-    """Markdown table of top-1 accuracy per head, then the part-hit and IoU lines when present."""
+    """Markdown table of top-1, top-5 and mean per-class accuracy per head, then the part-hit and
+    IoU lines when present (a metrics file written before a column existed shows n/a there)."""
     heads = metrics.get("heads") or [k[len("acc_"):] for k in metrics if k.startswith("acc_")]
-    lines = ["| head | top-1 accuracy (%) |", "|---|---:|"]
+    top = metrics.get("top5_k", TOP_K)
+    lines = [f"| head | top-1 accuracy (%) | top-{top} accuracy (%) | mean per-class accuracy (%) |", "|---|---:|---:|---:|"]
+
+    def pct(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{100 * value:.2f}"
+
     for head in heads:
-        acc = metrics.get(f"acc_{head}")
-        lines.append(f"| {head_label(head)} | {'n/a' if acc is None else f'{100 * acc:.2f}'} |")
+        lines.append(f"| {head_label(head)} | {pct(f'acc_{head}')} | {pct(f'top5_acc_{head}')} "
+                     f"| {pct(f'mean_class_acc_{head}')} |")
     lines.append("")
-    lines.append(f"{metrics.get('num_images', 0)} images.")
+    lines.append(f"{metrics.get('num_images', 0)} images"
+                 + (f", {metrics['num_classes']} classes" if "num_classes" in metrics else "")
+                 + (f" (fewer than {TOP_K}: top-{top} counts every image)" if top < TOP_K else "") + ".")
 
     def scale_values(prefix: str, fmt) -> list[str]:
         keys = sorted((k for k in metrics if k.startswith(prefix) and metrics[k] is not None),

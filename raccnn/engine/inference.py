@@ -22,6 +22,7 @@ from ..models.racnn import build_racnn
 from .checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint
 from .distributed import EvalShardSampler, current_world, gather_outputs
 from .evaluate import compute_metrics, format_table, write_metrics
+from .predictions import image_names, write_predictions
 from .precision import amp_dtype, autocast
 
 
@@ -185,15 +186,23 @@ def metrics_name(checkpoint: str | os.PathLike, split: str) -> str:
     return "_".join(["metrics", *parts]) + ".json"
 
 
+def predictions_name(checkpoint: str | os.PathLike, split: str) -> str:
+    """The per-image predictions file beside ``metrics_name(checkpoint, split)``, named after it:
+    ``predictions.csv``, ``predictions_val.csv``, ``predictions_best_alternate.csv``, ..."""
+    return "predictions" + metrics_name(checkpoint, split)[len("metrics"):-len(".json")] + ".csv"
+
+
 def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
                    device: str | None = None, opts: Sequence[str] | Mapping = (),
                    data_root: str | os.PathLike | None = None) -> tuple[dict, str]:
     """Evaluate a training checkpoint on ``split`` of the dataset its config names (``data_root``
     and ``opts``, ``KEY=VALUE`` strings or a ``{dotted key: value}`` mapping, override it; the keys
-    that shape the weights cannot change); writes ``metrics_name(checkpoint, split)`` next to the
-    checkpoint and returns (metrics, markdown table). The dataset's class names must be those the
+    that shape the weights cannot change); writes ``metrics_name(checkpoint, split)`` and the
+    per-image ``predictions_name(checkpoint, split)`` (``predictions.py``) next to the checkpoint
+    and returns (metrics, markdown table). The dataset's class names must be those the
     checkpoint was trained on. Under torchrun each process runs its share of the images and the
-    outputs are gathered, so every image counts once; only rank 0 writes the file."""
+    outputs are gathered, so every image counts once; only rank 0 writes the files, the
+    predictions first (a metrics file marks a finished run)."""
     ckpt = load_training_checkpoint(checkpoint)
     overrides = dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)
     if data_root is not None:
@@ -208,8 +217,13 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     dev = next(model.parameters()).device
     outputs = collect_outputs(model, loader, dev, f"eval {split}", amp_dtype(cfg["train"].get("amp", "none"), dev))
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), metrics_name(checkpoint, split))
-    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path)
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.join(folder, metrics_name(checkpoint, split))
+    predictions = os.path.join(folder, predictions_name(checkpoint, split))
+    metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path,
+                   predictions=predictions)
     if world.main:
+        images = image_names(dataset, outputs["index"].tolist(), cfg["data"]["root"])
+        write_predictions(outputs, list(dataset.classes), images, predictions)
         write_metrics(metrics, path)
     return metrics, format_table(metrics)
