@@ -51,12 +51,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from raccnn.cli import report
 from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
 from raccnn.configtree import load_yaml
-from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
+from raccnn.engine.checkpoint import load_checkpoint
+from raccnn.errors import RaccnnError
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
 from raccnn.models.fusion import fusion_names
@@ -206,7 +207,7 @@ def model_cost(cfg: dict, num_classes: int) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
 
 
-class RunFailed(Exception):
+class RunFailed(RaccnnError):
     """A training run of the grid ended with an error."""
 
 
@@ -273,9 +274,8 @@ def main(argv=None) -> int:
         baseline = grid.get("baseline", rows[0][0])
         if baseline not in configs:
             raise ConfigError(f"{args.grid}: baseline {baseline!r} is not a row; rows: {list(configs)}")
-    except (ConfigError, OSError, yaml.YAMLError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (RaccnnError, OSError) as exc:
+        return report(exc)
     out = Path(args.out or f"work_dirs/ablation_{Path(args.grid).stem}")
     print(f"{len(rows)} rows x {len(grid['seeds'])} seeds -> {out}")
     if args.dry_run:
@@ -297,8 +297,8 @@ def main(argv=None) -> int:
     for (name, seed), future in futures.items():
         try:
             per_row[name][seed] = future.result()
-        except (RunFailed, ConfigError, CheckpointError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except RaccnnError as exc:  # this run's row is reported as failed; the others are tabled
+            report(exc)
     incomplete = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
     failed = 0 if args.report else incomplete
     # what a row's missing runs are; a report of a finished grid is the table its last run wrote

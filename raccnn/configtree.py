@@ -60,8 +60,8 @@ def arg(fn, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- loading
-class DuplicateKeyError(yaml.YAMLError):
-    """A key written twice in one YAML mapping."""
+class DuplicateKeyError(ConfigError, yaml.YAMLError):
+    """A key written twice in one YAML mapping (raised inside the YAML reader, which lets it through)."""
 
 
 class _Loader(yaml.SafeLoader):

@@ -155,3 +155,33 @@ def test_no_tool_imports_another_tool():
                 continue
             found |= {(path.name, name) for name in imported & names}
     assert found <= TOOL_IMPORTS_ALLOWED, sorted(found - TOOL_IMPORTS_ALLOWED)
+
+
+def test_every_error_of_the_package_derives_from_one_base():
+    """Walks every module: each exception class raccnn defines is a RaccnnError, and they live in
+    raccnn/errors.py (the one internal YAML signal aside, a ConfigError too)."""
+    import importlib
+    import inspect
+
+    from raccnn.errors import RaccnnError
+
+    stray, elsewhere = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        module = importlib.import_module(module_name(path))
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
+                if not issubclass(obj, RaccnnError):
+                    stray.append(f"{module.__name__}.{name}")
+                elif module.__name__ not in ("raccnn.errors", "raccnn.configtree"):
+                    elsewhere.append(f"{module.__name__}.{name}")
+    assert stray == [] and elsewhere == []
+
+
+def test_the_tools_leave_error_lines_to_the_one_wrapper():
+    """No script writes its own `error:` line: raccnn.cli turns every RaccnnError and OSError into one."""
+    scripts = [*(PACKAGE.parent / "tools").glob("*.py"), PACKAGE.parent / "experiments" / "ablation.py",
+               *PACKAGE.rglob("*.py")]
+    own = [p.name for p in scripts if p.name != "cli.py" and 'print(f"error' in p.read_text()]
+    assert own == []

@@ -13,14 +13,13 @@ from pathlib import Path
 
 from torchvision.transforms.v2.functional import to_pil_image
 
-from raccnn.config import ConfigError
-from raccnn.data import DatasetError
+from raccnn.cli import run_main
+from raccnn.errors import ConfigError
 from raccnn.data.build import build_dataset, prepare_data
 from raccnn.device import DEVICES
-from raccnn.engine.checkpoint import CheckpointError
 from raccnn.engine.inference import build_trained_model, load_training_checkpoint
 from raccnn.engine.visualize import fixed_images, model_panel
-from raccnn.fileio import atomic_open, describe_os_error
+from raccnn.fileio import atomic_open
 from raccnn.models.proposers import part_index
 
 
@@ -32,26 +31,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: crop_panel_<split>.png next to the checkpoint")
     p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
+    return run_main(lambda: panel(args))
+
+
+def panel(args) -> int:
     if args.n < 1:
-        print(f"error: --n {args.n}: the panel needs at least one image (row)", file=sys.stderr)
-        return 2
-    try:
-        ckpt = load_training_checkpoint(args.checkpoint)
-        cfg = ckpt["config"]
-        dataset = build_dataset(cfg, args.split, prepare_data(cfg))
-        model, _ = build_trained_model(ckpt, args.device, dataset.part_names)
-    except (CheckpointError, ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--n {args.n}: the panel needs at least one image (row)")
+    ckpt = load_training_checkpoint(args.checkpoint)
+    cfg = ckpt["config"]
+    dataset = build_dataset(cfg, args.split, prepare_data(cfg))
+    model, _ = build_trained_model(ckpt, args.device, dataset.part_names)
     hit = part_index(dataset.part_names, cfg["data"]["hit_parts"])
-    panel = model_panel(model, fixed_images(dataset, args.n), hit)
+    image = model_panel(model, fixed_images(dataset, args.n), hit)
     out = args.out or str(Path(args.checkpoint).with_name(f"crop_panel_{args.split}.png"))
-    try:
-        with atomic_open(out, "wb") as f:
-            to_pil_image(panel).save(f, format="PNG")
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+    with atomic_open(out, "wb") as f:
+        to_pil_image(image).save(f, format="PNG")
     print(f"wrote {out}")
     return 0
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raccnn.config import ConfigError
-from raccnn.data import DatasetError
-from raccnn.engine.checkpoint import CheckpointError
+from raccnn.cli import run_main
 from raccnn.device import DEVICES
 from raccnn.engine.inference import run_evaluation
-from raccnn.fileio import describe_os_error
 
 
 def main(argv=None) -> int:
@@ -38,15 +35,12 @@ def main(argv=None) -> int:
                    help="override keys of the checkpoint's config, e.g. data.num_workers=0 (not those that "
                         "shape the weights)")
     args = p.parse_args(argv)
-    try:
-        metrics, table = run_evaluation(args.checkpoint, args.split, device=args.device, opts=args.opts,
-                                        data_root=args.data_root)
-    except (CheckpointError, ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the metrics file cannot be written beside the checkpoint
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+    return run_main(lambda: evaluate(args))
+
+
+def evaluate(args) -> int:
+    _, table = run_evaluation(args.checkpoint, args.split, device=args.device, opts=args.opts,
+                              data_root=args.data_root)
     print(table)
     return 0
 

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from raccnn.data import DatasetError
+from raccnn.cli import run_main
+from raccnn.errors import ConfigError, RaccnnError
 from raccnn.data.synthetic import (DEFAULTS, DEFAULT_SCALE1_SIZE, STAMP, certificate, fgsynth_lock,
                                     generate_fgsynth, texture_scale_for)
-from raccnn.fileio import describe_os_error
 
 
 def main() -> int:
@@ -43,10 +43,13 @@ def main() -> int:
     log.setLevel(logging.INFO)
     if not args.scale1_size > 0:
         p.error(f"--scale1-size must be > 0, got {args.scale1_size:g}")
+    return run_main(lambda: make(args))
+
+
+def make(args) -> int:
     problem = certificate(args.size, args.scale1_size)["problem"]
     if problem and not args.no_check:
-        print(f"error: {problem} (--no-check writes it anyway)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{problem} (--no-check writes it anyway)")
     t0 = time.perf_counter()
     try:
         with fgsynth_lock(args.out):  # the lock trainings take to write FG-Synth there
@@ -54,12 +57,10 @@ def main() -> int:
             path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
                                     size=args.size, seed=args.seed, train_fraction=args.train_fraction,
                                     texture_scale=texture_scale_for(args.size, args.scale1_size))
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
-    except (ValueError, DatasetError) as exc:  # a setting the generator cannot honour, or a foreign folder
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a setting the generator cannot honour (its own checks)
+        if isinstance(exc, RaccnnError):
+            raise
+        raise ConfigError(str(exc)) from None
     n = args.classes * args.images_per_class
     if existed:
         print(f"{path} already holds this set ({n} images); nothing written")

@@ -19,7 +19,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import to_pil_image
 
-from raccnn.config import ConfigError
+from raccnn.cli import report, run_main
 from raccnn.data import DatasetError
 from raccnn.data.images import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
@@ -28,7 +28,7 @@ from raccnn.device import DEVICES, resolve_device
 from raccnn.engine.evaluate import head_label
 from raccnn.engine.inference import load_trained_model
 from raccnn.engine.visualize import crop_panel
-from raccnn.fileio import atomic_open, check_writable_dir, describe_os_error
+from raccnn.fileio import atomic_open, check_writable_dir
 
 TOP_K = 5
 
@@ -110,27 +110,20 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=DEVICES)
     args = p.parse_args(argv)
 
-    try:
-        device = resolve_device(args.device)
-        model, classes, transform = load_model(args.checkpoint, device)
-        check_writable_dir(args.out, "--out folder")
-    except (CheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
+    return run_main(lambda: predict_all(args))
 
+
+def predict_all(args) -> int:
+    device = resolve_device(args.device)
+    model, classes, transform = load_model(args.checkpoint, device)
+    check_writable_dir(args.out, "--out folder")
     failed = 0
     for path, name in zip(args.images, panel_names(args.images)):
         try:
             predict(model, classes, transform, path, os.path.join(args.out, name), device)
-        except DatasetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except DatasetError as exc:  # an unreadable image: the others still run (a full disk stops it all)
+            report(exc)
             failed += 1
-        except OSError as exc:  # e.g. the disk filled up: the panels already written stay
-            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-            return 2
     return 1 if failed else 0
 
 

@@ -19,14 +19,13 @@ import os
 import sys
 from typing import Mapping
 
-from raccnn.config import ConfigError, fill_defaults, parse_cli_opts, save_config
-from raccnn.data import DatasetError
+from raccnn.config import fill_defaults, parse_cli_opts, save_config
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from raccnn.engine.inference import check_classes, override_config, run_evaluation
 from raccnn.engine.phases import Alternating, Fusion
 from raccnn.engine.trainer import Trainer
-from raccnn.fileio import describe_os_error
+from raccnn.cli import run_main
 from raccnn.models.fusion import FUSIONS
 from train import hold_work_dir, setup_logging  # tools/train.py: the same work-dir lock, train.log and console
 
@@ -77,15 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", required=True, help="a new directory for the refitted run")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.fusion.lr")
     args = p.parse_args(argv)
-    try:
-        refit(args.run, args.fusion, args.work_dir, args.opts)
-    except (CheckpointError, ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: refit(args.run, args.fusion, args.work_dir, args.opts) and 0)
 
 
 if __name__ == "__main__":

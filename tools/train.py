@@ -16,16 +16,16 @@ import time
 
 import torch
 
+from raccnn.cli import run_main
 from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, fill_defaults, load_config, save_config
-from raccnn.data import DatasetError
 from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
 from raccnn.engine.phases import Alternating, Fusion
-from raccnn.engine.trainer import DivergenceError, Trainer
-from raccnn.fileio import check_writable_dir, describe_os_error, exclusive_lock
-from raccnn.models import PretrainedWeightsError
+from raccnn.engine.trainer import Trainer
+from raccnn.errors import DivergenceError
+from raccnn.fileio import check_writable_dir, exclusive_lock
 
 WORK_DIR_LOCK = ".train.lock"  # held by the training that writes in a work dir
 BEST_FILES = (Alternating.best_file, Fusion.best_file)  # the checkpoints model selection keeps
@@ -88,18 +88,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     threading.excepthook = quiet_writer_thread
-    try:
-        return train(args)
-    except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, no permission, a file where a folder should be...
-        where = "" if exc.filename else f" (writing in {args.work_dir or 'the work dir'})"
-        print(f"error: {describe_os_error(exc)}{where}", file=sys.stderr)
-        return 2
-    except DivergenceError as exc:
-        logging.getLogger("raccnn").error("error: %s", exc)
-        return 1
+    try:  # a divergence goes into train.log too; every other error is a line on stderr
+        return run_main(lambda: train(args),
+                        log=lambda exc: logging.getLogger("raccnn").error if isinstance(exc, DivergenceError) else None)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

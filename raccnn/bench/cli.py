@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from ..errors import ConfigError
+from ..cli import report as report_error
+from ..errors import RaccnnError
 from . import attention, crop, ddp, images, pool, steps
 
 # Each benchmark module gives its NAME, a one-line HELP, its docstring (the sub-command's
@@ -55,9 +56,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         report = args.module.run(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except RaccnnError as exc:
+        return report_error(exc)
     except argparse.ArgumentError as exc:  # options that parse alone but not together
         args.parser.error(str(exc))
     if report is not None and getattr(args, "json", None):

@@ -1,6 +1,6 @@
 """Datasets, transforms and splits: CUB-200-2011, Stanford Dogs, Stanford Cars, FGVC-Aircraft, NABirds,
 class-per-folder data and FG-Synth."""
-from .errors import DatasetError
+from ..errors import DatasetError
 from .splits import stratified_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, flip_permutation
 from .cub import CUBDataset

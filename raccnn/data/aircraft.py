@@ -24,7 +24,7 @@ import numpy as np
 
 from .annotated import Item, PublishedDataset, corners_from_one_based, require_files
 from .cub import _id_map, read_table
-from .errors import DatasetError
+from ..errors import DatasetError
 
 LABEL_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 ARCHIVE = "fgvc-aircraft-2013b.tar.gz"

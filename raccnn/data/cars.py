@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .annotated import Item, PublishedDataset, corners_from_one_based, load_mat, mat_ints, mat_strings, require_files
-from .errors import DatasetError
+from ..errors import DatasetError
 
 NEEDED = {"devkit/cars_meta.mat": "car_devkit.tgz", "devkit/cars_train_annos.mat": "car_devkit.tgz",
           "cars_test_annos_withlabels.mat": "cars_test_annos_withlabels.mat",

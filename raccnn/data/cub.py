@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .cache import ItemCache
-from .errors import DatasetError
+from ..errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
 from .transforms import build_transforms, finalize, flip_permutation, make_sample

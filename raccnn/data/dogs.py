@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .annotated import Item, PublishedDataset, corners_from_one_based, load_mat, mat_ints, mat_strings, require_files
-from .errors import DatasetError
+from ..errors import DatasetError
 
 NEEDED = {"train_list.mat": "lists.tar", "test_list.mat": "lists.tar", "Images": "images.tar",
           "Annotation": "annotation.tar"}

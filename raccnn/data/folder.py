@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .cache import ItemCache
-from .errors import DatasetError
+from ..errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split, stratified_split
 from .transforms import build_transforms, finalize, make_sample

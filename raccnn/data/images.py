@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 
 def load_rgb(path: Path, exif_transpose: bool = True) -> Image.Image:

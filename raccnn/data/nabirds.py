@@ -23,7 +23,7 @@ import numpy as np
 
 from .annotated import Item, PublishedDataset, require_files
 from .cub import _check_same_ids, _id_map, read_table
-from .errors import DatasetError
+from ..errors import DatasetError
 
 ARCHIVE = "nabirds.tar.gz"
 NEEDED = ("images", "images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt",

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import exclusive_lock
-from .errors import DatasetError
+from ..errors import DatasetError
 
 DISCRIMINATIVE_PART = "crest"
 PART_NAMES = ("body", "crest", "head", "tail", "wing")  # parts.txt order, ids 1..5

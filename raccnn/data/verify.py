@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..fileio import atomic_open
-from .errors import DatasetError
+from ..errors import DatasetError
 from .images import load_rgb
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, UnsafeCheckpointError
 from ..fileio import atomic_open
 from ..safeload import load_tensors, refusal, unsafe_message
 
@@ -36,12 +37,6 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the current config."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint holds objects beyond tensors and plain values (unpickling it could run code)."""
 
 
 # Config keys that change the model's parameters: their shapes, or which modules hold any.

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..config import fill_defaults
 from ..device import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergenceError
 from ..fileio import remove_stale_temporaries
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
@@ -70,10 +70,6 @@ class Progress:
     train_images: int = 0  # images seen by training steps, and the seconds they took (throughput)
     train_seconds: float = 0.0
     history: list = field(default_factory=list)
-
-
-class DivergenceError(RuntimeError):
-    """The loss or a gradient is not finite; the message names the phase, epoch, step and terms."""
 
 
 class PhaseStep(nn.Module):

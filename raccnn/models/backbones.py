@@ -36,17 +36,13 @@ from torchvision.models.vgg import make_layers
 
 from ..attention.placement import insert_attention, replace_convs
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import ConfigError
+from ..errors import ConfigError, PretrainedWeightsError
 from ..safeload import load_tensors, refusal, unsafe_message
 from .maxpool import use_fast_pools
 
 TORCHVISION_VGGS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 BACKBONES = TORCHVISION_VGGS + ("vgg_small",)
 TIMM_PREFIX = "timm:"  # any timm model: "timm:<model name>"
-
-
-class PretrainedWeightsError(FileNotFoundError):
-    pass
 
 
 class VGGTrunk(nn.Module):
