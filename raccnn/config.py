@@ -16,16 +16,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-import torch
-
-from .attention.create import ATTENTION_TYPES, build_attention
-from .attention.sasa import SASAConv
+from .attention.create import ATTENTION_TYPES, build_attention, check_attention
+from .attention.sasa import check_layer
 from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
 from .device import DEVICES
-from .engine.precision import AMP_MODES
-from .engine.phases import OPTIMIZERS
 from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
 from .losses import MARGIN
@@ -35,6 +31,7 @@ from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
 from .models.fusion import FUSIONS
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
 from .models.racnn import RACNN
+from .train_options import AMP_MODES, OPTIMIZERS
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve_config", "default_config", "save_config",
            "config_diff", "parse_cli_opts", "HOW_COMPUTED"]
@@ -212,17 +209,16 @@ def _cross_checks(c: dict):
 
 
 def _attention_problem(att: dict, channels: list[int]) -> str | None:
-    """Why a block (or layer) of ``att``'s kind cannot be built at one of its stages' widths
-    (``channels``: per stage), or None. Built aside, leaving the global RNG as it was: whether the
-    kwargs fit can depend on the channels (heads of even width, a reduction)."""
+    """Why a block (or layer) of ``att``'s kind cannot take its kwargs at one of its stages' widths
+    (``channels``: per stage), or None; checked without building it (attention/args.py): whether the
+    kwargs fit can depend on the channels (heads of even width)."""
     for width in sorted({channels[s - 1] for s in att["stages"]}):
         try:
-            with torch.random.fork_rng(devices=[]):
-                if att["replace_convs"]:
-                    SASAConv(width, width, **att["kwargs"])
-                else:
-                    build_attention(att["type"], width, att["identity_init"], **att["kwargs"])
-        except (ValueError, TypeError) as e:
+            if att["replace_convs"]:
+                check_layer(width, **att["kwargs"])
+            else:
+                check_attention(att["type"], width, att["identity_init"], **att["kwargs"])
+        except (ValueError, TypeError) as e:  # TypeError: a key of kwargs that is not a name
             return f"{e} (stages {att['stages']})"
     return None
 
