@@ -16,17 +16,13 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-import torch
-
-from .attention.create import ATTENTION_TYPES, build_attention
-from .attention.sasa import SASAConv
+from .attention.create import ATTENTION_TYPES, build_attention, check_attention
+from .attention.sasa import check_layer
 from .data.aircraft import LABEL_LEVELS
 from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
 from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
 from .device import DEVICES
-from .engine.precision import AMP_MODES
-from .engine.phases import OPTIMIZERS
 from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
 from .losses import MARGIN
@@ -36,6 +32,7 @@ from .models.crop import GRAD_MODES, IMPLS as CROP_IMPLS, K_DEFAULT
 from .models.fusion import FUSIONS
 from .models.proposers import PROPOSER_OPTIONS, PROPOSERS
 from .models.racnn import RACNN
+from .train_options import AMP_MODES, OPTIMIZERS
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load_config", "resolve_config", "default_config", "save_config",
            "config_diff", "parse_cli_opts", "HOW_COMPUTED"]
@@ -133,7 +130,7 @@ SCHEMA: dict = {
                           "every crop, is zero)"),  # the mask's steepness per input pixel
                  "grad": Key(arg(RACNN, "crop_grad"), choices=GRAD_MODES),
                  "impl": Key(arg(RACNN, "crop_impl"), choices=CROP_IMPLS),  # same formulas (models/crop.py)
-                 "compile": Key(arg(RACNN, "crop_compile"))},  # torch.compile of the crop (README "Speed and scale")
+                 "compile": Key(arg(RACNN, "crop_compile"))},  # torch.compile of the crop (docs/speed.md)
         "attention": {  # blocks at the end of VGG stages
             "type": Key("none", choices=ATTENTION_TYPES),
             "stages": Key([], item=int, min=1),  # 1-based
@@ -154,7 +151,7 @@ SCHEMA: dict = {
         "amp": Key("auto", choices=AMP_MODES),  # autocast: auto = bf16 on CUDA, none on the CPU
         "channels_last": _auto_bool(),  # auto = on CUDA
         "cudnn_benchmark": _auto_bool(),  # auto = on CUDA unless deterministic
-        "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, README "Speed and scale")
+        "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, docs/speed.md)
         "pretrain_cls": _stage(epochs=8, lr=0.05),
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
         "alternate": {
@@ -229,17 +226,16 @@ def _cross_checks(c: dict):
 
 
 def _attention_problem(att: dict, channels: list[int]) -> str | None:
-    """Why a block (or layer) of ``att``'s kind cannot be built at one of its stages' widths
-    (``channels``: per stage), or None. Built aside, leaving the global RNG as it was: whether the
-    kwargs fit can depend on the channels (heads of even width, a reduction)."""
+    """Why a block (or layer) of ``att``'s kind cannot take its kwargs at one of its stages' widths
+    (``channels``: per stage), or None; checked without building it (attention/args.py): whether the
+    kwargs fit can depend on the channels (heads of even width)."""
     for width in sorted({channels[s - 1] for s in att["stages"]}):
         try:
-            with torch.random.fork_rng(devices=[]):
-                if att["replace_convs"]:
-                    SASAConv(width, width, **att["kwargs"])
-                else:
-                    build_attention(att["type"], width, att["identity_init"], **att["kwargs"])
-        except (ValueError, TypeError) as e:
+            if att["replace_convs"]:
+                check_layer(width, **att["kwargs"])
+            else:
+                check_attention(att["type"], width, att["identity_init"], **att["kwargs"])
+        except (ValueError, TypeError) as e:  # TypeError: a key of kwargs that is not a name
             return f"{e} (stages {att['stages']})"
     return None
 

@@ -456,6 +456,46 @@ def test_attention_kwargs_are_checked_at_the_widths_of_their_stages():
                                                                         "model.attention.replace_convs=true"])
 
 
+def test_attention_kwargs_are_checked_without_building_a_module(monkeypatch):
+    """Validation reads each block's signature and checks; it constructs no nn.Module (no weights
+    drawn, nothing allocated), for every type and for SASA layers in place of convolutions."""
+    from torch import nn
+
+    from raccnn.attention import ATTENTION_TYPES, build_attention
+
+    built = []
+    init = nn.Module.__init__
+    monkeypatch.setattr(nn.Module, "__init__", lambda self, *a, **k: (built.append(type(self)), init(self, *a, **k))[1])
+    build_attention("se", 8)
+    assert built, "the count sees a module being built"
+    built.clear()
+    for kind in ATTENTION_TYPES:
+        resolve_config({"model": {"attention": {"type": kind, "stages": [] if kind == "none" else [3, 4]}}})
+    resolve_config({"model": {"attention": {"type": "sasa", "stages": [4], "replace_convs": True,
+                                            "kwargs": {"heads": 2, "kernel_size": 3}}}})
+    with pytest.raises(ConfigError, match="must split into 4 heads"):
+        resolve_config({"model": {"width": 6, "attention": {"type": "sasa", "stages": [2]}}})
+    assert built == []
+
+
+@pytest.mark.parametrize("kind, kwargs, expected", [
+    ("se", "{reduction: 0}", "attention type 'se': reduction: 0 is below the minimum 1"),
+    ("bam", "{dilation: 0}", "attention type 'bam': dilation: 0 is below the minimum 1"),
+    ("nonlocal", "{sub_sample: 1}", "attention type 'nonlocal': sub_sample: expected bool, got int 1"),
+    ("eca", "{gamma: 0}", "eca: gamma must not be 0"),
+    ("cbam", "{kernel_size: 4}", "cbam: kernel_size must be odd, got 4"),
+])
+def test_attention_kwargs_a_block_would_fail_on_are_refused(kind, kwargs, expected):
+    """Values that would stop the run later (a division by zero while building, a shape mismatch in
+    the first forward pass), and a bool given as a number, are one ConfigError naming the key
+    before anything is built."""
+    with pytest.raises(ConfigError) as err:
+        load_config("experiments/configs/fgsynth_default.yaml", [f"model.attention.type={kind}",
+                                                                 "model.attention.stages=[4]",
+                                                                 f"model.attention.kwargs={kwargs}"])
+    assert str(err.value).startswith(f"model.attention.kwargs: {expected}"), str(err.value)
+
+
 def test_the_smallest_accepted_fgsynth_opens_every_split(tmp_path):
     from raccnn.data.build import build_datasets
 

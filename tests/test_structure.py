@@ -1,6 +1,9 @@
 """The package's shape: no import cycle, no function-level import of its own modules, a trainer
 that knows no phase by name, and a phase defined outside the package that runs."""
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -84,6 +87,16 @@ def test_no_import_cycle_in_the_package():
 def test_no_function_level_import_of_the_package_itself():
     late = [(str(p.relative_to(PACKAGE)), t) for p in PACKAGE.rglob("*.py") for t, inner in own_imports(p) if inner]
     assert late == []
+
+
+def test_the_config_imports_no_engine_module():
+    """The engine reads the config, not the other way round: in a fresh interpreter, importing
+    ``raccnn.config`` leaves every ``raccnn.engine`` module unimported."""
+    code = "import raccnn.config, sys; print(sorted(m for m in sys.modules if m.startswith('raccnn.engine')))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
+                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
 
 
 def test_the_trainer_branches_on_no_phase_name():

@@ -13,6 +13,12 @@ from timm.layers.cbam import CbamModule
 from .gate import gate_layer, zero_
 
 
+def check_args(kernel_size: int, **_) -> str | None:
+    """Why a CBAM block cannot take ``kernel_size``, or None: an even spatial kernel shifts the map
+    by one pixel, which then no longer matches its input."""
+    return None if kernel_size % 2 else f"cbam: kernel_size must be odd, got {kernel_size}"
+
+
 def cbam_block(channels: int, reduction: int = 16, kernel_size: int = 7, identity_init: bool = True) -> CbamModule:
     """CBAM with hidden width ⌊C/r⌋ (r = 16) and a 7×7 spatial kernel.
 

@@ -20,6 +20,11 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int
     return t if t % 2 else t + 1
 
 
+def check_args(gamma: float, **_) -> str | None:
+    """Why an ECA block cannot take ``gamma`` (the kernel size divides by it), or None."""
+    return None if gamma != 0 else "eca: gamma must not be 0 (the kernel size divides by it)"
+
+
 def eca_block(channels: int, gamma: float = 2.0, beta: float = 1.0, identity_init: bool = True) -> EcaModule:
     """y = x ⊙ g(conv1d_k(GAP(x))), a k-tap convolution over the channel axis, k = eca_kernel_size(C).
 

@@ -32,14 +32,11 @@ class GatherExcite(nn.Module):
 
     def __init__(self, channels: int, extent: int = 0, param: bool = False, identity_init: bool = False):
         super().__init__()
-        if extent < 0:
-            raise ValueError(f"gather-excite extent must be >= 0 (0 = global), got {extent}")
+        if problem := check_args(extent, param):
+            raise ValueError(problem)
         self.extent, self.param = extent, param
         self.gather = None
         if param:
-            if extent < 2 or extent & (extent - 1):
-                raise ValueError(f"parametric gather-excite needs an extent that is a power of two >= 2, "
-                                 f"got {extent}")
             layers = []
             for i in range(int(math.log2(extent))):
                 if i:
@@ -61,6 +58,20 @@ class GatherExcite(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         context = F.interpolate(self.gathered(x), size=x.shape[-2:], mode="nearest")
         return x * self.gate(context)
+
+
+def check_args(extent: int | None, param: bool, **_) -> str | None:
+    """Why a gather-excite block cannot take ``extent`` and ``param``, or None (``extent`` None: the
+    default of ``gather_excite``)."""
+    if extent is None:
+        return None
+    if not isinstance(extent, int) or isinstance(extent, bool):
+        return f"gather-excite extent must be an integer, got {extent!r}"
+    if extent < 0:
+        return f"gather-excite extent must be >= 0 (0 = global), got {extent}"
+    if param and (extent < 2 or extent & (extent - 1)):
+        return f"parametric gather-excite needs an extent that is a power of two >= 2, got {extent}"
+    return None
 
 
 def gather_excite(channels: int, extent: int | None = None, param: bool = False,

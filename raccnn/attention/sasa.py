@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .args import checked_arguments
 from .gate import zero_
 
 
@@ -96,6 +97,26 @@ def _dense_local_attention(q, key, v, rel_rows, rel_cols):
     return (attn @ v).transpose(2, 3).reshape(b, c, h, w)
 
 
+def check_args(channels: int, heads: int, kernel_size: int, name: str = "sasa", **_) -> str | None:
+    """Why a SASA block or layer (``name``, in the message) of ``channels`` output channels cannot
+    take ``heads`` and ``kernel_size``, or None."""
+    if channels % heads or (channels // heads) % 2:
+        return f"{name}: channels ({channels}) must split into {heads} heads of even width"
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        return f"{name}: kernel_size must be odd and positive, got {kernel_size}"
+    return None
+
+
+def check_layer(channels: int, **kwargs) -> None:
+    """Raise ValueError when ``SASAConv(C_in, channels, **kwargs)`` would refuse ``kwargs``; builds nothing."""
+    try:
+        arguments = checked_arguments(SASAConv, channels, channels, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{SASAConv.name}: {e}") from None
+    if problem := check_args(channels, arguments["heads"], arguments["kernel_size"], SASAConv.name):
+        raise ValueError(problem)
+
+
 class SASAConv(nn.Module):
     """The paper's attention layer in place of a spatial convolution: y = o, o = ``local_attention``
     of q, k, v = W_Q x, W_K x, W_V x (1×1, C_in -> C_out, no bias), ``heads`` heads of width
@@ -105,10 +126,8 @@ class SASAConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, kernel_size: int = 7):
         super().__init__()
-        if out_channels % heads or (out_channels // heads) % 2:
-            raise ValueError(f"{self.name}: channels ({out_channels}) must split into {heads} heads of even width")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"{self.name}: kernel_size must be odd and positive, got {kernel_size}")
+        if problem := check_args(out_channels, heads, kernel_size, self.name):
+            raise ValueError(problem)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.heads, self.kernel_size, self.dim = heads, kernel_size, out_channels // heads
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)

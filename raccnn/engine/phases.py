@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
+from ..train_options import OPTIMIZERS
 from .checkpoint import load_checkpoint
 from .distributed import barrier, broadcast_from_rank0
 
 log = logging.getLogger("raccnn")
-OPTIMIZERS = ("sgd", "adam")  # train.*.optimizer (Phase.optimizer)
 
 
 class Phase:

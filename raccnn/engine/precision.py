@@ -22,8 +22,8 @@ import shutil
 import torch
 
 from ..errors import ConfigError
+from ..train_options import AMP_MODES
 
-AMP_MODES = ("auto", "bf16", "fp16", "none")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
