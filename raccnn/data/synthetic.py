@@ -18,7 +18,7 @@ Why a whole-image CNN at a low input size cannot solve it, while a zoom on the c
 The periods above are those of the default setting, where the stored image is shrunk by f = 2.5
 for scale 1 (160 -> 64). For another factor the periods are scaled with it (``texture_scale``), and
 ``certificate`` checks, from the signal alone, that the fine layer vanishes at scale 1; the config
-refuses FG-Synth settings that fail it (README "Data").
+refuses FG-Synth settings that fail it (docs/data.md).
 All textures are symmetric under a horizontal flip, so flip augmentation keeps the class.
 
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
@@ -207,7 +207,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int, texture_
 # of the signal and the resampling, checked here without training; the trained calibration
 # (experiments/calibrate_fgsynth.py) is the full test.
 DEFAULT_SCALE1_SIZE = 64  # the whole stored image's side at scale 1 in the default config (f = 2.5)
-# Most of the fine layer's contrast that scale 1 may keep. Calibrated (README "Data"): with 11 % left
+# Most of the fine layer's contrast that scale 1 may keep. Calibrated (docs/data.md): with 11 % left
 # (192 px -> 64) the whole-image network reaches 84.2 %, with 4-6 % (160, 200, 320 px) 45-51 %.
 FINE_LEAK_MAX = 0.08
 

@@ -91,8 +91,7 @@ class Phase:
         """The phase's optimiser over ``params``: SGD with ``train.momentum`` and ``train.weight_decay``,
         or Adam without weight decay (the APNs' few parameters regress boxes; Adam needs no
         per-problem lr tuning there). Both fused: one kernel per step instead of one op per tensor
-        and term, the same update up to float rounding. On the CPU (one thread) this took the APNs'
-        Adam step (1.05 M parameters) from 24 ms to 1 ms, median of 30 (README "Speed and scale")."""
+        and term, the same update up to float rounding (both timed on the CPU in docs/speed.md)."""
         s, t = self.settings, self.cfg["train"]
         if s["optimizer"] == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=t["momentum"], weight_decay=t["weight_decay"],

@@ -96,11 +96,9 @@ def attention_crop(
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """The implementation ``impl`` stands for on ``device``: ``"auto"`` is the faster one measured
-    there (``tools/benchmark.py``, both crops of a step alone): on an H100, bf16, 448 -> 224 at
-    batch 128, ``grid_sample`` took 1.74 ms against 5.16 ms for the gathers forward, and 5.24
-    against 9.42 ms forward and backward; on 2 CPU cores the gathers won where the boxes learn
-    (9.1-11.9 against 16.5-18.5 ms, the small default model at batch 32)."""
+    """The implementation ``impl`` stands for on ``device``: ``"auto"`` is the one measured faster
+    there (``tools/benchmark.py``, both crops of a step timed alone; docs/speed.md): ``grid_sample``
+    on CUDA, the gathers on the CPU, where they win whenever the boxes learn."""
     if impl == "auto":
         return "grid_sample" if device.type == "cuda" else "gather"
     return impl
