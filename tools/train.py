@@ -22,6 +22,7 @@ from raccnn.data.build import build_datasets
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
+from raccnn.engine.preemption import Preempted, Preemption, ignore_signals
 from raccnn.engine.trainer import DivergenceError, Trainer
 from raccnn.fileio import check_writable_dir, describe_os_error, exclusive_lock
 from raccnn.models import PretrainedWeightsError
@@ -73,7 +74,16 @@ def main(argv=None) -> int:
 
     threading.excepthook = quiet_writer_thread
     try:
-        return train(args)
+        with Preemption() as preemption:  # SIGTERM, SIGINT, SIGUSR1: finish the step, save, exit 143 / 130
+            return train(args, preemption)
+    except Preempted as exc:  # the lock and the process group are released on the way out
+        ignore_signals()
+        if not exc.reported:
+            say(f"{exc} outside a training step; nothing is lost: continue with --resume auto")
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
+        say("stopped by SIGINT; nothing is lost: continue with --resume auto")
+        return 130
     except (ConfigError, DatasetError, CheckpointError, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -89,14 +99,23 @@ def main(argv=None) -> int:
             torch.distributed.destroy_process_group()
 
 
-def train(args) -> int:
+def say(line: str) -> None:
+    """One line in the log (rank 0), or on stderr before the log is set up."""
+    log = logging.getLogger("raccnn")
+    if log.handlers:
+        log.info(line)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        print(line, file=sys.stderr)
+
+
+def train(args, preemption: Preemption | None = None) -> int:
     t0 = time.time()
     opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
     cfg = load_config(args.config, opts)
     world = init_distributed(cfg["device"])
     work_dir = cfg["work_dir"]
     with hold_work_dir(work_dir) if world.main else contextlib.nullcontext():
-        return train_in(args, cfg, world, work_dir, t0)
+        return train_in(args, cfg, world, work_dir, t0, preemption)
 
 
 @contextlib.contextmanager
@@ -114,7 +133,7 @@ def hold_work_dir(work_dir: str):
         yield
 
 
-def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
+def train_in(args, cfg: dict, world, work_dir: str, t0: float, preemption: Preemption | None = None) -> int:
     last = os.path.join(work_dir, "last.pt")
     resume = args.resume
     if resume == "auto":
@@ -150,7 +169,7 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
              "in %.1f s, %.0f MiB held in memory (data.cache)", work_dir, len(datasets["train"]), len(datasets["val"]),
              len(datasets["test"]), trainer.num_classes, trainer.device, world.size, data_seconds,
              sum(ds.cache.nbytes() for ds in datasets.values()) / 2**20)
-    trainer.run()
+    trainer.run(preemption=preemption)
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]
