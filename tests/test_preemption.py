@@ -24,8 +24,6 @@ import torch.distributed as dist
 import yaml
 
 from conftest import TINY
-from raccnn.engine.distributed import World
-from raccnn.engine.preemption import Preempted, Preemption
 from test_recovery import REPO, assert_same_tensors, model_tensors, run, train_cmd
 
 # Run tools/train.py with STOP_AT = "<SIGNAL>|<where>|<n>[|<rank>]": the process sends itself SIGNAL
@@ -215,6 +213,9 @@ def test_the_runner_passes_a_signal_to_its_trainings_and_a_rerun_resumes(tmp_pat
 
 
 def test_handlers_are_restored_and_a_signal_outside_the_loop_raises_at_once():
+    from raccnn.engine.distributed import World
+    from raccnn.engine.preemption import Preempted, Preemption
+
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     with Preemption() as stop:
         with stop.deferred():

@@ -12,9 +12,10 @@ after SIGUSR1 too, as for the SIGTERM it announces.
 
 Under torchrun a signal may reach one process only, or the processes at different steps, yet all
 must stop after the same step (they run collectives together, and rank 0 writes what every rank
-resumes from). ``requested`` therefore takes the decision together: every step, every process adds
-its flag with one all_reduce of a single integer, which costs little next to the step's own
-gradient all_reduce.
+resumes from). ``requested`` therefore takes the decision together: after every step, every process
+adds its flag with one all_reduce of a single integer. On the CPU (gloo) that costs about as much as
+the step's own gradient all_reduce of a small model, a latency small beside the step's computation;
+checking less often would only delay the stop.
 """
 from __future__ import annotations
 
