@@ -63,7 +63,8 @@ EXIT = {"SIGTERM": 143, "SIGUSR1": 143, "SIGINT": 130}
 
 def epoch_lines(log: str) -> list[str]:
     """The lines logged per epoch (train loss and terms, validation), without times and speeds."""
-    keep = [line[9:] for line in log.splitlines() if re.search(r" epoch \d+: train loss|active rank hinges| boxes: ", line)]
+    pattern = re.compile(r" epoch \d+: train loss|active rank hinges| boxes: ")
+    keep = [line[9:] for line in log.splitlines() if pattern.search(line)]
     return [re.sub(r"\(\d+ img/s\)", "", line) for line in keep]
 
 

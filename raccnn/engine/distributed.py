@@ -7,9 +7,10 @@ process its GPU. Without those variables everything here is the single-process i
 
 Training: every rank draws the same seeded permutation of the training set each epoch and takes its
 own slice of it (``ShardSampler``), so the union over ranks is the epoch a single process would see
-and a resumed run sees the same batches again (past those a mid-epoch stop had done: ``skip``). Evaluation: each rank runs every ``world``-th image
-(no padding, so no image counts twice) and ``gather_outputs`` puts the outputs back in dataset order
-on every rank, so every rank computes the same metrics and takes the same schedule decisions.
+and a resumed run sees the same batches again (past those a mid-epoch stop had done: ``skip``).
+Evaluation: each rank runs every ``world``-th image (no padding, so no image counts twice) and
+``gather_outputs`` puts the outputs back in dataset order on every rank, so every rank computes the
+same metrics and takes the same schedule decisions.
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@
 Cluster schedulers send SIGTERM some time before they kill a job (SLURM can send SIGUSR1 earlier
 still, with ``--signal``). ``Preemption`` catches these three signals for the block it guards and
 restores the previous handlers after it. Inside ``deferred()`` (the training loop) a signal only
-records the request: the trainer finishes the step it is in, writes ``last.pt`` with its position
-inside the epoch, logs one line and raises ``Preempted``. Outside it (building the data, the final
-evaluation) there is no step to finish and nothing to save, so the signal raises ``Preempted`` at
-once. The first signal decides; later ones are ignored until the process has stopped (SIGKILL still
-ends it). The exit code is the shell's for the signal: 130 after SIGINT, 143 after SIGTERM, and 143
-after SIGUSR1 too, as for the SIGTERM it announces.
+records the request: the trainer finishes the step it is in (or the validation, stopping at the
+epoch end), writes ``last.pt`` with its position inside the epoch, logs one line and raises
+``Preempted``. Outside it (building the data, the final evaluation) there is no step to finish and
+nothing to save, so the signal raises ``Preempted`` at once. The first signal decides; later ones
+are ignored until the process has stopped (SIGKILL still ends it). The exit code is the shell's for
+the signal: 130 after SIGINT, 143 after SIGTERM, and 143 after SIGUSR1 too, as for the SIGTERM it
+announces.
 
 Under torchrun a signal may reach one process only, or the processes at different steps, yet all
 must stop after the same step (they run collectives together, and rank 0 writes what every rank
@@ -33,9 +34,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 143}
 
 
-class Preempted(Exception):
+class Preempted(BaseException):
     """A signal stopped the run; ``exit_code`` is what the process should exit with. ``reported``:
-    the line saying where the run stopped is already logged."""
+    the line saying where the run stopped is already logged. A BaseException, as KeyboardInterrupt
+    is: raised at any point, it must not be taken for an error there (``except Exception``)."""
 
     def __init__(self, signum: int, reported: bool = False):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
