@@ -28,6 +28,9 @@ grid. ``--jobs N`` trains N runs at a time, each on cpu cores / N threads (its o
 to its train.log); a lock per run makes two runners started on one folder train each run once.
 ``--report`` trains nothing and writes the tables from the runs that have finished, so a long grid
 can be read while it runs (its rows' unfinished runs are listed).
+Ctrl-C or SIGTERM (or SIGUSR1) while runs train is passed on to them: each finishes its step, saves
+its last.pt and stops, no new run starts, and the runner exits 130 (SIGINT) or 143; running the
+command again continues every run where it stopped.
 Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
 <out>/hparams. Per row and metric: mean, standard deviation and the 95 % t-interval of the mean over
 seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
@@ -47,6 +50,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +61,7 @@ from raccnn.cli import report
 from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
 from raccnn.configtree import load_yaml
 from raccnn.engine.checkpoint import load_checkpoint
+from raccnn.engine.preemption import Preempted, Preemption
 from raccnn.errors import RaccnnError
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
@@ -211,6 +216,43 @@ class RunFailed(RaccnnError):
     """A training run of the grid ended with an error."""
 
 
+class RunStopped(Exception):
+    """A signal stopped the grid before or while this run trained (its last.pt holds where)."""
+
+
+class Trainings:
+    """The training processes running now. A signal to the runner goes on to each of them (a
+    Ctrl-C in a terminal reaches them already; a training takes only its first signal), and no
+    training starts after it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running: list[subprocess.Popen] = []
+        self.signum: int | None = None
+        self.stopped = 0  # trainings running when the signal came
+
+    def run(self, cmd: list[str], **kwargs) -> int:
+        with self.lock:
+            if self.signum is not None:
+                raise RunStopped()
+            proc = subprocess.Popen(cmd, **kwargs)
+            self.running.append(proc)
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.running.remove(proc)
+
+    def stop(self, signum: int) -> None:
+        with self.lock:  # (only worker threads start trainings: the handler's thread never holds it)
+            self.signum, self.stopped = signum, len(self.running)
+            for proc in self.running:
+                proc.send_signal(signum)
+
+
+TRAININGS = Trainings()
+
+
 def row_metrics(n_scales: int) -> list[str]:
     """The metrics a row reports: every scale, the fusion head over all scales, the scale-2 part hit."""
     return [f"acc_scale{s}" for s in range(1, n_scales + 1)] + [f"acc_fused{fusion_names(n_scales)[-1]}", "part_hit_scale2"]
@@ -238,9 +280,11 @@ def run_one(config: str, opts: list[str], work_dir: Path, threads: int | None = 
             if threads:
                 env.update({k: env.get(k, str(threads)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
             quiet = threads or os.environ.get("RACCNN_QUIET")
-            res = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
-            if res.returncode != 0:
-                raise RunFailed(f"the run in {work_dir} failed (exit {res.returncode}); see {work_dir}/train.log")
+            code = TRAININGS.run(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
+            if code != 0 and TRAININGS.signum is not None:
+                raise RunStopped()
+            if code != 0:
+                raise RunFailed(f"the run in {work_dir} failed (exit {code}); see {work_dir}/train.log")
     metrics = json.loads(metrics_path.read_text())
     progress = load_checkpoint(work_dir / "last.pt")["progress"]
     metrics["images_per_s"] = progress["train_images"] / max(progress["train_seconds"], 1e-9)
@@ -290,9 +334,14 @@ def main(argv=None) -> int:
             for name, _, overrides in rows for seed in grid["seeds"]}
     if args.report:  # only the finished runs; one still training has no metrics.json yet
         runs = {key: run for key, run in runs.items() if (run[1] / "metrics.json").exists()}
-    with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses: the threads only wait
+    # the runs are subprocesses: the threads only wait
+    with Preemption(on_signal=TRAININGS.stop) as signals, signals.deferred(), ThreadPoolExecutor(args.jobs) as pool:
         futures = {key: pool.submit(run_one, grid["config"], opts, work_dir, threads)
                    for key, (opts, work_dir) in runs.items()}
+    if signals.signum is not None:
+        print(f"{Preempted(signals.signum)}: {TRAININGS.stopped} training(s) stopped, each keeping its last.pt; "
+              f"run the same command again to continue", file=sys.stderr)
+        return Preempted(signals.signum).exit_code
     per_row = {name: {} for name, _, _ in rows}
     for (name, seed), future in futures.items():
         try:
@@ -397,4 +446,8 @@ def write_results(out: Path, results: list[dict], missing: str = "failed") -> No
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while no training runs (checking the grid, writing the tables)
+        print("stopped by SIGINT", file=sys.stderr)
+        sys.exit(130)

@@ -23,6 +23,7 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 from raccnn.engine.distributed import barrier, init_distributed
 from raccnn.engine.inference import run_evaluation
 from raccnn.engine.phases import Alternating, Fusion
+from raccnn.engine.preemption import Preempted, Preemption, ignore_signals
 from raccnn.engine.trainer import Trainer
 from raccnn.errors import DivergenceError
 from raccnn.fileio import check_writable_dir, exclusive_lock
@@ -88,22 +89,41 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     threading.excepthook = quiet_writer_thread
-    try:  # a divergence goes into train.log too; every other error is a line on stderr
-        return run_main(lambda: train(args),
-                        log=lambda exc: logging.getLogger("raccnn").error if isinstance(exc, DivergenceError) else None)
+    try:
+        with Preemption() as preemption:  # SIGTERM, SIGINT, SIGUSR1: finish the step, save, exit 143 / 130
+            # a divergence goes into train.log too; every other error is a line on stderr
+            return run_main(lambda: train(args, preemption),
+                            log=lambda exc: logging.getLogger("raccnn").error if isinstance(exc, DivergenceError) else None)
+    except Preempted as exc:  # the lock and the process group are released on the way out
+        ignore_signals()
+        if not exc.reported:
+            say(f"{exc} outside a training step; nothing is lost: continue with --resume auto")
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
+        say("stopped by SIGINT; nothing is lost: continue with --resume auto")
+        return 130
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def train(args) -> int:
+def say(line: str) -> None:
+    """One line in the log (rank 0), or on stderr before the log is set up."""
+    log = logging.getLogger("raccnn")
+    if log.handlers:
+        log.info(line)
+    elif int(os.environ.get("RANK", "0")) == 0:
+        print(line, file=sys.stderr)
+
+
+def train(args, preemption: Preemption | None = None) -> int:
     t0 = time.time()
     opts = list(args.opts) + ([f"work_dir={args.work_dir}"] if args.work_dir else [])
     cfg = load_config(args.config, opts)
     world = init_distributed(cfg["device"])
     work_dir = cfg["work_dir"]
     with hold_work_dir(work_dir) if world.main else contextlib.nullcontext():
-        return train_in(args, cfg, world, work_dir, t0)
+        return train_in(args, cfg, world, work_dir, t0, preemption)
 
 
 @contextlib.contextmanager
@@ -121,7 +141,7 @@ def hold_work_dir(work_dir: str):
         yield
 
 
-def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
+def train_in(args, cfg: dict, world, work_dir: str, t0: float, preemption: Preemption | None = None) -> int:
     last = os.path.join(work_dir, "last.pt")
     resume = args.resume
     if resume == "auto":
@@ -166,7 +186,7 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float) -> int:
         trainer.writer.close()
         log.info("%s is the end of a finished run: nothing to train", resume)
     else:
-        trainer.run()
+        trainer.run(preemption=preemption)
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]

@@ -7,9 +7,10 @@ process its GPU. Without those variables everything here is the single-process i
 
 Training: every rank draws the same seeded permutation of the training set each epoch and takes its
 own slice of it (``ShardSampler``), so the union over ranks is the epoch a single process would see
-and a resumed run sees the same batches again. Evaluation: each rank runs every ``world``-th image
-(no padding, so no image counts twice) and ``gather_outputs`` puts the outputs back in dataset order
-on every rank, so every rank computes the same metrics and takes the same schedule decisions.
+and a resumed run sees the same batches again (past those a mid-epoch stop had done: ``skip``).
+Evaluation: each rank runs every ``world``-th image (no padding, so no image counts twice) and
+``gather_outputs`` puts the outputs back in dataset order on every rank, so every rank computes the
+same metrics and takes the same schedule decisions.
 """
 from __future__ import annotations
 
@@ -104,17 +105,17 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, n: int, generator: torch.Generator, world: World):
         self.n, self.generator, self.world = n, generator, world
+        self.skip = 0  # leading samples of this rank's slice left out (the batches a resumed epoch has done)
 
     def __len__(self) -> int:
         return -(-self.n // self.world.size)
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator).tolist()
-        if self.world.size == 1:
-            return iter(order)
-        total = len(self) * self.world.size
-        order = (order * (total // self.n + 1))[:total]
-        return iter(order[self.world.rank::self.world.size])
+        if self.world.size > 1:
+            total = len(self) * self.world.size
+            order = (order * (total // self.n + 1))[:total][self.world.rank::self.world.size]
+        return iter(order[self.skip:])
 
 
 class EvalShardSampler(Sampler[int]):

@@ -13,6 +13,15 @@ run at once with a ``DivergenceError`` (nothing of that step is applied or saved
 of an epoch is drawn from a generator seeded by (seed, epoch counter), so a resumed run sees the
 same batches as an uninterrupted one.
 
+Stopping mid-epoch (``preemption.py``): given a ``Preemption``, ``run`` checks after every step
+whether a SIGTERM, SIGINT or SIGUSR1 arrived (on any process); if so it writes ``last.pt`` at that
+step, with the batches done in the epoch and the epoch's running sums (train loss, logged terms,
+images and seconds), logs one line and raises ``Preempted``. A resume draws the epoch's sample
+order again, skips the batches done in the sampler (without loading them) and continues with the
+saved sums and RNG states, so the run ends as an uninterrupted one would. (With
+``data.num_workers`` > 0 the loader's worker processes start again from the epoch's seeds, so
+random augmentation drawn there differs for the rest of that epoch; the samples are the same.)
+
 Speed and scale (``precision.py``, ``distributed.py``): the phase's forward and loss run under
 ``train.amp`` autocast, in channels_last when ``train.channels_last`` says so, with the scale
 networks compiled when ``train.compile`` is on. Under torchrun each phase's step is wrapped in
@@ -22,6 +31,7 @@ best_alternate.pt that fusion loaded, to every rank); only rank 0 writes files a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -45,10 +55,11 @@ from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
 from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .distributed import EvalShardSampler, ShardSampler, all_equal, current_world, wrap_ddp
+from .distributed import EvalShardSampler, ShardSampler, all_equal, barrier, current_world, wrap_ddp
 from .evaluate import accuracies, box_stats
 from .inference import collect_outputs
 from .phases import Phase, build_plan
+from .preemption import Preempted, Preemption
 from .precision import amp_dtype, autocast, check_compiler, grad_scaler, set_cudnn_benchmark, use_channels_last
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
@@ -70,6 +81,8 @@ class Progress:
     train_images: int = 0  # images seen by training steps, and the seconds they took (throughput)
     train_seconds: float = 0.0
     history: list = field(default_factory=list)
+    batch: int = 0  # batches done in the current epoch (not 0 only when a stop saved mid-epoch)
+    partial: dict = field(default_factory=dict)  # that epoch's running sums (``Trainer.train_epoch``)
 
 
 class PhaseStep(nn.Module):
@@ -134,7 +147,7 @@ class Trainer:
         self.progress = Progress()
         self.sample_gen = torch.Generator()
         # data.batch_size is per process; the generator also seeds the loader's workers, as before
-        sampler = ShardSampler(len(datasets["train"]), self.sample_gen, self.world)
+        sampler = self.train_sampler = ShardSampler(len(datasets["train"]), self.sample_gen, self.world)
         self.train_loader = DataLoader(
             datasets["train"], batch_size=d["batch_size"], sampler=sampler, drop_last=len(sampler) > d["batch_size"],
             num_workers=d["num_workers"], generator=self.sample_gen, pin_memory=self.device.type == "cuda",
@@ -143,6 +156,7 @@ class Trainer:
                                      sampler=EvalShardSampler(len(datasets["val"]), self.world))
         self.optimizer = None
         self.scheduler = None
+        self.preemption: Preemption | None = None  # set by ``run``: asked after every step whether to stop
         if self.world.main:
             for name in remove_stale_temporaries(work_dir):
                 log.info("removed %s, left by an interrupted checkpoint write", name)
@@ -161,6 +175,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "phase": self.plan[min(self.progress.phase_index, len(self.plan) - 1)].label,
             "rng": capture_rng_state(),
+            "previous_boxes": self.previous_boxes,  # so the next validation measures the boxes' moves
             "config": self.cfg,
             "num_classes": self.num_classes,
             "classes": self.classes,
@@ -194,11 +209,14 @@ class Trainer:
         if ckpt.get("scaler") is not None and self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
+        self.previous_boxes = dict(ckpt.get("previous_boxes") or {})
         # drop TensorBoard points written after this checkpoint by the interrupted run
         self.writer.close()
         if self.world.main:
             self.writer = SummaryWriter(log_dir=self.work_dir, purge_step=self.progress.step + 1)
-        log.info("resumed from %s at %s, epoch %d, step %d", path, ckpt["phase"], self.progress.epoch, self.progress.step)
+        inside = f" (batch {self.progress.batch} of the next)" if self.progress.batch else ""
+        log.info("resumed from %s at %s, epoch %d%s, step %d", path, ckpt["phase"], self.progress.epoch, inside,
+                 self.progress.step)
 
     # ---------------------------------------------------------------- one phase
     def start_phase(self, phase: Phase, fresh: bool = True) -> None:
@@ -261,11 +279,18 @@ class Trainer:
         return self.step_module
 
     def train_epoch(self, phase: Phase) -> float:
+        """One epoch of the phase (the rest of it after a mid-epoch stop); the mean train loss.
+        Stops after any step at which ``stop_requested`` says so."""
+        p = self.progress
         phase.set_modes(self.model)
-        self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + self.progress.epochs_run)
-        total, count, start = 0.0, 0, time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}  # every logged term over the epoch (host sync once, at the end)
-        bar = tqdm(self.train_loader, desc=f"{phase.label} ep {self.progress.epoch + 1}", leave=False,
+        self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + p.epochs_run)
+        self.train_sampler.skip = p.batch * self.train_loader.batch_size  # the batches a stop left done
+        part = p.partial  # the sums of those batches
+        total, count, before = part.get("loss", 0.0), part.get("images", 0), part.get("seconds", 0.0)
+        # every logged term over the epoch (host sync once, at the end)
+        sums: dict[str, torch.Tensor] = {k: v.to(self.device) for k, v in part.get("terms", {}).items()}
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"{phase.label} ep {p.epoch + 1}", leave=False, initial=p.batch,
                    disable=not sys.stderr.isatty())
         step = self.phase_step(phase)
         for batch in bar:
@@ -297,7 +322,14 @@ class Trainer:
                 for tag, value in terms.items():
                     self.writer.add_scalar(tag, value.item(), self.progress.step)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
-        seconds = time.perf_counter() - start
+            p.batch += 1
+            if self.stop_requested():
+                p.partial = {"loss": total, "images": count, "seconds": before + time.perf_counter() - start,
+                             "terms": {k: v.cpu() for k, v in sums.items()}}
+                self.stop(phase, f"in {phase.label}, epoch {p.epoch + 1} after batch {p.batch} of "
+                                 f"{len(self.train_loader)}")
+        self.train_sampler.skip, p.batch, p.partial = 0, 0, {}
+        seconds = before + time.perf_counter() - start
         self.progress.train_images += count * self.world.size
         self.progress.train_seconds += seconds
         self.epoch_rate = count * self.world.size / max(seconds, 1e-9)  # training images/s, all ranks
@@ -367,16 +399,41 @@ class Trainer:
             self.progress.best[phase.best_file] = score
             self.save(phase.best_file)
 
+    # ---------------------------------------------------------------- stopping on a signal
+    def stop_requested(self) -> bool:
+        """Whether a signal asks the run to stop here; under torchrun all ranks decide together
+        (``Preemption.requested``), so every rank calls this at the same points."""
+        return self.preemption is not None and self.preemption.requested(self.world, self.device)
+
+    def stop(self, phase: Phase, where: str):
+        """Write last.pt at this point, say so in one line and raise ``Preempted``. Every rank waits
+        for rank 0's write: under torchrun a rank that exits early has the others killed."""
+        signum = self.preemption.signum
+        self.save("last.pt")
+        self.writer.flush()
+        barrier()
+        stopped = Preempted(signum, reported=True)
+        log.info("%s %s (step %d); last.pt holds this point: continue with --resume auto", stopped, where,
+                 self.progress.step)
+        raise stopped
+
     # ---------------------------------------------------------------- the loop
-    def run(self, stop_after_step: int | None = None) -> None:
+    def run(self, stop_after_step: int | None = None, preemption: Preemption | None = None) -> None:
         """Run the remaining schedule. ``stop_after_step`` ends the run after the first epoch that
-        reaches that global step (used to test resuming)."""
+        reaches that global step (used to test resuming). With ``preemption`` a signal stops the
+        run after the step it arrives in (or after the epoch, when it arrives in a validation),
+        with ``Preempted`` once last.pt holds that point."""
+        self.preemption = preemption
+        with preemption.deferred() if preemption is not None else contextlib.nullcontext():
+            self.run_plan(stop_after_step)
+
+    def run_plan(self, stop_after_step: int | None) -> None:
         p = self.progress
         while p.phase_index < len(self.plan):
             phase = self.plan[p.phase_index]
             if self.optimizer is None:
                 self.start_phase(phase)
-            if p.epoch == 0:
+            if p.epoch == 0 and p.batch == 0:  # not again when a stop came in the phase's first epoch
                 phase.on_start(self)
             if phase.max_epochs() == 0:
                 done = True
@@ -397,6 +454,8 @@ class Trainer:
                 p.epoch, p.best_loss, p.bad_epochs = 0, math.inf, 0
                 self.optimizer = self.scheduler = None
             self.save("last.pt")
+            if self.stop_requested():  # the signal came in a validation or between phases
+                self.stop(phase, f"after {phase.label}, epoch {p.epoch}" if not done else f"after {phase.label}")
             if stop_after_step is not None and p.step >= stop_after_step:
                 log.info("stopping at step %d as asked", p.step)
                 self.writer.flush()
