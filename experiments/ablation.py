@@ -58,10 +58,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from raccnn.cli import report
-from raccnn.config import HOW_COMPUTED, ConfigError, config_diff, load_config
+from raccnn.config import ConfigError, load_config
 from raccnn.configtree import load_yaml
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.engine.preemption import Preempted, Preemption
+from raccnn.engine.run import run_differences
 from raccnn.errors import RaccnnError
 from raccnn.fileio import atomic_open, exclusive_lock
 from raccnn.models import build_racnn
@@ -266,10 +267,9 @@ def run_one(config: str, opts: list[str], work_dir: Path, threads: int | None = 
         metrics_path = work_dir / "metrics.json"
         if metrics_path.exists():
             saved = load_config(work_dir / "config.yaml")
-            # where a run lives is not what it is: a run copied from another grid's folder counts, and so
-            # does one computed another way (HOW_COMPUTED)
-            diff = config_diff(saved, load_config(config, opts + [f"work_dir={work_dir}"]),
-                               ignore=("name", "work_dir", *HOW_COMPUTED))
+            # the same experiment as a resume asks (raccnn/engine/run.py), learning rates included: a run
+            # copied from another grid's folder counts, and so does one computed another way
+            diff = run_differences(saved, load_config(config, opts + [f"work_dir={work_dir}"]))
             if diff:
                 raise ConfigError(f"{work_dir} holds a run of another config ({diff[:4]}); remove it or use --out")
         else:

@@ -1,4 +1,7 @@
 """What several test files share: the tiny model and schedule, and a trainer built from them."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from raccnn.config import load_config
@@ -29,3 +32,13 @@ def data_root(tmp_path_factory):
 def make_trainer(data_root, work_dir, extra=(), plan=None):
     cfg = load_config(DEFAULT_CONFIG, TINY + [f"data.root={data_root}", f"work_dir={work_dir}", *extra])
     return Trainer(cfg, build_datasets(cfg), str(work_dir), plan=plan)
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module, to call its main() in this process (a tool is a script, not a
+    package module: loaded by its path, nothing added to sys.path)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

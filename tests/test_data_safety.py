@@ -5,7 +5,6 @@ user's files."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DEFAULT_CONFIG, TINY as TINY_RUN
+from conftest import DEFAULT_CONFIG, load_tool
+from conftest import TINY as TINY_RUN
 from raccnn.config import load_config
 from raccnn.data import CUBDataset, DatasetError, ensure_fgsynth, generate_fgsynth
 from raccnn.data.synthetic import LOCK_FILE, STAMP
@@ -66,12 +66,6 @@ def snapshot(folder: Path) -> dict:
             for p in folder.rglob("*")}
 
 
-def load_tool(name: str):
-    """tools/<name>.py as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def one_error_line(err: str) -> str:

@@ -1,7 +1,6 @@
 """tools/eval.py on tiny checkpoints of a folder dataset: one metrics file per checkpoint and split,
 class names checked against the checkpoint's, a dataset that moved."""
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEFAULT_CONFIG, TINY_MODEL
+from conftest import DEFAULT_CONFIG, TINY_MODEL, load_tool
 from PIL import Image
 
 from raccnn.config import load_config
@@ -20,11 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["alpha", "beta", "gamma"]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """tools/predict.py and tools/crop_panel.py on a tiny checkpoint: predictions, crop panels, unreadable
 images, checkpoints written before newer config keys."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DATA
+from conftest import TINY_DATA, load_tool
 from conftest import TINY_MODEL as TINY
 from PIL import Image
 
@@ -65,12 +64,6 @@ def test_an_unreadable_image_is_reported_and_the_others_still_run(checkpoint, tm
     assert panel.mode == "RGB" and panel.height == 96 + 4 and panel.width == 3 * (96 + 2) + 2
 
 
-def load_tool(name: str):
-    """tools/<name>.py as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

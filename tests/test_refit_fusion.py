@@ -1,19 +1,16 @@
 """tools/refit_fusion.py: the fusion phase rerun on a finished alternation with another head."""
-import sys
-
 import pytest
 import torch
-from conftest import DEFAULT_CONFIG, TINY, make_trainer
+from conftest import DEFAULT_CONFIG, TINY, load_tool, make_trainer
 from PIL import Image
 
 from raccnn.config import load_config
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from raccnn.errors import ConfigError
 from raccnn.fileio import exclusive_lock
+from raccnn.engine.refit import refit
 from raccnn.models import build_racnn
 
-sys.path.insert(0, "tools")
-from refit_fusion import main, refit  # noqa: E402
 
 
 @pytest.mark.parametrize("source, target, keys", [
@@ -63,7 +60,7 @@ def fake_run(root, extra=()):
 def test_opts_that_change_the_kept_scales_are_refused_before_anything_is_written(tmp_path, capsys):
     run = fake_run(tmp_path)
     out = tmp_path / "refit"
-    assert main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", "model.width=32"]) == 2
+    assert load_tool("refit_fusion").main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", "model.width=32"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"error: option model.width: model.width is 4 in {run / 'best_alternate.pt'} and shapes the "
                    "weights it holds, so it cannot become 32")
@@ -78,7 +75,7 @@ def test_a_dataset_with_other_class_names_is_refused_before_anything_is_written(
             Image.new("RGB", (96, 96), (60 * j, 0, 0)).save(tmp_path / "folder" / c / f"{j}.png")
     out = tmp_path / "refit"
     opts = ["data.dataset=folder", f"data.root={tmp_path / 'folder'}", "data.hit_parts=[]", "data.val_fraction=0.5"]
-    assert main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", *opts]) == 2
+    assert load_tool("refit_fusion").main(["--run", str(run), "--fusion", "log_probs", "--work-dir", str(out), "--opts", *opts]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {run / 'best_alternate.pt'}: the class names of the dataset in "
                                               f"{tmp_path / 'folder'} differ from those it was trained on")

@@ -262,9 +262,7 @@ def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(data_ro
 
 
 def test_resume_accepts_a_changed_learning_rate_only():
-    sys_path = __import__("sys").path
-    sys_path.insert(0, "tools")
-    from train import check_same_run
+    from raccnn.engine.run import check_same_run
 
     from raccnn.config import load_config
 

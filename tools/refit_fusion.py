@@ -14,59 +14,11 @@ class names differ from the run's, before anything is written.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from typing import Mapping
 
-from raccnn.config import fill_defaults, parse_cli_opts, save_config
-from raccnn.data.build import build_datasets
-from raccnn.engine.checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint, save_checkpoint
-from raccnn.engine.inference import check_classes, override_config, run_evaluation
-from raccnn.engine.phases import Alternating, Fusion
-from raccnn.engine.trainer import Trainer
 from raccnn.cli import run_main
+from raccnn.engine.refit import refit
 from raccnn.models.fusion import FUSIONS
-from train import hold_work_dir, setup_logging  # tools/train.py: the same work-dir lock, train.log and console
-
-# what the refit keeps from the run: everything that shapes its weights but the fusion heads
-KEPT_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "model.fusion")
-
-
-def refit(run: str, fusion: str, work_dir: str, opts=()) -> dict:
-    source = os.path.join(run, Alternating.best_file)
-    if not os.path.exists(source):
-        raise CheckpointError(f"{source} not found: --run must be the work dir of a run whose alternation has "
-                              f"finished (it writes {Alternating.best_file})")
-    ckpt = load_checkpoint(source)
-    # the run's config, validated again with the changes; the scales and APNs it holds must still fit
-    changes = {**(dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)),
-               "model.fusion": fusion, "work_dir": work_dir}
-    cfg = override_config(fill_defaults(ckpt["config"]), changes, KEPT_KEYS, source)
-    datasets = build_datasets(cfg)
-    check_classes(ckpt, datasets["train"].classes, source, f"the dataset in {cfg['data']['root']}")
-    with hold_work_dir(work_dir):
-        if os.path.exists(os.path.join(work_dir, "last.pt")):
-            raise CheckpointError(f"{work_dir} already holds a run (last.pt); choose another --work-dir")
-        return refit_in(ckpt, cfg, source, fusion, work_dir, datasets)
-
-
-def refit_in(ckpt: dict, cfg: dict, source: str, fusion: str, work_dir: str, datasets: dict | None = None) -> dict:
-    setup_logging(work_dir)
-    datasets = datasets if datasets is not None else build_datasets(cfg)
-    trainer = Trainer(cfg, datasets, work_dir, plan=[Fusion(cfg)])
-    if Alternating.best_file in ckpt["progress"]["best"]:  # the alternation's validation score, for the log
-        trainer.progress.best[Alternating.best_file] = ckpt["progress"]["best"][Alternating.best_file]
-    # the scales and APNs of the finished alternation, the new (untrained) fusion heads
-    fresh = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("fusion.")}
-    kept = {k: v for k, v in ckpt["model"].items() if not k.startswith("fusion.")}
-    save_checkpoint(os.path.join(work_dir, Alternating.best_file), {**ckpt, "model": {**kept, **fresh}, "config": cfg})
-    save_config(cfg, os.path.join(work_dir, "config.yaml"))
-    logging.getLogger("raccnn").info("fusion %s on the scales of %s (%s)", fusion, source, ckpt.get("phase"))
-    trainer.run()
-    metrics, table = run_evaluation(os.path.join(work_dir, "best.pt"), "test", datasets=datasets)
-    print(table)
-    return metrics
 
 
 def main(argv=None) -> int:
