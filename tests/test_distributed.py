@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -84,11 +83,16 @@ def torchrun(script, *args, env=None):
                env={"OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def generate_data(data_root, tmp_path) -> None:
+    """FG-Synth written by one process (a run of no epoch at all) before two processes read it."""
+    warm = run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
+                "train.init_apn.epochs=0", "train.alternate.rounds=0", "model.fusion=log_probs"])
+    assert warm.returncode == 0, warm.stderr[-2000:]
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, tmp_path):
-    warm = run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
-                "train.init_apn.epochs=0", "train.alternate.rounds=0", "model.fusion=log_probs"])  # no epoch at all
-    assert warm.returncode == 0, warm.stderr[-2000:]  # the data is generated before the processes start
+    generate_data(data_root, tmp_path)
     ref = tmp_path / "ddp"
     res = torchrun(*train_cmd(data_root, ref))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import yaml
 
 from conftest import TINY
+from test_distributed import generate_data, torchrun
 from test_recovery import REPO, assert_same_tensors, model_tensors, run, train_cmd
 
 # Run tools/train.py with STOP_AT = "<SIGNAL>|<where>|<n>[|<rank>]": the process sends itself SIGNAL
@@ -146,16 +147,9 @@ def test_signals_stop_after_the_step_and_resume_ends_as_the_uninterrupted_run(da
     assert_same_run(work, ref)
 
 
-def torchrun(*args, env=None):
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
-               env={"OMP_NUM_THREADS": "1", **(env or {})})
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 def test_under_torchrun_a_signal_to_one_rank_stops_both_at_the_same_step(data_root, tmp_path):
-    warm = run([sys.executable, *train_cmd(data_root, tmp_path / "warm"), "train.pretrain_cls.epochs=0",
-                "train.init_apn.epochs=0", "train.alternate.rounds=0", "model.fusion=log_probs"])  # no epoch at all
-    assert warm.returncode == 0, warm.stderr[-2000:]  # the data is generated before the processes start
+    generate_data(data_root, tmp_path)
     small = ["data.batch_size=2", "train.alternate.rounds=1"]  # per process: four steps per epoch
     ref = tmp_path / "ddp"
     res = torchrun(*train_cmd(data_root, ref, *small))
