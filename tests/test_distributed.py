@@ -100,7 +100,8 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     assert "2 process(es)" in res.stdout
     files = sorted(p.name for p in ref.iterdir())
     assert [f for f in files if not f.startswith("events")] == [
-        ".train.lock", "best.pt", "best_alternate.pt", "config.yaml", "last.pt", "metrics.json", "train.log"]
+        ".train.lock", "best.pt", "best_alternate.pt", "config.yaml", "last.pt", "metrics.json", "predictions.csv",
+        "train.log"]
     assert sum(f.startswith("events") for f in files) == 1
     metrics = json.loads((ref / "metrics.json").read_text())
     assert metrics["num_images"] == 24  # the tiny test split, each image once

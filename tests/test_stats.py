@@ -68,7 +68,8 @@ def test_the_table_shows_intervals_paired_differences_and_marks(tmp_path):
     noisy_line = next(line for line in md if line.startswith("| noisy |"))
     assert "80.0 ± 10.0 [" in better_line and "+8.3 [+1.2, +15.5] *" in better_line
     assert "+1.7 [" in noisy_line and "] *" not in noisy_line
-    assert "Student-t" in md[-1] and "(base)" in md[-1]
+    legend = next(line for line in md if "Student-t" in line)
+    assert "(base)" in legend and md[-1] == "![paired differences from the baseline, 95 % t-intervals](forest.png)"
     header = (tmp_path / "results.csv").read_text().splitlines()[0]
     assert "acc_scale2_ci_lo" in header and "acc_fused_all_diff_ci_hi" in header
 
