@@ -19,7 +19,7 @@ from raccnn.cli import run_main
 from raccnn.config import load_config, save_config
 from raccnn.data.build import build_datasets
 from raccnn.engine.distributed import barrier, init_distributed
-from raccnn.engine.inference import run_evaluation
+from raccnn.engine.inference import metrics_name, run_evaluation
 from raccnn.engine.preemption import Preempted, Preemption, ignore_signals
 from raccnn.engine.run import check_same_run, hold_work_dir, read_run_config, resume_path, setup_logging
 from raccnn.engine.trainer import Trainer
@@ -106,7 +106,7 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float, preemption: Preem
     log.info("training took %.1f s", time.time() - t0)
 
     split = args.eval_split or cfg["eval"]["split"]
-    written = os.path.join(work_dir, "metrics.json" if split == "test" else f"metrics_{split}.json")
+    written = os.path.join(work_dir, metrics_name("best.pt", split))
     if finished and split != "none" and os.path.exists(written):
         log.info("the %s metrics of this run are in %s (tools/eval.py --checkpoint %s evaluates again)", split,
                  written, os.path.join(work_dir, "best.pt"))

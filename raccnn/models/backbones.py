@@ -330,11 +330,17 @@ def _read_weights(path: Path):
     try:
         return load_tensors(path)
     except Exception as exc:  # a refused object, or not a torch file at all
-        what = refusal(exc, path)
-        if what is not None:
-            raise PretrainedWeightsError(unsafe_message(path, what)) from None
-        raise PretrainedWeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise unreadable_weights(exc, path) from None
+
+
+def unreadable_weights(exc: Exception, path: Path) -> PretrainedWeightsError:
+    """The one-line error for a weights file that could not be read: what the safe loader refused
+    in it, or the reader's first line."""
+    what = refusal(exc, path)
+    if what is not None:
+        return PretrainedWeightsError(unsafe_message(path, what))
+    return PretrainedWeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''})")
 
 
 def load_timm_state(model: nn.Module, model_name: str, path: Path) -> None:
@@ -347,10 +353,7 @@ def load_timm_state(model: nn.Module, model_name: str, path: Path) -> None:
     try:
         state = load_state_dict(str(path))  # torch files through the restricted unpickler
     except Exception as exc:  # not a state dict: pickle, zip or safetensors errors of every kind
-        if refusal(exc, path) is not None:
-            raise PretrainedWeightsError(unsafe_message(path, refusal(exc, path))) from None
-        raise PretrainedWeightsError(f"{path}: not a readable state dict ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise unreadable_weights(exc, path) from None
     convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if convert is not None:
         try:
