@@ -94,8 +94,9 @@ SCHEMA: dict = {
         "resize": Key(160, min=8),  # shorter side after resizing
         "crop": Key(160, min=8),  # square crop: random (train) or centre (eval)
         "flip": Key(True),
-        "val_fraction": Key(0.1, max=0.9, check=lambda v: None if v > 0 else f"{v} must be > 0 (validation selects"
-                            " models and ends phases)"),  # of the official training images, per class
+        # of the official training images, per class; 0: train on all of them, no validation split (the
+        # phases run their max epochs, the schedule's last epoch is kept: docs/configs.md)
+        "val_fraction": Key(0.1, min=0.0, max=0.9),
         "split_seed": Key(0, min=0),
         "batch_size": Key(32, min=1),
         "eval_batch_size": Key(64, min=1),
@@ -202,6 +203,12 @@ def _cross_checks(c: dict):
     if d["label_level"] != "variant" and d["dataset"] != "fgvc_aircraft":
         yield (("data.label_level", "data.dataset"), f"data.label_level: only fgvc_aircraft has label levels, "
                f"not {d['dataset']!r}")
+    if d["val_fraction"] == 0 and m["fusion"] == "log_probs":
+        yield (("data.val_fraction", "model.fusion"), "model.fusion: log_probs fits its weights on the validation "
+               "split, which data.val_fraction 0 leaves out; use model.fusion=features or a val_fraction above 0")
+    if d["val_fraction"] == 0 and c["eval"]["split"] == "val":
+        yield (("data.val_fraction", "eval.split"), "eval.split: 'val' is empty with data.val_fraction 0; "
+               "evaluate on test")
     if m["proposer"] == "oracle" and not d["hit_parts"]:
         yield ("model.proposer", "data.hit_parts"), "model.proposer: 'oracle' needs data.hit_parts to name its part"
     if not c["train"]["force_lr"]:

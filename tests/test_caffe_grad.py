@@ -97,7 +97,7 @@ def test_forward_and_image_gradient_are_those_of_the_mask_mode():
 def test_a_run_trains_its_apns_with_it(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path, extra=["model.crop.grad=caffe", "train.alternate.rounds=1"])
     trainer.plan = [p for p in trainer.plan if p.label.startswith("alternate_apn")]  # the APNs' phase alone
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("apns.")}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("proposers.")}
     trainer.run()
     after = trainer.model.state_dict()
     moved = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])]

@@ -421,7 +421,7 @@ def test_racnn_needs_two_scales_and_a_trained_fusion_head(tmp_path):
     ("data.synth.classes=12", "data.synth.classes: 12 is above the maximum 10"),
     ("data.synth.size=64", "data.synth.size: 64 is below the minimum 96"),
     ("data.synth.images_per_class=2", "data.synth.images_per_class: 2 is below the minimum 3"),
-    ("data.val_fraction=0", "data.val_fraction: 0 must be > 0"),
+    ("data.val_fraction=-0.1", "data.val_fraction: -0.1 is below the minimum 0"),
     ("data.split_seed=-1", "data.split_seed: -1 is below the minimum 0"),  # numpy's generators refuse it
     ("data.synth.seed=-1", "data.synth.seed: -1 is below the minimum 0"),
     ("model.input_sizes=[64,8,64]", "model.input_sizes [64, 8, 64]: vgg16 needs inputs of at least 16 px"),

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raccnn.engine.distributed import EvalShardSampler, ShardSampler, World, gather_outputs
+from raccnn.engine.outputs import Outputs
 from test_recovery import KILLER, assert_same_tensors, model_tensors, run, train_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +36,13 @@ def test_shards_cover_the_same_permutation_and_pad_by_wrapping():
 def _gather_worker(rank, path):
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     idx = torch.tensor(list(EvalShardSampler(5, World(rank, 2))))
-    out = {"index": idx, "logits_scale1": idx[:, None].float() * torch.ones(1, 3), "image_size": torch.tensor([8, 8])}
+    out = Outputs(logits=[idx[:, None].float() * torch.ones(1, 3)], label=idx % 2, index=idx, image_size=(8, 8),
+                  abs_boxes=[idx[:, None].float().repeat(1, 3)], tl_bounds=torch.tensor([[0.1, 0.5]]))
     merged = gather_outputs(out)
-    assert merged["index"].tolist() == [0, 1, 2, 3, 4]
-    assert torch.equal(merged["logits_scale1"][:, 0], torch.arange(5.0))
-    assert merged["image_size"].tolist() == [8, 8]
+    assert merged.index.tolist() == [0, 1, 2, 3, 4]
+    assert torch.equal(merged.logits[0][:, 0], torch.arange(5.0))
+    assert torch.equal(merged.abs_boxes[0][:, 2], torch.arange(5.0)) and merged.label.tolist() == [0, 1, 0, 1, 0]
+    assert merged.image_size == (8, 8) and torch.equal(merged.tl_bounds, out.tl_bounds)
     dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from raccnn.engine.inference import collect_outputs, peak_boxes
+from raccnn.engine.outputs import Outputs
 from raccnn.engine.evaluate import (
     CUB_HEAD_PARTS,
     box_stats,
@@ -41,23 +42,19 @@ def hand_outputs(with_parts=True, with_boxes=True):
         [[190, 50, 1], [100, 50, 0], [0, 0, 0]],     # invisible crown ignored: centre x 0.95, outside
         [[100, 90, 1], [0, 0, 0], [0, 0, 0]],        # y = 90 / H = 0.9: outside (90 / W would be inside)
     ], dtype=torch.float32)
-    return {
-        "logits_scale1": one_hot([0, 0, 1, 1, 2, 2]),
-        "logits_scale2": one_hot([0, 1, 1, 0, 2, 0]),
-        "logits_scale3": one_hot([2, 2, 2, 2, 2, 2]),
-        "logits_fused12": one_hot([0, 0, 1, 1, 2, 0]),
-        "logits_fused123": one_hot([0, 0, 0, 0, 0, 0]),
-        "abs_boxes_scale2": square(0.5, 0.5, 0.25),  # pixels [50, 25, 150, 75]
-        "abs_boxes_scale3": square(0.5, 0.5, 0.1),   # pixels [80, 40, 120, 60]
-        "rel_boxes_scale2": torch.tensor([[0.5, 0.5, 0.1]] * 3 + [[0.5, 0.5, 0.3]] * 3),
-        "rel_boxes_scale3": square(0.5, 0.5, 0.5),
-        "tl_bounds": torch.tensor([[0.1, 0.5], [0.1, 0.5]]),
-        "label": torch.tensor(labels),
-        "box": torch.tensor([[50, 25, 150, 75], [0, 0, 100, 50]] + [nan] * 4 if with_boxes else [nan] * 6),
-        "parts": parts if with_parts else torch.zeros(6, 0, 3),
-        "index": torch.arange(6),
-        "image_size": torch.tensor([H, W]),
-    }
+    return Outputs(
+        logits=[one_hot([0, 0, 1, 1, 2, 2]), one_hot([0, 1, 1, 0, 2, 0]), one_hot([2, 2, 2, 2, 2, 2])],
+        fused={"12": one_hot([0, 0, 1, 1, 2, 0]), "123": one_hot([0, 0, 0, 0, 0, 0])},
+        abs_boxes=[square(0.5, 0.5, 0.25),  # pixels [50, 25, 150, 75]
+                   square(0.5, 0.5, 0.1)],  # pixels [80, 40, 120, 60]
+        rel_boxes=[torch.tensor([[0.5, 0.5, 0.1]] * 3 + [[0.5, 0.5, 0.3]] * 3), square(0.5, 0.5, 0.5)],
+        tl_bounds=torch.tensor([[0.1, 0.5], [0.1, 0.5]]),
+        label=torch.tensor(labels),
+        box=torch.tensor([[50, 25, 150, 75], [0, 0, 100, 50]] + [nan] * 4 if with_boxes else [nan] * 6),
+        parts=parts if with_parts else torch.zeros(6, 0, 3),
+        index=torch.arange(6),
+        image_size=(H, W),
+    )
 
 
 def test_accuracies_per_class_and_confusion():
@@ -94,7 +91,7 @@ def test_part_hit():
 
 def test_peak_hit_uses_the_peak_squares_like_part_hit():
     out = hand_outputs()
-    out["peak_boxes_scale2"] = square(0.25, 0.5, 0.25)  # pixels [0, 25, 100, 75]: holds centre (0.5, 0.5) on its border
+    out.peak_boxes = [square(0.25, 0.5, 0.25)]  # pixels [0, 25, 100, 75]: holds centre (0.5, 0.5) on its border
     m = compute_metrics(out, CLASSES, PART_NAMES, ["beak", "crown"])
     assert m["peak_hit_scale2"] == pytest.approx(2 / 5)  # images 0 and 2; 1 (x 0.75) and 4 (x 0.95) are outside
     assert "peak_hit_scale3" not in m and m["part_hit_scale2"] == pytest.approx(3 / 5)
@@ -220,29 +217,27 @@ def test_collect_outputs(training):
     loader = tiny_loader()
     out = collect_outputs(model, loader, "cpu")
     assert model.training is training
-    for s in (1, 2, 3):
-        assert out[f"logits_scale{s}"].shape == (5, 3)
-    for name in ("12", "123"):
-        assert out[f"logits_fused{name}"].shape == (5, 3)
-    for s in (2, 3):
-        assert out[f"abs_boxes_scale{s}"].shape == (5, 3)
-        assert out[f"rel_boxes_scale{s}"].shape == (5, 3)
-        assert out[f"peak_boxes_scale{s}"].shape == (5, 3)
-    assert "abs_boxes_scale1" not in out and "logits_scale4" not in out
-    assert out["label"].shape == (5,) and out["label"].dtype == torch.int64
-    assert out["box"].shape == (5, 4)
-    assert out["parts"].shape == (5, 2, 3)
-    assert out["index"].tolist() == [0, 1, 2, 3, 4]
-    assert out["image_size"].tolist() == [40, 48]
-    assert out["tl_bounds"].tolist() == [[0.1, 0.5], [0.1, 0.5]]
-    assert all(not v.requires_grad and v.device.type == "cpu" for v in out.values())
+    assert [x.shape for x in out.logits] == [(5, 3)] * 3
+    assert list(out.heads()) == ["scale1", "scale2", "scale3", "fused12", "fused123"]
+    assert {name: x.shape for name, x in out.fused.items()} == {"12": (5, 3), "123": (5, 3)}
+    for squares in (out.abs_boxes, out.rel_boxes, out.peak_boxes):
+        assert [x.shape for x in squares] == [(5, 3)] * 2  # scales 2 and 3
+    assert out.box_scales() == [2, 3]
+    assert out.label.shape == (5,) and out.label.dtype == torch.int64
+    assert out.box.shape == (5, 4)
+    assert out.parts.shape == (5, 2, 3)
+    assert out.index.tolist() == [0, 1, 2, 3, 4]
+    assert tuple(out.image_size) == (40, 48)
+    assert out.tl_bounds.tolist() == [[0.1, 0.5], [0.1, 0.5]]
+    tensors = [*out.logits, *out.fused.values(), *out.abs_boxes, *out.rel_boxes, *out.peak_boxes, out.label, out.box]
+    assert all(not v.requires_grad and v.device.type == "cpu" for v in tensors)
 
     # Same numbers as an eval-mode forward pass.
     model.eval()
     with torch.no_grad():
         ref = model(loader[1]["image"])
-    assert torch.allclose(out["logits_scale3"][2:], ref.logits[2])
-    assert torch.allclose(out["abs_boxes_scale3"][2:], ref.abs_boxes[1])
+    assert torch.allclose(out.logits[2][2:], ref.logits[2])
+    assert torch.allclose(out.abs_boxes[1][2:], ref.abs_boxes[1])
 
     m = compute_metrics(out, CLASSES, ["beak", "tail"], ["beak"])
     assert m["part_hit_count"] == 5 and m["iou_object_count"] == 5
@@ -255,8 +250,8 @@ def test_collect_outputs_single_scale_without_annotations():
     loader = [{"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 1]),
                "box": torch.full((2, 4), math.nan), "parts": torch.zeros(2, 0, 3), "index": torch.tensor([7, 8])}]
     out = collect_outputs(model, loader, "cpu")
-    assert sorted(k for k in out if k.startswith("logits")) == ["logits_scale1"]
-    assert "tl_bounds" not in out
+    assert list(out.heads()) == ["scale1"] and out.abs_boxes == [] and out.fused == {}
+    assert out.tl_bounds is None
     m = compute_metrics(out, CLASSES, [], [])
     assert m["heads"] == ["scale1"]
     assert not any(k.startswith(("part_hit_scale", "peak_hit_scale", "iou_object_scale")) for k in m)
@@ -296,9 +291,8 @@ def test_top5_and_mean_per_class_accuracy_by_hand():
               [0, 2, 1, 3, 4, 5, 6],   # label 2nd: top-5 only
               [2, 0, 1, 3, 4, 5, 6]]   # right
     scale2 = [[2, 0, 1, 3, 4, 5, 6]] * 7  # always class 2, then 0 and 1: top-5 holds every label
-    outputs = {"logits_scale1": ranked_logits(scale1), "logits_scale2": ranked_logits(scale2),
-               "logits_fused12": ranked_logits(scale1[::-1]), "label": torch.tensor(labels),
-               "image_size": torch.tensor([H, W])}
+    outputs = Outputs(logits=[ranked_logits(scale1), ranked_logits(scale2)], fused={"12": ranked_logits(scale1[::-1])},
+                      label=torch.tensor(labels), image_size=(H, W))
     m = compute_metrics(outputs, classes)
     assert m["top5_k"] == 5
     assert m["acc_scale1"] == pytest.approx(3 / 7)

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_trainer
 from raccnn.engine.precision import amp_dtype, check_compiler, use_channels_last
-from raccnn.engine.trainer import DivergenceError, MAX_SKIPPED_STEPS
+from raccnn.engine.step import DivergenceError, MAX_SKIPPED_STEPS
 from raccnn.models.crop import compiled_attention_crop
 from raccnn.models.racnn import RACNN
 
@@ -41,11 +41,11 @@ def test_under_bf16_autocast_boxes_and_losses_stay_fp32():
 
 def test_a_bf16_run_finishes_with_finite_weights_and_moves_the_apn(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path, ["train.amp=bf16"])
-    before = [p.clone() for p in trainer.model.apns.parameters()]
+    before = [p.clone() for p in trainer.model.proposers.parameters()]
     trainer.run()
     assert trainer.amp_dtype is torch.bfloat16
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.apns.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.proposers.parameters()))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast keeps fp32 masters
 
 

@@ -34,7 +34,7 @@ from test_recovery import REPO, assert_same_tensors, model_tensors, run, train_c
 # only on the given torchrun rank, if one is given.
 STOPPER = r"""
 import os, runpy, signal, sys
-from raccnn.engine import inference, trainer as T
+from raccnn.engine import inference, step as S, validation as V
 name, where, n, *rank = os.environ["STOP_AT"].split("|")
 mine = not rank or os.environ.get("RANK", "0") == rank[0]
 count = [0]
@@ -43,18 +43,18 @@ def stop_here(here):
         count[0] += 1
         if count[0] == int(n):
             os.kill(os.getpid(), getattr(signal, name))
-real_check, real_validate, real_evaluation = T.Trainer.check_finite, T.Trainer.validate, inference.run_evaluation
-def check_finite(self, phase, loss, terms):
-    norm = real_check(self, phase, loss, terms)
-    stop_here(phase.label)
+real_check, real_validate, real_evaluation = S.OptimizerStep.checked_norm, V.Validation.__call__, inference.run_evaluation
+def checked_norm(self, loss, optimizer, terms, where, *args):
+    norm = real_check(self, loss, optimizer, terms, where, *args)
+    stop_here(where.split(", epoch ")[0])  # where: "<phase label>, epoch e, step s"
     return norm
-def validate(self):
+def validate(self, model):
     stop_here("validate")
-    return real_validate(self)
+    return real_validate(self, model)
 def run_evaluation(*args, **kwargs):
     stop_here("evaluate")
     return real_evaluation(*args, **kwargs)
-T.Trainer.check_finite, T.Trainer.validate, inference.run_evaluation = check_finite, validate, run_evaluation
+S.OptimizerStep.checked_norm, V.Validation.__call__, inference.run_evaluation = checked_norm, validate, run_evaluation
 sys.argv = ["tools/train.py"] + sys.argv[1:]
 runpy.run_path("tools/train.py", run_name="__main__")
 """

@@ -53,7 +53,7 @@ def test_fixed_proposers_have_no_parameters_and_build_no_apn_phases(proposer):
     from raccnn.engine.phases import build_plan
 
     model = RACNN(3, backbone="vgg_small", width=4, input_sizes=[32, 32, 32], proposer=proposer)
-    assert list(model.apns.parameters()) == []
+    assert list(model.proposers.parameters()) == []
     cfg = load_config("experiments/configs/fgsynth_default.yaml", [f"model.proposer={proposer}"])
     names = [p.name for p in build_plan(cfg)]
     assert "init_apn" not in names and "alternate_apn" not in names and "alternate_cls" in names

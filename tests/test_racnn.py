@@ -77,8 +77,8 @@ def test_apn_receives_gradient_from_finer_scale():
     model = tiny(3)
     out = model(torch.randn(4, 3, 48, 48))
     rank_loss(out.logits, torch.tensor([0, 1, 2, 3])).backward()
-    assert model.apns[0].fc2.weight.grad.abs().sum() > 0
-    assert model.apns[1].fc2.weight.grad.abs().sum() > 0
+    assert model.proposers[0].fc2.weight.grad.abs().sum() > 0
+    assert model.proposers[1].fc2.weight.grad.abs().sum() > 0
 
 
 def test_vgg_trunk_keeps_torchvision_keys_and_loads_weights(tmp_path):

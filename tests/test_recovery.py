@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 #   writing|<file>|n          SIGKILL in the middle of the n-th write of that checkpoint
 KILLER = r"""
 import os, runpy, signal, sys
-from raccnn.engine import trainer as T
+from raccnn.engine import step as S, trainer as T
 from raccnn.fileio import atomic_open
 kind, target, n = os.environ["KILL_AT"].split("|")
 count = [0]
@@ -37,10 +37,10 @@ def reached():
     return count[0] == int(n)
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
-real_check, real_save = T.Trainer.check_finite, T.save_checkpoint
-def check_finite(self, phase, loss, terms):
-    norm = real_check(self, phase, loss, terms)
-    if kind == "step" and phase.label == target and reached():
+real_check, real_save = S.OptimizerStep.checked_norm, T.save_checkpoint
+def checked_norm(self, loss, optimizer, terms, where, *args):
+    norm = real_check(self, loss, optimizer, terms, where, *args)
+    if kind == "step" and where.split(", epoch ")[0] == target and reached():  # "<phase label>, epoch e, ..."
         die()
     return norm
 def save_checkpoint(path, state):
@@ -53,7 +53,7 @@ def save_checkpoint(path, state):
     real_save(path, state)
     if kind == "saved" and mine and reached():
         die()
-T.Trainer.check_finite, T.save_checkpoint = check_finite, save_checkpoint
+S.OptimizerStep.checked_norm, T.save_checkpoint = checked_norm, save_checkpoint
 sys.argv = ["tools/train.py"] + sys.argv[1:]
 runpy.run_path("tools/train.py", run_name="__main__")
 """

@@ -107,6 +107,45 @@ def test_the_trainer_branches_on_no_phase_name():
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "name"]
 
 
+def identifiers(path: Path) -> set[str]:
+    """Every name a module defines or uses: variables, attributes, functions, arguments."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            names.add(n.attr)
+        elif isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+            names.add(n.name)
+        elif isinstance(n, ast.arg):
+            names.add(n.arg)
+        elif isinstance(n, ast.alias):
+            names.add(n.asname or n.name)
+    return names
+
+
+def test_the_trainer_is_short_and_knows_no_ra_cnn_metric():
+    """The loop runs phases and passes the validation's result on; the rank loss, its hinges, the
+    squares and their margin are the phases' and the validation's business."""
+    path = PACKAGE / "engine" / "trainer.py"
+    assert len(path.read_text().splitlines()) <= 320
+    metric = [n for n in identifiers(path) if n == "rank" or any(w in n.lower() for w in
+                                                                ("rank_", "hinge", "box", "margin", "apn"))]
+    assert metric == []
+    # the test would see them: the validation module does use them
+    assert {"rank_loss", "hinge_active", "box_stats"} <= identifiers(PACKAGE / "engine" / "validation.py")
+
+
+def test_phases_use_only_the_trainers_public_parts():
+    """What the phases read of the trainer: its model, work dir, progress, validation and the
+    training epoch; nothing of the loop's internals (validate, select, history bookkeeping)."""
+    tree = ast.parse((PACKAGE / "engine" / "phases.py").read_text())
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "trainer"}
+    assert used <= {"model", "work_dir", "progress", "validation", "train_epoch"}, used
+
+
 class FusionWarmup(Phase):
     """A phase the package does not know: the fusion heads alone, for one epoch, on their CE."""
 
@@ -140,12 +179,12 @@ def test_a_phase_from_outside_the_package_runs(data_root, tmp_path):
     toy = FusionWarmup(trainer.cfg)
     trainer.plan = [PretrainCls(trainer.cfg), toy]
     fusion_before = [p.detach().clone() for p in trainer.model.fusion.parameters()]
-    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.proposers.parameters()]
     trainer.run()
     assert [h["phase"] for h in trainer.progress.history][-1] == "fusion_warmup"
     assert toy.events == [("start", 0), ("end", 1)]
     assert any(not torch.equal(a, b) for a, b in zip(fusion_before, trainer.model.fusion.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.proposers.parameters()))
     assert not any(p.requires_grad for p in trainer.model.scales.parameters())
 
 

@@ -8,7 +8,7 @@ from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 
 def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
     trainer = make_trainer(data_root, tmp_path)
-    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.proposers.parameters()]
     cls_before = [p.detach().clone() for p in trainer.model.scales.parameters()]
     trainer.run()
     phases = [h["phase"] for h in trainer.progress.history]
@@ -16,7 +16,7 @@ def test_all_phases_run_and_the_apn_moves(data_root, tmp_path):
                  "alternate_cls[round 2]", "alternate_apn[round 2]", "fusion"):
         assert name in phases
     assert phases.index("init_apn") < phases.index("alternate_cls[round 1]") < phases.index("fusion")
-    assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(apn_before, trainer.model.proposers.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(cls_before, trainer.model.scales.parameters()))
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["progress"]["phase_index"] == len(trainer.plan)
@@ -45,9 +45,9 @@ def test_alternating_phases_freeze_the_other_part(data_root, tmp_path):
     trainer.progress.phase_index = 2  # alternate_cls, round 1
     assert trainer.plan[2].label == "alternate_cls[round 1]" and trainer.plan[3].label == "alternate_apn[round 1]"
     trainer.start_phase(trainer.plan[2])
-    apn_before = [p.detach().clone() for p in trainer.model.apns.parameters()]
+    apn_before = [p.detach().clone() for p in trainer.model.proposers.parameters()]
     trainer.train_epoch(trainer.plan[2])
-    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.apns.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(apn_before, trainer.model.proposers.parameters()))
     trainer.start_phase(trainer.plan[3])  # alternate_apn: classifiers and their BN statistics frozen
     cls_before = {k: v.clone() for k, v in trainer.model.scales.state_dict().items()}
     trainer.train_epoch(trainer.plan[3])
@@ -115,9 +115,25 @@ def test_resume_mid_alternate_ends_with_the_same_weights(data_root, tmp_path):
     resumed = make_trainer(data_root, tmp_path / "part")
     resumed.resume(str(tmp_path / "part" / "last.pt"))
     assert resumed.progress.step == stop_step
+    assert resumed.current_phase().state_dict() == ckpt["phase_state"]  # the plateau counters, the phase's own
+    assert set(ckpt["phase_state"]) == {"best_loss", "bad_epochs"} and "bad_epochs" not in ckpt["progress"]
     resumed.run()
     assert resumed.progress.step == full.progress.step
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+    # a last.pt of the former layout: the proposers under "apns", the plateau counters in the progress
+    old = dict(ckpt, model={k.replace("proposers.", "apns.", 1): v for k, v in ckpt["model"].items()},
+               progress={**ckpt["progress"], **ckpt.pop("phase_state")})
+    assert any(k.startswith("apns.") for k in old["model"])
+    torch.save(old, tmp_path / "part" / "last.pt")
+    former = make_trainer(data_root, tmp_path / "part")
+    former.resume(str(tmp_path / "part" / "last.pt"))
+    assert former.current_phase().state_dict() == {k: old["progress"][k] for k in ("best_loss", "bad_epochs")}
+    former.run()
+    assert [(h["phase"], h["epoch"]) for h in former.progress.history] == \
+        [(h["phase"], h["epoch"]) for h in full.progress.history]
+    for (k, a), b in zip(full.model.state_dict().items(), former.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
@@ -242,7 +258,7 @@ def test_eval_on_val_keeps_the_test_metrics(data_root, tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(data_root, tmp_path):
-    from raccnn.engine.trainer import DivergenceError
+    from raccnn.errors import DivergenceError
 
     trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=1"])
     fusion = trainer.plan[-1]
@@ -365,7 +381,7 @@ def test_joint_phase_trains_scales_and_apns_together(data_root, tmp_path):
     trainer.run(stop_after_step=trainer.progress.step + 1)  # one joint epoch
     after = trainer.model.state_dict()
     moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert moved == {"scales", "apns"}
+    assert moved == {"scales", "proposers"}
     assert all(e["phase"] != "joint" or "rank_active_1_2" in e for e in trainer.progress.history)
 
 
@@ -386,9 +402,9 @@ def test_log_prob_fusion_is_fitted_on_validation_without_training_steps(data_roo
     assert not torch.allclose(head.weights(), torch.ones(3))  # moved from the initial product
     # the weights minimise the validation NLL: lower than with every weight at 1
     out = collect_outputs(trainer.model, trainer.val_loader, trainer.device)
-    log_probs = [F.log_softmax(out[f"logits_scale{s}"], 1) for s in (1, 2, 3)]
-    fitted = F.cross_entropy(out["logits_fused123"], out["label"]).item()
-    assert fitted < F.cross_entropy(sum(log_probs), out["label"]).item()
+    log_probs = [F.log_softmax(logits, 1) for logits in out.logits]
+    fitted = F.cross_entropy(out.fused["123"], out.label).item()
+    assert fitted < F.cross_entropy(sum(log_probs), out.label).item()
     assert "fusion 123: per-scale weights" in caplog.text and "fitted on 6 validation images" in caplog.text
     assert best["progress"]["best"]["best.pt"] == pytest.approx(history[-1]["acc_fused123"])
     # TensorBoard: every tag of a log_probs run is written, and no fusion training loss

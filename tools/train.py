@@ -19,7 +19,7 @@ from raccnn.cli import run_main
 from raccnn.config import load_config, save_config
 from raccnn.data.build import build_datasets
 from raccnn.engine.distributed import barrier, init_distributed
-from raccnn.engine.inference import metrics_name, run_evaluation
+from raccnn.engine.inference import metrics_name, run_evaluation, selection_rule
 from raccnn.engine.preemption import Preempted, Preemption, ignore_signals
 from raccnn.engine.run import check_same_run, hold_work_dir, read_run_config, resume_path, setup_logging
 from raccnn.engine.trainer import Trainer
@@ -98,6 +98,7 @@ def train_in(args, cfg: dict, world, work_dir: str, t0: float, preemption: Preem
              "in %.1f s, %.0f MiB held in memory (data.cache)", work_dir, len(datasets["train"]), len(datasets["val"]),
              len(datasets["test"]), trainer.num_classes, trainer.device, world.size, data_seconds,
              sum(ds.cache.nbytes() for ds in datasets.values()) / 2**20)
+    log.info("model selection: %s", selection_rule(cfg))
     if finished:
         trainer.writer.close()
         log.info("%s is the end of a finished run: nothing to train", resume)

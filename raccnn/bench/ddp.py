@@ -33,7 +33,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from ..device import resolve_device
 from ..engine.distributed import init_distributed, wrap_ddp
-from ..engine.trainer import PhaseStep
+from ..engine.phases import PhaseStep
 from .options import FGSYNTH, add_config, add_device, at_least
 from .timing import median_ms, median_ratio, timed_in_turn
 from .workload import PHASES, build_model, join_group_of_one, load_bench_config, random_batch, tiny_lr

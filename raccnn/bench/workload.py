@@ -13,7 +13,7 @@ from ..config import load_config
 from ..engine.distributed import wrap_ddp
 from ..engine.phases import AlternateAPN, AlternateCls, Fusion
 from ..engine.precision import autocast, check_compiler
-from ..engine.trainer import PhaseStep
+from ..engine.phases import PhaseStep
 from ..errors import ConfigError
 from ..models.racnn import build_racnn
 

@@ -11,8 +11,8 @@ Layout under ``<data.root>/fgvc-aircraft-2013b/data/`` (fgvc-aircraft-2013b.tar.
 
 ``label_level`` (``data.label_level``) picks variant, family or manufacturer; the classes are that
 level's names in the order of its file. The publisher's validation split is used as it is: train on
-``train``, validate on ``val``, ``trainval`` is both, test on ``test`` (``val_fraction`` and
-``split_seed`` do not apply). Every image carries a 20-px copyright banner at its bottom, which the
+``train``, validate on ``val``, ``trainval`` is both, test on ``test`` (``split_seed`` does not
+apply, nor ``val_fraction`` but for 0: then ``train`` is ``trainval`` and there is no validation). Every image carries a 20-px copyright banner at its bottom, which the
 authors ask users to remove: it is cut off when the image is read, and the boxes are clipped to the
 picture that is left. There are no parts.
 """

@@ -141,8 +141,10 @@ class PublishedDataset(torch.utils.data.Dataset):
     @staticmethod
     def _choose(split: str, items: list[Item], val_fraction: float, seed: int) -> list[Item]:
         by_subset = {s: [it for it in items if it.subset == s] for s in ("train", "val", "test")}
-        if by_subset["val"]:  # the publisher's validation split
+        if by_subset["val"]:  # the publisher's validation split; val_fraction 0: trained on too
             by_subset["trainval"] = by_subset["train"] + by_subset["val"]
+            if val_fraction == 0:
+                by_subset["train"], by_subset["val"] = by_subset["trainval"], []
             return by_subset[split]
         return choose_split(split, by_subset["train"], by_subset["test"], lambda it: it.label, val_fraction, seed)
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..models.backbones import input_normalization
 from .aircraft import FGVCAircraft
+from .cache import ItemCache
 from .cars import StanfordCars
 from .cub import CUBDataset
 from .dogs import StanfordDogs
@@ -68,7 +71,27 @@ def build_dataset(cfg: dict, split: str, root: Path | None = None):
     return CUBDataset(root, **kwargs)
 
 
+class NoSplit(torch.utils.data.Dataset):
+    """The validation split under ``data.val_fraction: 0``: no images, the classes and parts of the
+    training split it would have been carved from."""
+
+    def __init__(self, of):
+        self.classes, self.part_names, self.num_classes = of.classes, of.part_names, of.num_classes
+        self.cache = ItemCache("none", 0, None, None)
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int):
+        raise IndexError(f"the validation split is empty (data.val_fraction 0), no item {i}")
+
+
 def build_datasets(cfg: dict, splits=("train", "val", "test")) -> dict:
-    """Prepare the data and open each split (all validation happens here, before training)."""
+    """Prepare the data and open each split (all validation happens here, before training); with
+    ``data.val_fraction: 0`` the validation split is a ``NoSplit``."""
     root = prepare_data(cfg)
-    return {split: build_dataset(cfg, split, root) for split in splits}
+    datasets = {split: build_dataset(cfg, split, root) for split in splits
+                if split != "val" or cfg["data"]["val_fraction"] > 0}
+    if "val" in splits and "val" not in datasets:
+        datasets["val"] = NoSplit(datasets.get("train") or build_dataset(cfg, "train", root))
+    return {split: datasets[split] for split in splits}

@@ -172,3 +172,14 @@ def check_compatible(ckpt: Mapping[str, Any], cfg: Mapping[str, Any], num_classe
     if mismatches:
         raise CheckpointError("checkpoint does not match the config:\n  "
                               + "\n  ".join(mismatches))
+
+
+def check_same_plan(ckpt: Mapping[str, Any], labels: list[str], path) -> None:
+    """Raise ``CheckpointError`` unless ``ckpt`` was written at the phase that stands at its position
+    in this plan of phases (``labels``): a refit's checkpoint cannot continue a training."""
+    index = ckpt["progress"]["phase_index"]
+    here = labels[min(index, len(labels) - 1)]
+    if ckpt.get("phase") != here:
+        raise CheckpointError(f"{path} was written at phase {ckpt.get('phase')!r} of another plan of phases "
+                              f"(position {index} here is {here!r}); "
+                              f"a run of tools/refit_fusion.py cannot be continued by tools/train.py")

@@ -14,13 +14,17 @@ same metrics and takes the same schedule decisions.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
+
+from .outputs import SHARED_FIELDS, Outputs
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,6 @@ def all_equal(value) -> bool:
     return all(v == values[0] for v in values)
 
 
-SHARED_OUTPUTS = ("image_size", "tl_bounds")  # collect_outputs' entries that are not one per image
-
-
 class ShardSampler(Sampler[int]):
     """This rank's slice of a permutation drawn from ``generator`` (seeded identically on every
     rank). With one process it yields exactly what ``RandomSampler(generator=...)`` yields, so a
@@ -131,15 +132,39 @@ class EvalShardSampler(Sampler[int]):
         return iter(self.indices)
 
 
-def gather_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The per-image outputs of every rank (each with an ``index`` entry) concatenated and sorted by
-    dataset index, on every rank; entries that are not per image are taken from this rank."""
+def gather_outputs(outputs: Outputs) -> Outputs:
+    """The per-image outputs of every rank concatenated and sorted by dataset index (``index``), on
+    every rank; what is not per image (``outputs.SHARED_FIELDS``) is taken from this rank."""
     world = current_world()
     if not world.distributed:
         return outputs
-    per_image = {k: v for k, v in outputs.items() if k not in SHARED_OUTPUTS}
     parts = [None] * world.size
-    dist.all_gather_object(parts, per_image)
-    merged = {k: torch.cat([p[k] for p in parts]) for k in per_image}
-    order = torch.argsort(merged["index"])
-    return {**outputs, **{k: v[order] for k, v in merged.items()}}
+    dist.all_gather_object(parts, outputs)
+    merged = Outputs.concat(parts)
+    order = torch.argsort(merged.index)
+    return replace(merged.map_rows(lambda t: t[order]), **{k: getattr(outputs, k) for k in SHARED_FIELDS})
+
+
+def check_same_weights(model: torch.nn.Module, world: World) -> None:
+    """RuntimeError unless every rank holds the same weights (DDP averages the same gradients
+    everywhere, so a difference is a bug); logs their digest."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    if not all_equal(digest.hexdigest()):
+        raise RuntimeError(f"the {world.size} ranks ended with different weights")
+    logging.getLogger("raccnn").info("weights identical on all %d ranks (sha256 %s)", world.size,
+                                     digest.hexdigest()[:16])
+
+
+def make_loaders(datasets: dict, data: dict, world: World, generator: torch.Generator, pin_memory: bool):
+    """(train loader, its ShardSampler, validation loader) of a training run: ``data.batch_size`` per
+    process, the sample order drawn from ``generator`` (which also seeds the loader's workers)."""
+    sampler = ShardSampler(len(datasets["train"]), generator, world)
+    train = DataLoader(datasets["train"], batch_size=data["batch_size"], sampler=sampler,
+                       drop_last=len(sampler) > data["batch_size"], num_workers=data["num_workers"],
+                       generator=generator, pin_memory=pin_memory)
+    val = DataLoader(datasets["val"], batch_size=data["eval_batch_size"], num_workers=data["num_workers"],
+                     sampler=EvalShardSampler(len(datasets["val"]), world))
+    return train, sampler, val

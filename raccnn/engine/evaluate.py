@@ -1,6 +1,6 @@
 """Metrics: accuracy and localisation from a model's collected outputs.
 
-``raccnn.engine.inference.collect_outputs`` gathers a model's outputs on the CPU;
+``raccnn.engine.inference.collect_outputs`` gathers a model's outputs on the CPU (``outputs.Outputs``);
 ``compute_metrics`` turns them into a dict of plain Python values (JSON-serialisable) with these keys (s runs over the scales, n = number of scales):
 
     num_images, num_classes, heads
@@ -51,6 +51,7 @@ from torch import Tensor
 from ..fileio import atomic_open
 from ..models.boxes import square_to_xyxy
 from ..stats import mcnemar_exact
+from .outputs import Outputs
 
 # CUB-200-2011 part names (parts/parts.txt) that lie on the bird's head: the part-hit metric of
 # the scale-2 and scale-3 squares uses the centre of those that are visible.
@@ -60,18 +61,6 @@ TOP_K = 5  # the k of top-k accuracy (the paper's tables report top-1; ImageNet-
 
 # --------------------------------------------------------------------------------------------
 # Metrics
-
-
-def head_names(outputs: Mapping[str, Tensor]) -> list[str]:
-    """Heads present in ``outputs`` in display order: scale1, scale2, ..., fused12, fused123, ..."""
-    scales = sorted(int(k[len("logits_scale"):]) for k in outputs if k.startswith("logits_scale"))
-    fused = sorted((k[len("logits_fused"):] for k in outputs if k.startswith("logits_fused")), key=len)
-    return [f"scale{s}" for s in scales] + [f"fused{name}" for name in fused]
-
-
-def scales_with_boxes(outputs: Mapping[str, Tensor]) -> list[int]:
-    """Scales s >= 2 whose squares ``outputs`` holds (``abs_boxes_scale{s}``), in order."""
-    return sorted(int(k[len("abs_boxes_scale"):]) for k in outputs if k.startswith("abs_boxes_scale"))
 
 
 def _stat(x: Tensor, fn) -> float | None:
@@ -131,11 +120,16 @@ def _hit_centres(parts: Tensor, part_names: list[str], hit_parts: list[str]) -> 
     return total / count.clamp_min(1)[:, None], has
 
 
-def accuracies(outputs: Mapping[str, Tensor]) -> dict[str, float | None]:
-    """Top-1 accuracy of every head: {"acc_scale1": ..., "acc_fused12": ..., ...} (None without images)."""
-    labels = outputs["label"].long().numpy()
-    return {f"acc_{head}": float(accuracy_score(labels, outputs[f"logits_{head}"].argmax(1).numpy()))
-            if len(labels) else None for head in head_names(outputs)}
+def head_accuracies(outputs: Outputs) -> dict[str, float | None]:
+    """Top-1 accuracy of every head: {"scale1": ..., "fused12": ..., ...} (None without images)."""
+    labels = outputs.label.long().numpy()
+    return {head: float(accuracy_score(labels, logits.argmax(1).numpy())) if len(labels) else None
+            for head, logits in outputs.heads().items()}
+
+
+def accuracies(outputs: Outputs) -> dict[str, float | None]:
+    """``head_accuracies`` under the metrics' keys: {"acc_scale1": ..., "acc_fused12": ..., ...}."""
+    return {f"acc_{head}": acc for head, acc in head_accuracies(outputs).items()}
 
 
 def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float | None:
@@ -148,12 +142,11 @@ def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float | None:
     return float((ranked == labels.long()[:, None]).any(1).double().mean())
 
 
-def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
+def _accuracy_metrics(outputs: Outputs, class_names, labels) -> dict[str, Any]:
     k = len(class_names)
     top = min(TOP_K, k)
     metrics: dict[str, Any] = {"top5_k": top, "per_class_acc": {}, "confusion_matrix": {}, **accuracies(outputs)}
-    for head in heads:
-        logits = outputs[f"logits_{head}"]
+    for head, logits in outputs.heads().items():
         pred = logits.argmax(1).numpy()
         cm = confusion_matrix(labels, pred, labels=list(range(k)))
         support = cm.sum(1)
@@ -166,11 +159,11 @@ def _accuracy_metrics(outputs, class_names, heads, labels) -> dict[str, Any]:
     return metrics
 
 
-def paired_with_scales(outputs: Mapping[str, Tensor], head: str, labels) -> dict[str, dict]:
+def paired_with_scales(outputs: Outputs, head: str, labels) -> dict[str, dict]:
     """``head`` against every single scale on the same images: how many images only ``head`` gets
     right, how many only the scale, and the exact McNemar p-value of the difference."""
-    right = {h: outputs[f"logits_{h}"].argmax(1).numpy() == labels
-             for h in head_names(outputs) if h == head or h.startswith("scale")}
+    right = {h: logits.argmax(1).numpy() == labels
+             for h, logits in outputs.heads().items() if h == head or h.startswith("scale")}
     paired = {}
     for scale in (h for h in right if h.startswith("scale")):
         only_head = int((right[head] & ~right[scale]).sum())
@@ -180,7 +173,7 @@ def paired_with_scales(outputs: Mapping[str, Tensor], head: str, labels) -> dict
     return paired
 
 
-def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_names: list[str] | None = None,
+def compute_metrics(outputs: Outputs, class_names: list[str], part_names: list[str] | None = None,
                     hit_parts: list[str] | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy, confusion matrices and localisation metrics (module docstring).
 
@@ -188,18 +181,17 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     means ``default_hit_parts(part_names)`` (the CUB head parts). Names not in ``part_names`` are
     an error when the dataset has part annotations.
     """
-    labels = outputs["label"].long().numpy()
-    heads = head_names(outputs)
+    labels = outputs.label.long().numpy()
+    heads = list(outputs.heads())
     metrics: dict[str, Any] = {"num_images": int(len(labels)), "num_classes": len(class_names), "heads": heads}
-    metrics.update(_accuracy_metrics(outputs, list(class_names), heads, labels))
+    metrics.update(_accuracy_metrics(outputs, list(class_names), labels))
     fused = [head for head in heads if head.startswith("fused")]
     if fused and len(labels):
         metrics[f"paired_{fused[-1]}"] = paired_with_scales(outputs, fused[-1], labels)
 
-    scales = scales_with_boxes(outputs)
-    height, width = (int(v) for v in outputs["image_size"])
+    height, width = (int(v) for v in outputs.image_size)
     part_names = list(part_names or [])
-    parts = outputs.get("parts")
+    parts = outputs.parts
     has_parts = bool(part_names) and parts is not None and parts.numel() > 0
     if has_parts and tuple(parts.shape[1:]) != (len(part_names), 3):
         raise ValueError(f"parts have shape {tuple(parts.shape)}, expected [N, {len(part_names)}, 3] for {part_names}")
@@ -217,12 +209,11 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
     n_hit = int(has.sum())
     metrics["hit_parts"] = hit_parts
     metrics["part_hit_count"] = n_hit
-    for s in scales:
-        for kind, squares in (("part", "abs_boxes"), ("peak", "peak_boxes")):
-            boxes = outputs.get(f"{squares}_scale{s}")
-            if boxes is None:
+    for i, s in enumerate(outputs.box_scales()):
+        for kind, squares in (("part", outputs.abs_boxes), ("peak", outputs.peak_boxes)):
+            if i >= len(squares):
                 continue
-            rate = None
+            boxes, rate = squares[i], None
             if n_hit:
                 tx, ty, tl = boxes[has].double().unbind(1)
                 inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
@@ -230,24 +221,23 @@ def compute_metrics(outputs: Mapping[str, Tensor], class_names: list[str], part_
             metrics[f"{kind}_hit_scale{s}"] = rate
 
     # IoU of the scale-s square with the object box.
-    obj = outputs.get("box")
+    obj = outputs.box
     finite = torch.isfinite(obj).all(1) if obj is not None else torch.zeros(len(labels), dtype=torch.bool)
     metrics["iou_object_count"] = int(finite.sum())
-    for s in scales:
+    for s, boxes in zip(outputs.box_scales(), outputs.abs_boxes):
         rate = None
         if finite.any():
-            square = square_to_xyxy(outputs[f"abs_boxes_scale{s}"][finite].double(), height, width)
+            square = square_to_xyxy(boxes[finite].double(), height, width)
             rate = float(box_iou(square, obj[finite]).mean())
         metrics[f"iou_object_scale{s}"] = rate
 
     # Box statistics per APN.
-    bounds = outputs.get("tl_bounds")
-    for s in scales:
-        metrics[f"abs_box_stats_scale{s}"] = box_stats(outputs[f"abs_boxes_scale{s}"])
-        rel = outputs.get(f"rel_boxes_scale{s}")
-        if rel is not None:
-            lo, hi = (float(v) for v in bounds[s - 2]) if bounds is not None else (None, None)
-            metrics[f"rel_box_stats_scale{s}"] = box_stats(rel, lo, hi)
+    bounds = outputs.tl_bounds
+    for i, s in enumerate(outputs.box_scales()):
+        metrics[f"abs_box_stats_scale{s}"] = box_stats(outputs.abs_boxes[i])
+        if i < len(outputs.rel_boxes):
+            lo, hi = (float(v) for v in bounds[i]) if bounds is not None else (None, None)
+            metrics[f"rel_box_stats_scale{s}"] = box_stats(outputs.rel_boxes[i], lo, hi)
     return metrics
 
 
@@ -303,6 +293,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     ious = scale_values("iou_object_scale", lambda v: f"{v:.3f}")
     if ious:
         lines.append(f"Mean IoU with the object box ({metrics['iou_object_count']} images): " + ", ".join(ious) + ".")
+    if metrics.get("selection"):
+        lines.append(f"Model kept: {metrics['selection']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -22,17 +22,14 @@ from ..models.racnn import build_racnn
 from .checkpoint import ARCHITECTURE_KEYS, CheckpointError, load_checkpoint
 from .distributed import EvalShardSampler, current_world, gather_outputs
 from .evaluate import compute_metrics, format_table, write_metrics
+from .outputs import Outputs
 from .predictions import image_names, write_predictions
 from .precision import amp_dtype, autocast
 
 
 @torch.no_grad()
-def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
-    parts: dict[str, list[Tensor]] = {}
-
-    def add(key: str, value) -> None:
-        parts.setdefault(key, []).append(torch.as_tensor(value).detach().cpu())
-
+def _run(model, loader, device, desc: str) -> Outputs:
+    batches: list[Outputs] = []
     image_size = None
     for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
         images = batch["image"].to(device)
@@ -43,26 +40,23 @@ def _run(model, loader, device, desc: str) -> dict[str, list[Tensor]]:
         b = len(images)
 
         out = model(images, part_boxes=batch.get("part_boxes"))  # part boxes feed the oracle proposer
-        for s, logits in enumerate(out.logits, start=1):
-            add(f"logits_scale{s}", logits.float())
-        for name, logits in out.fused.items():
-            add(f"logits_fused{name}", logits.float())
-        for s, box in enumerate(out.abs_boxes, start=2):
-            add(f"abs_boxes_scale{s}", box.float())
-        for s, box in enumerate(out.boxes, start=2):
-            add(f"rel_boxes_scale{s}", box.float())
-        for s, box in enumerate(peak_boxes(out), start=2):
-            add(f"peak_boxes_scale{s}", box.float())
-
-        add("label", torch.as_tensor(batch["label"]).long())
-        box = batch.get("box")
-        add("box", torch.full((b, 4), math.nan) if box is None else torch.as_tensor(box).float())
-        p = batch.get("parts")
-        add("parts", torch.zeros(b, 0, 3) if p is None else torch.as_tensor(p).float())
-        index = batch.get("index")
-        add("index", torch.arange(b) if index is None else torch.as_tensor(index).long())
-    parts["_image_size"] = [torch.tensor(image_size if image_size is not None else (0, 0))]
-    return parts
+        cpu = lambda t: t.detach().float().cpu()
+        box, parts, index = batch.get("box"), batch.get("parts"), batch.get("index")
+        batches.append(Outputs(
+            logits=[cpu(logits) for logits in out.logits],
+            fused={name: cpu(logits) for name, logits in out.fused.items()},
+            abs_boxes=[cpu(b) for b in out.abs_boxes],
+            rel_boxes=[cpu(b) for b in out.boxes],
+            peak_boxes=[cpu(b) for b in peak_boxes(out)],
+            label=torch.as_tensor(batch["label"]).long().cpu(),
+            box=torch.full((b, 4), math.nan) if box is None else torch.as_tensor(box).float().cpu(),
+            parts=torch.zeros(b, 0, 3) if parts is None else torch.as_tensor(parts).float().cpu(),
+            index=torch.arange(b) if index is None else torch.as_tensor(index).long().cpu(),
+            image_size=size,
+        ))
+    if not batches:
+        raise ValueError(f"{desc}: the loader gave no images")
+    return Outputs.concat(batches)
 
 
 def peak_boxes(out) -> list[Tensor]:
@@ -78,29 +72,23 @@ def peak_boxes(out) -> list[Tensor]:
     return squares
 
 
-def collect_outputs(model, loader: Iterable, device, desc: str = "eval", amp=None) -> dict[str, Tensor]:
+def collect_outputs(model, loader: Iterable, device, desc: str = "eval", amp=None) -> Outputs:
     """Run ``model`` in eval mode over ``loader`` (under autocast to ``amp``, a dtype or None) and
-    return CPU tensors (see the module docstring). Under torchrun, where each rank's loader holds
+    return its outputs on the CPU (``outputs.Outputs``: per-scale logits, fused logits, squares,
+    labels, annotations, each proposer's tl bounds). Under torchrun, where each rank's loader holds
     its share of the images, the outputs of all ranks are gathered back in dataset order.
-
-    Keys: ``logits_scale{s}`` [N, K], ``logits_fused{name}`` [N, K], ``abs_boxes_scale{s}``,
-    ``rel_boxes_scale{s}`` and ``peak_boxes_scale{s}`` (``peak_boxes``) [N, 3] (s >= 2), ``tl_bounds`` [n-1, 2] (each APN's (tl_min, tl_max)),
-    ``label`` [N], ``box`` [N, 4], ``parts`` [N, P, 3], ``index`` [N], ``image_size`` [2] = (H, W).
     The model's previous train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
     try:
         with autocast(torch.device(device), amp):
-            parts = _run(model, loader, device, desc)
+            outputs = _run(model, loader, device, desc)
     finally:
         model.train(was_training)
-
-    outputs = {key: torch.cat(chunks) for key, chunks in parts.items() if key != "_image_size"}
-    outputs["image_size"] = parts["_image_size"][0]
-    apns = getattr(model, "apns", [])
-    if len(apns):
-        outputs["tl_bounds"] = torch.tensor([[float(a.tl_min), float(a.tl_max)] for a in apns], dtype=torch.float64)
+    proposers = getattr(model, "proposers", [])
+    if len(proposers):
+        outputs.tl_bounds = torch.tensor([[float(p.tl_min), float(p.tl_max)] for p in proposers], dtype=torch.float64)
     return gather_outputs(outputs)
 
 
@@ -176,6 +164,13 @@ def override_config(cfg: dict, opts: Mapping, keep=ARCHITECTURE_KEYS, what: str 
     return changed
 
 
+def selection_rule(cfg: dict) -> str:
+    """How the training that wrote a checkpoint kept its epochs (said in metrics.json and the log)."""
+    if cfg["data"]["val_fraction"] == 0:
+        return "the last epoch of the schedule (data.val_fraction 0: no validation split)"
+    return "the best validation epoch"
+
+
 def metrics_name(checkpoint: str | os.PathLike, split: str) -> str:
     """The metrics file of one checkpoint and split: ``metrics.json`` for ``best.pt`` on the test
     split (what tools/train.py writes and experiments/ablation.py reads), ``metrics_<split>.json``
@@ -221,9 +216,9 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     path = os.path.join(folder, metrics_name(checkpoint, split))
     predictions = os.path.join(folder, predictions_name(checkpoint, split))
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path,
-                   predictions=predictions)
+                   predictions=predictions, selection=selection_rule(cfg))
     if world.main:
-        images = image_names(dataset, outputs["index"].tolist(), cfg["data"]["root"])
+        images = image_names(dataset, outputs.index.tolist(), cfg["data"]["root"])
         write_predictions(outputs, list(dataset.classes), images, predictions)
         write_metrics(metrics, path)
     return metrics, format_table(metrics)

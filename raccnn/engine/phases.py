@@ -23,13 +23,15 @@
 A phase holds what is specific to it: its config section (lr, optimizer, epochs), the submodule
 it trains (which alone runs in train mode: frozen BatchNorm statistics do not move), its loss and
 the terms it logs, its stopping rule, the file its best epoch is kept in, and what happens at its
-start and end. The trainer
-(``trainer.py``) runs every phase with the same loop. A new phase is a new subclass and one line
+start and end, and the state it carries between epochs (``state_dict``: the plateau counters).
+The trainer (``trainer.py``) runs every phase with the same loop: an epoch (``run_epoch``), the
+validation (``validation.py``), the history, ``done`` and the selection by ``score``. A new phase is a new subclass and one line
 in ``build_plan`` (or a plan passed to ``Trainer``).
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -42,8 +44,21 @@ from ..models.racnn import RACNN
 from ..train_options import OPTIMIZERS
 from .checkpoint import load_checkpoint
 from .distributed import barrier, broadcast_from_rank0
+from .validation import ValidationResult
 
 log = logging.getLogger("raccnn")
+
+
+class PhaseStep(nn.Module):
+    """A phase's loss on one batch as a module, so that DistributedDataParallel can wrap it (DDP
+    synchronises the gradients of what runs inside its wrapper's forward)."""
+
+    def __init__(self, model: RACNN, phase: "Phase"):
+        super().__init__()
+        self.model, self.phase = model, phase
+
+    def forward(self, images, target, annotations):
+        return self.phase.loss(self.model, images, target, annotations)
 
 
 class Phase:
@@ -52,7 +67,7 @@ class Phase:
 
     name = "phase"
     section: tuple[str, ...] = ()
-    trains = ""  # the submodule of the model whose parameters the phase trains, e.g. "apns"
+    trains = ""  # the submodule of the model whose parameters the phase trains, e.g. "proposers"
     best_file: str | None = None  # where the epoch with the best ``score`` is kept (None: not kept)
 
     def __init__(self, cfg: dict, round: int | None = None):
@@ -112,17 +127,34 @@ class Phase:
         for module in self.train_modules(model):
             module.train()
 
+    def annotations(self, batch: dict) -> Tensor | None:
+        """What of a batch, besides images and labels, ``loss`` reads: the part boxes (the oracle
+        proposer zooms on them)."""
+        return batch.get("part_boxes")
+
     def loss(self, model: RACNN, images: Tensor, target: Tensor, part_boxes: Tensor | None):
         """(loss to minimise, {TensorBoard tag: term}) of one batch."""
         raise NotImplementedError
 
-    def done(self, progress, val: dict) -> bool:
-        """Whether the phase ends after this epoch (``progress.epoch`` epochs done)."""
+    def run_epoch(self, trainer) -> float:
+        """One epoch of the phase: by default the trainer's steps on ``loss``; the mean train loss."""
+        return trainer.train_epoch(self)
+
+    def done(self, progress, val: ValidationResult | None) -> bool:
+        """Whether the phase ends after this epoch (``progress.epoch`` epochs done); ``val`` is None
+        without a validation split."""
         return progress.epoch >= self.max_epochs()
 
-    def score(self, model: RACNN, val: dict) -> float:
+    def score(self, model: RACNN, val: ValidationResult) -> float:
         """The validation score of an epoch, compared among the epochs kept in ``best_file``."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What the phase carries from epoch to epoch (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict``'s values."""
 
     def on_start(self, trainer) -> None:
         """Before the phase's first epoch (also when a run resumes there)."""
@@ -145,36 +177,48 @@ class PretrainCls(Phase):
 
 
 class InitAPN(Phase):
-    name, section, trains = "init_apn", ("init_apn",), "apns"
+    name, section, trains = "init_apn", ("init_apn",), "proposers"
 
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():  # feature maps along the APNs' current squares
             out = model(images, part_boxes=part_boxes)
         loss = images.new_zeros(())
-        for s, apn in enumerate(model.apns):
+        for s, apn in enumerate(model.proposers):
             loss = loss + apn.init_loss(out.maps[s], self.cfg["train"]["init_apn"]["tl"])
         return loss, {"train/init_apn_mse": loss, **_active_terms(out.logits, target, self.cfg)}
 
 
 class Alternating(Phase):
     """A sub-phase of the alternation: stops on the plateau of its own validation loss
-    (``monitor``); the epoch with the best mean accuracy over scales is kept in best_alternate.pt."""
+    (``monitor``, a ``ValidationResult`` field); the epoch with the best mean accuracy over scales is
+    kept in best_alternate.pt. The plateau's state (best loss so far, epochs without improvement) is
+    the phase's own, saved with every checkpoint."""
 
     monitor = ""
     best_file = "best_alternate.pt"
 
+    def __init__(self, cfg: dict, round: int | None = None):
+        super().__init__(cfg, round)
+        self.best_loss, self.bad_epochs = math.inf, 0
+
     def done(self, progress, val):
-        if progress.epoch >= self.max_epochs():
-            return True
-        s = self.settings
-        if val[self.monitor] < progress.best_loss - s["min_delta"]:
-            progress.best_loss, progress.bad_epochs = val[self.monitor], 0
+        if progress.epoch >= self.max_epochs() or val is None:  # no validation split: max_epochs
+            return progress.epoch >= self.max_epochs()
+        s, loss = self.settings, getattr(val, self.monitor)
+        if loss < self.best_loss - s["min_delta"]:
+            self.best_loss, self.bad_epochs = loss, 0
         else:
-            progress.bad_epochs += 1
-        return progress.epoch >= s["min_epochs"] and progress.bad_epochs >= s["patience"]
+            self.bad_epochs += 1
+        return progress.epoch >= s["min_epochs"] and self.bad_epochs >= s["patience"]
 
     def score(self, model, val):
-        return sum(val[f"acc_scale{s + 1}"] for s in range(model.n_scales)) / model.n_scales
+        return sum(val.accuracy[f"scale{s + 1}"] for s in range(model.n_scales)) / model.n_scales
+
+    def state_dict(self):
+        return {"best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state):
+        self.best_loss, self.bad_epochs = state["best_loss"], state["bad_epochs"]
 
 
 class AlternateCls(Alternating):
@@ -187,7 +231,7 @@ class AlternateCls(Alternating):
 
 
 class AlternateAPN(Alternating):
-    name, section, trains, monitor = "alternate_apn", ("alternate", "apn"), "apns", "rank"
+    name, section, trains, monitor = "alternate_apn", ("alternate", "apn"), "proposers", "rank"
 
     def loss(self, model, images, target, part_boxes):
         logits = model(images, part_boxes=part_boxes).logits
@@ -202,10 +246,10 @@ class Joint(Alternating):
     name, section = "joint", ("joint",)
 
     def parameters(self, model):
-        return list(model.scales.parameters()) + list(model.apns.parameters())
+        return list(model.scales.parameters()) + list(model.proposers.parameters())
 
     def train_modules(self, model):
-        return [model.scales, model.apns]
+        return [model.scales, model.proposers]
 
     def done(self, progress, val):
         return progress.epoch >= self.max_epochs()
@@ -223,13 +267,13 @@ class Fusion(Phase):
     """The fusion heads on frozen scales, from best_alternate.pt; best.pt then holds the fused model
     with the best validation accuracy of the last head (over all scales). ``model.fusion``:
     ``features`` trains the heads for ``train.fusion.epochs`` on the training split;
-    ``log_probs`` has no epochs: at the start it fits each head's per-scale weights on the
+    ``log_probs`` has one epoch without training steps: it fits each head's per-scale weights on the
     validation outputs (``models/fusion.py``), deterministic, the same on every process."""
 
     name, section, trains, best_file = "fusion", ("fusion",), "fusion", "best.pt"
 
     def max_epochs(self) -> int:
-        return 0 if self.cfg["model"]["fusion"] == "log_probs" else super().max_epochs()
+        return 1 if self.cfg["model"]["fusion"] == "log_probs" else super().max_epochs()
 
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():
@@ -239,7 +283,7 @@ class Fusion(Phase):
         return sum(ces.values()), ces
 
     def score(self, model, val):
-        return val[f"acc_fused{list(model.fusion)[-1]}"]
+        return val.accuracy[f"fused{list(model.fusion)[-1]}"]
 
     def on_start(self, trainer):
         # its own file, so a fused best.pt written before a crash is never taken for it on resume
@@ -248,29 +292,30 @@ class Fusion(Phase):
         if os.path.exists(path):
             best = load_checkpoint(path)
             trainer.model.load_state_dict(best["model"])
-            log.info("fusion starts from %s (%s, val mean scale accuracy %.3f)", Alternating.best_file,
-                     best["phase"], trainer.progress.best.get(Alternating.best_file, -1.0))
-        if self.cfg["model"]["fusion"] == "log_probs":
-            self.fit_on_validation(trainer)
+            score = trainer.progress.best.get(Alternating.best_file)
+            log.info("fusion starts from %s (%s, %s)", Alternating.best_file, best["phase"],
+                     "the alternation's last epoch" if score is None else f"val mean scale accuracy {score:.3f}")
 
-    def fit_on_validation(self, trainer):
-        """Fit the log_probs heads on the validation outputs (gathered from every process) on the
-        CPU, then give every process rank 0's weights. The validation accuracy logged and kept with
-        best.pt is then measured on the images the weights were fitted on (three numbers per head)."""
-        _, out = trainer.validate()
-        logits = [out[f"logits_scale{s + 1}"].cpu() for s in range(trainer.model.n_scales)]
-        for name, head in trainer.model.fusion.items():
+    def run_epoch(self, trainer) -> float:
+        if self.cfg["model"]["fusion"] != "log_probs":
+            return super().run_epoch(trainer)
+        self.fit_on_validation(trainer.model, trainer.validation.collect(trainer.model))
+        return math.nan  # no training step
+
+    @staticmethod
+    def fit_on_validation(model: RACNN, out) -> None:
+        """Fit the log_probs heads on the validation outputs ``out`` (gathered from every process)
+        on the CPU, then give every process rank 0's weights. The validation accuracy logged and
+        kept with best.pt is then measured on the images the weights were fitted on."""
+        logits = [x.cpu() for x in out.logits]
+        for name, head in model.fusion.items():
             fitted = LogProbFusion(head.n)
-            nll = fit_log_prob_weights(fitted, logits, out["label"].cpu())
+            nll = fit_log_prob_weights(fitted, logits, out.label.cpu())
             with torch.no_grad():
                 head.raw.copy_(fitted.raw)
             broadcast_from_rank0(head.raw.data)
             log.info("fusion %s: per-scale weights %s fitted on %d validation images (NLL %.4f)", name,
-                     " ".join(f"{w:.3f}" for w in head.weights().tolist()), len(out["label"]), nll)
-        val, _ = trainer.validate()
-        log.info("fusion: val %s", " ".join(f"{k[4:]}={v:.3f}" for k, v in val.items() if k.startswith("acc_")))
-        trainer.progress.history.append({"phase": self.label, "epoch": 0, "step": trainer.progress.step, **val})
-        trainer.select(self, val)
+                     " ".join(f"{w:.3f}" for w in head.weights().tolist()), len(out.label), nll)
 
 
 def _active_terms(logits, target, cfg) -> dict:

@@ -68,3 +68,17 @@ def check_compiler(cfg: dict, device: torch.device) -> None:
     if not any(c and shutil.which(c) for c in candidates):
         raise ConfigError(f"{', '.join(keys)}: torch.compile needs a C/C++ compiler (g++ or clang++, or $CXX) on "
                           f"PATH to build its {device.type.upper()} kernels; install one or set {keys[0]}=false")
+
+
+def place_model(model: torch.nn.Module, cfg: dict, device: torch.device, channels_last: bool,
+                distributed: bool) -> torch.nn.Module:
+    """The model on ``device`` as the config asks: BatchNorm synchronised across processes
+    (``model.sync_bn`` under torchrun), channels_last, each scale network compiled in place (so
+    parameter names, state dicts and checkpoints stay the same)."""
+    if cfg["model"]["sync_bn"] and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if cfg["train"]["compile"]:
+        for net in model.scales:
+            net.compile()
+    return model

@@ -1,7 +1,7 @@
 """Per-image predictions: one CSV row per evaluated image, beside the metrics file.
 
-``prediction_rows`` turns ``collect_outputs``' tensors into rows with these columns (h runs over the
-heads of ``evaluate.head_names``: scale1, ..., fused12, fused123, ...; s over the scales >= 2):
+``prediction_rows`` turns ``collect_outputs``' result into rows with these columns (h runs over the
+heads of ``Outputs.heads``: scale1, ..., fused12, fused123, ...; s over the scales >= 2):
 
     image                the image's file, relative to the dataset folder (``image_names``)
     label, label_name    the true class: index and name
@@ -9,7 +9,7 @@ heads of ``evaluate.head_names``: scale1, ..., fused12, fused123, ...; s over th
     {h}_prob             softmax probability of that prediction
     {h}_prob_label       softmax probability of the true class
     scale{s}_tx, scale{s}_ty, scale{s}_tl   the scale-s square in normalised coordinates of the full
-                         input image (``abs_boxes_scale{s}``; evaluate.py's module docstring)
+                         input image (``Outputs.abs_boxes``; evaluate.py's module docstring)
 
 so that a reader can sort the test images by confidence, find those one head gets wrong and
 another right, or open the square a wrong prediction looked at.
@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Mapping, Sequence
+from typing import Sequence
 
-from torch import Tensor
 
 from ..fileio import atomic_open
-from .evaluate import scales_with_boxes, head_names
+from .outputs import Outputs
 
 
 def image_names(dataset, indices: Sequence[int], root: str | os.PathLike | None = None) -> list[str]:
@@ -45,37 +44,37 @@ def image_names(dataset, indices: Sequence[int], root: str | os.PathLike | None 
     return names
 
 
-def prediction_fields(outputs: Mapping[str, Tensor]) -> list[str]:
+def prediction_fields(outputs: Outputs) -> list[str]:
     """The CSV's columns for these outputs, in order (module docstring)."""
     fields = ["image", "label", "label_name"]
-    for head in head_names(outputs):
+    for head in outputs.heads():
         fields += [f"{head}_pred", f"{head}_pred_name", f"{head}_prob", f"{head}_prob_label"]
-    for s in scales_with_boxes(outputs):
+    for s in outputs.box_scales():
         fields += [f"scale{s}_tx", f"scale{s}_ty", f"scale{s}_tl"]
     return fields
 
 
-def prediction_rows(outputs: Mapping[str, Tensor], class_names: Sequence[str], images: Sequence[str]) -> list[dict]:
+def prediction_rows(outputs: Outputs, class_names: Sequence[str], images: Sequence[str]) -> list[dict]:
     """One dict per image of ``outputs`` (keys ``prediction_fields``); ``images[i]`` names row i."""
-    labels = outputs["label"].long()
+    labels = outputs.label.long()
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} image names for {len(labels)} images")
     rows = [{"image": name, "label": int(y), "label_name": class_names[int(y)]} for name, y in zip(images, labels)]
-    for head in head_names(outputs):
-        probs = outputs[f"logits_{head}"].double().softmax(dim=1)
+    for head, logits in outputs.heads().items():
+        probs = logits.double().softmax(dim=1)
         pred = probs.argmax(1)
         p_pred = probs.gather(1, pred[:, None])[:, 0]
         p_label = probs.gather(1, labels[:, None])[:, 0]
         for row, k, pp, pl in zip(rows, pred.tolist(), p_pred.tolist(), p_label.tolist()):
             row.update({f"{head}_pred": k, f"{head}_pred_name": class_names[k], f"{head}_prob": pp,
                         f"{head}_prob_label": pl})
-    for s in scales_with_boxes(outputs):
-        for row, (tx, ty, tl) in zip(rows, outputs[f"abs_boxes_scale{s}"].double().tolist()):
+    for s, boxes in zip(outputs.box_scales(), outputs.abs_boxes):
+        for row, (tx, ty, tl) in zip(rows, boxes.double().tolist()):
             row.update({f"scale{s}_tx": tx, f"scale{s}_ty": ty, f"scale{s}_tl": tl})
     return rows
 
 
-def write_predictions(outputs: Mapping[str, Tensor], class_names: Sequence[str], images: Sequence[str],
+def write_predictions(outputs: Outputs, class_names: Sequence[str], images: Sequence[str],
                       path: str | os.PathLike) -> None:
     """Write ``prediction_rows`` as CSV so that ``path`` never holds a half-written file."""
     rows = prediction_rows(outputs, list(class_names), list(images))

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 from torch.utils.data import default_collate
 from torchvision.utils import draw_bounding_boxes, make_grid
 
@@ -85,7 +86,8 @@ TAG_TEMPLATES = {
 }
 
 
-def _expand(template: str, n_scales: int) -> list[str]:
+def expand_tag(template: str, n_scales: int) -> list[str]:
+    """The tags of ``template`` (``TAG_TEMPLATES``) for a model with ``n_scales`` scales."""
     if "{s}" in template:
         return [template.format(s=s) for s in range(1, n_scales + 1)]
     if "{apn}" in template:
@@ -101,17 +103,31 @@ def scalar_tags(n_scales: int, fusion: str = "features") -> list[str]:
     """Every scalar tag a run of a model with ``n_scales`` scales and ``model.fusion`` = ``fusion``
     writes (the ``log_probs`` heads are fitted without training steps: no fusion loss)."""
     return [tag for t in TAG_TEMPLATES["scalars"] if fusion == "features" or t != "train/ce_fused{name}"
-            for tag in _expand(t, n_scales)]
+            for tag in expand_tag(t, n_scales)]
 
 
 def histogram_tags(n_scales: int) -> list[str]:
-    return [tag for t in TAG_TEMPLATES["histograms"] for tag in _expand(t, n_scales)]
+    return [tag for t in TAG_TEMPLATES["histograms"] for tag in expand_tag(t, n_scales)]
 
 
 def crops_tag(phase_label: str) -> str:
     """Image tag of a phase: "alternate_cls[round 1]" -> "crops/alternate_cls_round_1"."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", phase_label).strip("_")
     return TAG_TEMPLATES["images"][0].format(phase=safe)
+
+
+class _NoWriter:
+    """What ranks other than 0 use in place of a SummaryWriter: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def open_writer(work_dir: str, main: bool, purge_step: int | None = None):
+    """The run's TensorBoard writer on rank 0 (event files in the work dir, so ``tensorboard
+    --logdir work_dirs`` lists the runs; ``purge_step`` drops points an interrupted run wrote past
+    its checkpoint), a writer that does nothing elsewhere."""
+    return SummaryWriter(log_dir=work_dir, purge_step=purge_step) if main else _NoWriter()
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .apn import APN, TL_MAX, TL_MIN
 from .boxes import clamp_squares, full_image_boxes, part_squares
 
@@ -112,3 +113,15 @@ def part_index(part_names: Sequence[str], hit_parts: Sequence[str] | None) -> in
         if name in part_names:
             return list(part_names).index(name)
     return None
+
+
+def check_part_settings(cfg: dict, part_names: Sequence[str]) -> None:
+    """ConfigError unless ``data.hit_parts`` names parts of the dataset (when it has parts) and the
+    oracle proposer finds its part among them: caught before training, not at the first validation."""
+    hit_parts = cfg["data"]["hit_parts"]
+    unknown = [name for name in hit_parts if name not in part_names]
+    if part_names and unknown:
+        raise ConfigError(f"data.hit_parts: {unknown} are not parts of the dataset (parts: {list(part_names)})")
+    if cfg["model"]["proposer"] == "oracle" and part_index(part_names, hit_parts) is None:
+        raise ConfigError(f"model.proposer: 'oracle' needs data.hit_parts to name a part of the dataset "
+                          f"(parts: {list(part_names)}), got {hit_parts}")

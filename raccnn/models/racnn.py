@@ -96,12 +96,19 @@ class RACNN(nn.Module):
         if proposer not in PROPOSERS:
             raise ValueError(f"unknown proposer {proposer!r}; choose one of {list(PROPOSERS)}")
         self.proposer = proposer
-        self.apns = nn.ModuleList(
+        # proposer s (an APN, or the centre, heat-map or oracle rule) gives the square scale s+2 zooms into
+        self.proposers = nn.ModuleList(
             self.make_proposer(channels, dict(apn or {}), dict(proposer_cfg or {}), oracle_part)
             for _ in range(n_scales - 1)
         )
+        self.register_load_state_dict_pre_hook(_rename_apns)
         with torch.random.fork_rng(devices=[]):  # whichever head: the same random numbers for what follows
             self.fusion = build_fusion(fusion, n_scales, channels, num_classes)  # models/fusion.py
+
+    @property
+    def apns(self) -> nn.ModuleList:
+        """The former name of ``proposers``."""
+        return self.proposers
 
     def make_proposer(self, channels: int, apn: dict, proposer_cfg: dict, oracle_part: int | None) -> nn.Module:
         kwargs = {k: apn[k] for k in ("tl_min", "tl_max", "keep_inside") if k in apn}
@@ -116,7 +123,7 @@ class RACNN(nn.Module):
     def oracle_boxes(self, images: Tensor, part_boxes: Tensor | None) -> list[Tensor]:
         """The oracle's squares: the part's square for scale 2, the whole view for deeper scales."""
         part_boxes = part_boxes.to(images.device) if part_boxes is not None else None
-        return [p.squares(part_boxes, *images.shape[-2:], first=s == 0) for s, p in enumerate(self.apns)]
+        return [p.squares(part_boxes, *images.shape[-2:], first=s == 0) for s, p in enumerate(self.proposers)]
 
     def scale_input(self, images: Tensor, abs_box: Tensor | None, s: int) -> Tensor:
         size = self.input_sizes[s]
@@ -158,7 +165,7 @@ class RACNN(nn.Module):
             maps.append(fmap)
             if s + 1 < self.n_scales:
                 given = boxes[s] if boxes is not None and s < len(boxes) else None
-                rel = (given if given is not None else self.apns[s](fmap)).float()  # fp32 under autocast
+                rel = (given if given is not None else self.proposers[s](fmap)).float()  # fp32 under autocast
                 if detach_boxes:
                     rel = rel.detach()
                 parent = abs_box if abs_box is not None else full_image_boxes(len(images), rel.device, rel.dtype)
@@ -167,6 +174,13 @@ class RACNN(nn.Module):
                 abs_boxes.append(abs_box)
         fused = {name: head(feats, logits) for name, head in self.fusion.items()}
         return RACNNOutput(logits, feats, maps, rel_boxes, abs_boxes, fused, crops if return_crops else None)
+
+
+def _rename_apns(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before ``apns`` became ``proposers`` load under the new name."""
+    old = prefix + "apns."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "proposers." + key[len(old):]] = state_dict.pop(key)
 
 
 def build_racnn(cfg: dict, num_classes: int, part_names=()) -> RACNN:
