@@ -1,9 +1,10 @@
 """The training loop: runs a plan of phases (``phases.py``) epoch by epoch, resumably.
 
 Every phase goes through the same loop: at its start the trainer freezes every parameter but the
-phase's, builds its optimiser (SGD with momentum and weight decay, or Adam) and a cosine schedule
-over its maximum number of steps; each epoch trains on the phase's loss, validates, logs, asks the
-phase whether it is done, and keeps the epoch in the phase's ``best_file`` when it beats the best
+phase's, builds its optimiser (SGD with momentum and weight decay, or Adam) and a cosine schedule,
+after an optional warmup (``schedule.py``), over its maximum number of optimiser steps (one per
+``train.accumulate`` batches, ``accumulate.py``); each epoch trains on the phase's loss,
+validates, logs, asks the phase whether it is done, and keeps the epoch in the phase's ``best_file`` when it beats the best
 score written there (``best_alternate.pt`` for the alternation, ``best.pt`` for the fused model).
 Model selection only ever looks at the validation split. A non-finite loss or gradient stops the
 run at once with a ``DivergenceError`` (nothing of that step is applied or saved).
@@ -53,6 +54,7 @@ from ..fileio import remove_stale_temporaries
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
 from ..models.racnn import RACNN, build_racnn
+from .accumulate import Accumulation, optimizer_steps
 from .checkpoint import (CheckpointError, capture_rng_state, check_compatible, load_checkpoint, restore_rng_state,
                          save_checkpoint)
 from .distributed import EvalShardSampler, ShardSampler, all_equal, barrier, current_world, wrap_ddp
@@ -61,6 +63,7 @@ from .inference import collect_outputs
 from .phases import Phase, build_plan
 from .preemption import Preempted, Preemption
 from .precision import amp_dtype, autocast, check_compiler, grad_scaler, set_cudnn_benchmark, use_channels_last
+from .schedule import build_schedule, rescale_schedule
 from .visualize import fixed_images, log_box_histograms, log_phase_crops
 
 log = logging.getLogger("raccnn")
@@ -223,8 +226,10 @@ class Trainer:
         """Freeze all but the phase's parameters; a new optimiser and cosine schedule for them."""
         params, sec = phase.freeze(self.model), phase.settings
         self.optimizer = phase.optimizer(params)
-        total = max(1, phase.max_epochs() * len(self.train_loader))
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
+        t = self.cfg["train"]
+        self.scheduler = build_schedule(self.optimizer, phase.max_epochs(),
+                                        optimizer_steps(len(self.train_loader), t["accumulate"]),
+                                        sec.get("warmup_epochs", 0.0), t["warmup_factor"])
         self.step_module = None  # wrapped again at the phase's first step, over its own parameters
         if fresh:
             self.progress.epoch, self.progress.best_loss, self.progress.bad_epochs = 0, math.inf, 0
@@ -233,13 +238,24 @@ class Trainer:
 
     def apply_new_lr(self, phase: Phase) -> None:
         """After a resume: when the config now gives the phase another lr (e.g. after a divergence),
-        scale the schedule to it, keeping its position (the cosine's shape is relative)."""
-        new = phase.lr
-        for group, old in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            if old != new and old > 0:
-                group["lr"] *= new / old
-                group["initial_lr"] = new
-        self.scheduler.base_lrs = [new] * len(self.scheduler.base_lrs)
+        scale the schedule to it, keeping its position (the warmup's and cosine's shapes are relative)."""
+        rescale_schedule(self.optimizer, self.scheduler, phase.lr)
+
+    def optimizer_step(self, phase: Phase, loss, terms: dict) -> None:
+        """The optimiser and schedule step on the gradient accumulated since ``zero_grad``; ``loss`` is
+        its (mean) loss, checked with the gradient; the gradient norm goes into ``terms``."""
+        if self.scaler is None:
+            terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
+            self.optimizer.step()
+        else:
+            self.scaler.unscale_(self.optimizer)
+            terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.count_skipped(phase, scale, terms)
+        self.scheduler.step()
+        self.progress.step += 1
 
     def check_finite(self, phase: Phase, loss, terms: dict):
         """The gradient norm of the phase's parameters; a non-finite loss or norm stops the run.
@@ -293,37 +309,34 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"{phase.label} ep {p.epoch + 1}", leave=False, initial=p.batch,
                    disable=not sys.stderr.isatty())
         step = self.phase_step(phase)
-        for batch in bar:
+        acc = Accumulation.of(self.train_loader, self.cfg["train"]["accumulate"])  # one optimiser step per group
+        group_loss = 0
+        for i, batch in enumerate(bar, start=p.batch):
             images = self.to_input(batch["image"])
             target = batch["label"].to(self.device, non_blocking=True)
-            with autocast(self.device, self.amp_dtype):
-                loss, terms = step(images, target, batch.get("part_boxes"))
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is None:
-                loss.backward()
-                terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
-                self.optimizer.step()
-            else:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                terms["train/grad_norm"] = self.check_finite(phase, loss, terms)
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.count_skipped(phase, scale, terms)
-            self.scheduler.step()
-            self.progress.step += 1
+            if acc.starts(i):
+                self.optimizer.zero_grad(set_to_none=True)
+                group_loss = 0
+            with acc.sync(step, i):
+                with autocast(self.device, self.amp_dtype):
+                    loss, terms = step(images, target, batch.get("part_boxes"))
+                weighted = acc.weighted(loss, i)
+                (weighted if self.scaler is None else self.scaler.scale(weighted)).backward()
+            group_loss = weighted.detach() + group_loss  # the group's mean loss, checked at its step
+            if acc.ends(i):
+                self.optimizer_step(phase, group_loss, terms)
             total += loss.item() * len(images)
             count += len(images)
             for tag, value in terms.items():
-                sums[tag] = sums.get(tag, 0) + value.detach().float() * len(images)
+                sums[tag] = sums.get(tag, 0) + value.detach().float() * (len(images) if tag != "train/grad_norm"
+                                                                         else acc.group_images(i))
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.progress.step % self.cfg["train"]["log_interval"] == 0:
+            if acc.ends(i) and self.progress.step % self.cfg["train"]["log_interval"] == 0:
                 for tag, value in terms.items():
                     self.writer.add_scalar(tag, value.item(), self.progress.step)
                 self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
             p.batch += 1
-            if self.stop_requested():
+            if acc.ends(i) and self.stop_requested():
                 p.partial = {"loss": total, "images": count, "seconds": before + time.perf_counter() - start,
                              "terms": {k: v.cpu() for k, v in sums.items()}}
                 self.stop(phase, f"in {phase.label}, epoch {p.epoch + 1} after batch {p.batch} of "
