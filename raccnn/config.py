@@ -59,15 +59,22 @@ def _auto_bool() -> Key:
                else f"{v!r} is not one of auto, true, false")
 
 
+def _warmup() -> Key:
+    """A phase's linear lr warmup, in epochs (engine/schedule.py); 0 = none."""
+    return Key(0.0, min=0.0)
+
+
 def _stage(epochs: int, lr: float, optimizer: str = "sgd", min_epochs: int = 0) -> dict:
-    return {"epochs": Key(epochs, min=min_epochs), "lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS)}
+    return {"epochs": Key(epochs, min=min_epochs), "lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS),
+            "warmup_epochs": _warmup()}
 
 
 def _alternating(lr: float, min_delta: float, optimizer: str = "sgd") -> dict:
     return {"lr": Key(lr, min=0.0), "optimizer": Key(optimizer, choices=OPTIMIZERS),
             "lr_decay": Key(1.0, min=0.0, max=1.0),  # round r (from 0) starts at lr x lr_decay**r
             "min_epochs": Key(1, min=0), "max_epochs": Key(4, min=0),  # epochs of one sub-phase
-            "patience": Key(1, min=0), "min_delta": Key(min_delta, min=0.0)}  # plateau of its val loss
+            "patience": Key(1, min=0), "min_delta": Key(min_delta, min=0.0),  # plateau of its val loss
+            "warmup_epochs": _warmup()}
 
 
 SCHEMA: dict = {
@@ -153,6 +160,13 @@ SCHEMA: dict = {
         "channels_last": _auto_bool(),  # auto = on CUDA
         "cudnn_benchmark": _auto_bool(),  # auto = on CUDA unless deterministic
         "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, docs/speed.md)
+        # recipe options (docs/configs.md): every training cross-entropy's label smoothing (validation unsmoothed),
+        # batches per optimiser step (engine/accumulate.py), the lr factor a phase's warmup starts from
+        "label_smoothing": Key(0.0, min=0.0, check=lambda v: None if v < 1 else f"{v} must be below 1 (at 1 the "
+                               "target is uniform and says nothing of the class)"),
+        "accumulate": Key(1, min=1),
+        "warmup_factor": Key(1e-3, max=1.0, check=lambda v: None if v > 0 else f"{v} must be > 0 (the first "
+                             "warmup step's lr is lr x warmup_factor)"),
         "pretrain_cls": _stage(epochs=8, lr=0.05),
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
         "alternate": {
@@ -192,6 +206,12 @@ def _cross_checks(c: dict):
         if s["min_epochs"] > s["max_epochs"]:
             yield ((f"{key}.min_epochs", f"{key}.max_epochs"), f"{key}.min_epochs ({s['min_epochs']}) must not "
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
+    for key, s in _phase_sections(c["train"]):
+        epochs = s.get("max_epochs", s.get("epochs"))
+        if s["warmup_epochs"] > 0 and s["warmup_epochs"] >= epochs:
+            length = "max_epochs" if "max_epochs" in s else "epochs"
+            yield ((f"{key}.warmup_epochs", f"{key}.{length}"), f"{key}.warmup_epochs ({s['warmup_epochs']:g}) must "
+                   f"be shorter than the phase: {key}.{length} is {epochs}")
     if d["dataset"] == "fgsynth" and d["synth"]["check"]:
         size, scale1 = d["synth"]["size"], scale1_size(c)
         problem = certificate(size, scale1)["problem"]
@@ -230,6 +250,16 @@ def _cross_checks(c: dict):
                    f"model.attention.stages: blocks go into VGG trunks only, not {m['backbone']}")
         elif problem := _attention_problem(att, channels):
             yield ("model.attention.kwargs", "model.attention.stages"), f"model.attention.kwargs: {problem}"
+
+
+def _phase_sections(train: dict, prefix: str = "train"):
+    """(dotted key, section) of every phase's section under ``train`` (those with a warmup)."""
+    for name, node in train.items():
+        if isinstance(node, dict):
+            if "warmup_epochs" in node:
+                yield f"{prefix}.{name}", node
+            else:
+                yield from _phase_sections(node, f"{prefix}.{name}")
 
 
 def _attention_problem(att: dict, channels: list[int]) -> str | None:

@@ -40,6 +40,8 @@ def hinge_active(logits_per_scale: list[Tensor], target: Tensor, margin: float =
     return torch.stack([((c - f + margin) > 0).float().mean() for c, f in zip(probs[:-1], probs[1:])])
 
 
-def scale_ce_losses(logits_per_scale: list[Tensor], target: Tensor) -> list[Tensor]:
-    """Cross-entropy of each scale's logits (a list; the classifier phase minimises their sum)."""
-    return [F.cross_entropy(logits.float(), target) for logits in logits_per_scale]
+def scale_ce_losses(logits_per_scale: list[Tensor], target: Tensor, label_smoothing: float = 0.0) -> list[Tensor]:
+    """Cross-entropy of each scale's logits (a list; the classifier phase minimises their sum).
+    ``label_smoothing`` (``train.label_smoothing`` in training, 0 in validation): the target puts
+    1 - eps on the true class and eps spread evenly over all classes (``F.cross_entropy``'s)."""
+    return [F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing) for logits in logits_per_scale]

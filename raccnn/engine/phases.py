@@ -95,6 +95,11 @@ class Phase:
         s = self.settings
         return s["max_epochs"] if "max_epochs" in s else s["epochs"]
 
+    @property
+    def smoothing(self) -> float:
+        """``train.label_smoothing`` of every training cross-entropy (validation's stay unsmoothed)."""
+        return self.cfg["train"].get("label_smoothing", 0.0)
+
     def parameters(self, model: RACNN) -> list[nn.Parameter]:
         return list(model.get_submodule(self.trains).parameters())
 
@@ -168,7 +173,7 @@ class PretrainCls(Phase):
 
     def loss(self, model, images, target, part_boxes):
         logits, _, _ = model.scales[0](model.scale_input(images, None, 0))
-        loss = F.cross_entropy(logits.float(), target)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.smoothing)
         return loss, {"train/ce_scale1": loss}
 
     def on_end(self, trainer):
@@ -226,7 +231,7 @@ class AlternateCls(Alternating):
 
     def loss(self, model, images, target, part_boxes):
         # APNs frozen: their squares are fixed inputs, no gradient flows back through them
-        ces = scale_ce_losses(model(images, part_boxes=part_boxes, detach_boxes=True).logits, target)
+        ces = scale_ce_losses(model(images, part_boxes=part_boxes, detach_boxes=True).logits, target, self.smoothing)
         return sum(ces), {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
 
 
@@ -256,7 +261,7 @@ class Joint(Alternating):
 
     def loss(self, model, images, target, part_boxes):
         logits = model(images, part_boxes=part_boxes).logits
-        ces = scale_ce_losses(logits, target)
+        ces = scale_ce_losses(logits, target, self.smoothing)
         rank = rank_loss(logits, target, margin=self.cfg["train"]["alternate"]["margin"])
         terms = {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
         terms.update({"train/rank": rank, **_active_terms(logits, target, self.cfg)})
@@ -278,7 +283,8 @@ class Fusion(Phase):
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():
             out = model(images, part_boxes=part_boxes)
-        ces = {f"train/ce_fused{name}": F.cross_entropy(head(out.features, out.logits).float(), target)
+        ces = {f"train/ce_fused{name}": F.cross_entropy(head(out.features, out.logits).float(), target,
+                                                        label_smoothing=self.smoothing)
                for name, head in model.fusion.items()}
         return sum(ces.values()), ces
 

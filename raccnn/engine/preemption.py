@@ -21,6 +21,7 @@ checking less often would only delay the stop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from typing import Callable
@@ -28,7 +29,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .distributed import World
+from .distributed import World, barrier
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 143}
@@ -106,3 +107,14 @@ class Preemption:
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())
+
+    def stop(self, save: Callable[[], None], where: str, step: int):
+        """Write the point reached (``save``: last.pt on rank 0), say so in one line and raise
+        ``Preempted``. Every rank waits for rank 0's write: under torchrun a rank that exits early
+        has the others killed."""
+        save()
+        barrier()
+        stopped = Preempted(self.signum, reported=True)
+        logging.getLogger("raccnn").info("%s %s (step %d); last.pt holds this point: continue with --resume auto",
+                                         stopped, where, step)
+        raise stopped

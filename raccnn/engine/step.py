@@ -1,5 +1,6 @@
-"""One optimisation step from a loss: backward (through AMP's fp16 loss scaler when there is one),
-the gradient norm of the phase's parameters, the divergence guard, the optimiser's step.
+"""One optimisation step: the backward passes (through AMP's fp16 loss scaler when there is one)
+that accumulate its gradient, then the gradient norm of the phase's parameters, the divergence
+guard and the optimiser's step (with ``train.accumulate`` > 1 after several batches, ``accumulate.py``).
 
 A non-finite loss or gradient stops the run at once with a ``DivergenceError`` that names the
 phase, the step and the config key to lower; nothing of that step is applied. Under the fp16 loss
@@ -20,16 +21,26 @@ class OptimizerStep:
         self.scaler = scaler
         self.skipped = 0  # steps the scaler skipped in a row
 
-    def __call__(self, loss, optimizer, terms: dict, where: str, lr_key: str, lr: float):
-        """Backward of ``loss`` and the step of ``optimizer``; returns the gradient norm. ``where``,
-        ``lr_key`` and ``lr`` describe the step for a divergence's message."""
-        optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def __call__(self, loss, optimizer, scheduler, terms: dict, phase, progress) -> None:
+        """The step of ``optimizer`` on the gradient accumulated since its ``zero_grad`` (``loss`` the
+        mean loss it came from), then of ``scheduler``; counts it in ``progress.step`` and puts the
+        gradient norm into ``terms`` ("train/grad_norm")."""
+        where = f"{phase.label}, epoch {progress.epoch + 1}, step {progress.step + 1}"
+        terms["train/grad_norm"] = self.step(loss, optimizer, terms, where, "train." + ".".join(phase.section) + ".lr",
+                                             phase.settings["lr"])
+        scheduler.step()
+        progress.step += 1
+
+    def step(self, loss, optimizer, terms: dict, where: str, lr_key: str, lr: float):
+        """``optimizer``'s step; the gradient norm. ``where``, ``lr_key`` and ``lr`` describe the step
+        for a divergence's message."""
         if self.scaler is None:
-            loss.backward()
             norm = self.checked_norm(loss, optimizer, terms, where, lr_key, lr)
             optimizer.step()
             return norm
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(optimizer)
         norm = self.checked_norm(loss, optimizer, terms, where, lr_key, lr)
         scale = self.scaler.get_scale()

@@ -4,10 +4,9 @@ when it ends and what it keeps is the phase's.
 
 Every phase goes through the same loop: at its start the trainer freezes every parameter but the
 phase's and builds its optimiser and lr schedule (``schedule.py``); each epoch runs the phase's
-``run_epoch`` (by default ``train_epoch``: steps on the phase's loss, ``step.py``), validates,
-logs, records the history, asks the phase whether it is done and keeps the epoch in the phase's
-``best_file`` when its ``score`` beats the best written there. Model selection only ever looks at
-the validation split.
+``run_epoch`` (by default ``train_epoch``: a step, ``step.py``, per ``train.accumulate`` batches,
+``accumulate.py``), validates, logs, records the history, asks the phase whether it is done and
+keeps the epoch in the phase's ``best_file`` when its ``score`` beats the best written there.
 
 ``last.pt`` is written at the end of every epoch with everything needed to continue exactly there
 (model, optimiser, scheduler, progress, the phase's and the validation's state, RNG states,
@@ -37,14 +36,15 @@ from ..device import resolve_device
 from ..fileio import remove_stale_temporaries
 from ..models.proposers import check_part_settings
 from ..models.racnn import RACNN, build_racnn
+from .accumulate import Accumulation, optimizer_steps
 from .checkpoint import (capture_rng_state, check_compatible, check_same_plan, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .distributed import barrier, check_same_weights, current_world, make_loaders, wrap_ddp
+from .distributed import check_same_weights, current_world, make_loaders, wrap_ddp
 from .phases import Phase, PhaseStep, build_plan
-from .preemption import Preempted, Preemption
+from .preemption import Preemption
 from .precision import (amp_dtype, autocast, check_compiler, grad_scaler, place_model, set_cudnn_benchmark,
                         use_channels_last)
-from .schedule import build_scheduler, rescale_lr
+from .schedule import build_schedule, rescale_schedule
 from .step import OptimizerStep
 from .validation import Validation
 from .visualize import open_writer
@@ -150,7 +150,7 @@ class Trainer:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt["scheduler"] is not None:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
-            rescale_lr(self.optimizer, self.scheduler, self.plan[self.progress.phase_index].lr)
+            rescale_schedule(self.optimizer, self.scheduler, self.plan[self.progress.phase_index].lr)
         if ckpt.get("scaler") is not None and self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
@@ -165,7 +165,10 @@ class Trainer:
         """Freeze all but the phase's parameters; a new optimiser and cosine schedule for them."""
         params, sec = phase.freeze(self.model), phase.settings
         self.optimizer = phase.optimizer(params)
-        self.scheduler = build_scheduler(self.optimizer, phase.max_epochs() * len(self.train_loader))
+        t = self.cfg["train"]
+        self.scheduler = build_schedule(self.optimizer, phase.max_epochs(),
+                                        optimizer_steps(len(self.train_loader), t["accumulate"]),
+                                        sec.get("warmup_epochs", 0.0), t["warmup_factor"])
         self.step_module = None  # wrapped again at the phase's first step, over its own parameters
         if fresh:
             self.progress.epoch = 0
@@ -196,31 +199,36 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"{phase.label} ep {p.epoch + 1}", leave=False, initial=p.batch,
                    disable=not sys.stderr.isatty())
         step = self.phase_step(phase)
-        lr_key = "train." + ".".join(phase.section) + ".lr"  # named when the step diverges
-        for batch in bar:
+        acc = Accumulation.of(self.train_loader, self.cfg["train"]["accumulate"])  # one optimiser step per group
+        for i, batch in enumerate(bar, start=p.batch):
             images = self.to_input(batch["image"])
             target = batch["label"].to(self.device, non_blocking=True)
-            with autocast(self.device, self.amp_dtype):
-                loss, terms = step(images, target, phase.annotations(batch))
-            where = f"{phase.label}, epoch {p.epoch + 1}, step {p.step + 1}"
-            terms["train/grad_norm"] = self.optimizer_step(loss, self.optimizer, terms, where, lr_key, phase.settings["lr"])
-            self.scheduler.step()
-            self.progress.step += 1
+            if acc.starts(i):
+                self.optimizer.zero_grad(set_to_none=True)
+                group_loss = 0
+            with acc.sync(step, i):
+                with autocast(self.device, self.amp_dtype):
+                    loss, terms = step(images, target, phase.annotations(batch))
+                weighted = acc.weighted(loss, i)
+                self.optimizer_step.backward(weighted)
+            group_loss = weighted.detach() + group_loss  # the group's mean loss, checked at its step
+            if acc.ends(i):
+                self.optimizer_step(group_loss, self.optimizer, self.scheduler, terms, phase, p)
             total += loss.item() * len(images)
             count += len(images)
-            for tag, value in terms.items():
-                sums[tag] = sums.get(tag, 0) + value.detach().float() * len(images)
+            for tag, value in terms.items():  # the gradient norm: one per group, weighted by its images
+                sums[tag] = sums.get(tag, 0) + value.detach().float() * (acc.group_images(i) if tag == "train/grad_norm"
+                                                                         else len(images))
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.progress.step % self.cfg["train"]["log_interval"] == 0:
+            if acc.ends(i) and p.step % self.cfg["train"]["log_interval"] == 0:
                 for tag, value in terms.items():
-                    self.writer.add_scalar(tag, value.item(), self.progress.step)
-                self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.progress.step)
+                    self.writer.add_scalar(tag, value.item(), p.step)
+                self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], p.step)
             p.batch += 1
-            if self.stop_requested():
+            if acc.ends(i) and self.stop_requested():  # a stop comes at a group's end
                 p.partial = {"loss": total, "images": count, "seconds": before + time.perf_counter() - start,
                              "terms": {k: v.cpu() for k, v in sums.items()}}
-                self.stop(phase, f"in {phase.label}, epoch {p.epoch + 1} after batch {p.batch} of "
-                                 f"{len(self.train_loader)}")
+                self.stop(f"in {phase.label}, epoch {p.epoch + 1} after batch {p.batch} of {len(self.train_loader)}")
         self.train_sampler.skip, p.batch, p.partial = 0, 0, {}
         seconds = before + time.perf_counter() - start
         self.progress.train_images += count * self.world.size
@@ -246,23 +254,15 @@ class Trainer:
         (``Preemption.requested``), so every rank calls this at the same points."""
         return self.preemption is not None and self.preemption.requested(self.world, self.device)
 
-    def stop(self, phase: Phase, where: str):
-        """Write last.pt at this point, say so in one line and raise ``Preempted``. Every rank waits
-        for rank 0's write: under torchrun a rank that exits early has the others killed."""
-        signum = self.preemption.signum
-        self.save("last.pt")
+    def stop(self, where: str):
+        """Write last.pt at this point, say so in one line and raise ``Preempted``."""
         self.writer.flush()
-        barrier()
-        stopped = Preempted(signum, reported=True)
-        log.info("%s %s (step %d); last.pt holds this point: continue with --resume auto", stopped, where,
-                 self.progress.step)
-        raise stopped
+        self.preemption.stop(lambda: self.save("last.pt"), where, self.progress.step)
 
     def run(self, stop_after_step: int | None = None, preemption: Preemption | None = None) -> None:
         """Run the remaining schedule. ``stop_after_step`` ends the run after the first epoch that
-        reaches that global step (used to test resuming). With ``preemption`` a signal stops the
-        run after the step it arrives in (or after the epoch, when it arrives in a validation),
-        with ``Preempted`` once last.pt holds that point."""
+        reaches that global step (used to test resuming). With ``preemption`` a signal stops the run
+        after the step (or validation) it arrives in, with ``Preempted`` once last.pt holds that point."""
         self.preemption = preemption
         with preemption.deferred() if preemption is not None else contextlib.nullcontext():
             self.run_plan(stop_after_step)
@@ -285,7 +285,7 @@ class Trainer:
                 self.optimizer = self.scheduler = None
             self.save("last.pt")
             if self.stop_requested():  # the signal came in a validation or between phases
-                self.stop(phase, f"after {phase.label}, epoch {p.epoch}" if not done else f"after {phase.label}")
+                self.stop(f"after {phase.label}, epoch {p.epoch}" if not done else f"after {phase.label}")
             if stop_after_step is not None and p.step >= stop_after_step:
                 log.info("stopping at step %d as asked", p.step)
                 self.writer.flush()
