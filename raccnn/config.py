@@ -25,6 +25,7 @@ from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS
 from .device import DEVICES
 from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
+from .localisers import LOCALISERS
 from .losses import MARGIN
 from .models.apn import APN
 from .models.backbones import TIMM_PREFIX, check_backbone_name, min_input_size, vgg_stage_channels
@@ -48,6 +49,10 @@ HOW_COMPUTED = ("model.crop.impl", "model.crop.compile", "train.compile", "train
 
 def _dirname(v):
     return f"{v!r} is not usable as a directory name" if not v or "/" in v or "\\" in v or v in (".", "..") else None
+
+
+def _positive(v):
+    return None if v > 0 else f"{v} must be > 0"
 
 
 MAX_LR = 10.0  # a learning rate above this is refused unless train.force_lr is true
@@ -172,6 +177,13 @@ SCHEMA: dict = {
         "alternate": {
             "rounds": Key(3, min=0),
             "margin": Key(MARGIN, min=0.0),  # of the rank loss (losses.py)
+            # what trains the APNs in alternate_apn: the rank loss, or a localiser scoring other squares
+            "localiser": Key("rank", choices=LOCALISERS),  # (localisers.py, docs/rank-loss.md)
+            "localise": {  # the localisers' settings (not the rank loss's)
+                "candidates": Key(6, min=2, max=64),  # squares scored per image and APN, in one batch
+                "sigma": Key(0.1, max=0.5, check=_positive),  # spread of the squares around the APN's, view units
+                "temperature": Key(1.0, check=_positive),  # best_of_k: goal weights softmax(log p_t / T)
+            },
             "cls": _alternating(lr=0.01, min_delta=1e-3),
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },

@@ -8,7 +8,8 @@
     init_apn        each APN regresses a square centred on the strongest response of its scale's
                     last conv layer (``APN.init_loss``), half side ``train.init_apn.tl``.
     alternate_cls   (round r) APNs frozen: classifiers trained on the sum of the scales' CE.
-    alternate_apn   (round r) classifiers frozen: APNs trained on the rank loss.
+    alternate_apn   (round r) classifiers frozen: APNs trained on the rank loss, or on a label-driven
+                    localiser that scores other squares (``train.alternate.localiser``, localisers.py).
                     Each alternating sub-phase stops when its own validation loss has not improved
                     by ``min_delta`` for ``patience`` epochs, within [min_epochs, max_epochs].
     joint           (off unless ``train.joint.epochs`` > 0) scales and APNs trained together on
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..localisers import build_localiser
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
@@ -244,6 +246,23 @@ class AlternateAPN(Alternating):
         return loss, {"train/rank": loss, **_active_terms(logits, target, self.cfg)}
 
 
+class LocaliseAPN(AlternateAPN):
+    """alternate_apn with a label-driven localiser in place of the rank loss (``localisers.py``):
+    it scores other squares by the next scale's confidence in the true class, so it says where a
+    better square is. Its plateau is that of the validation CE, which the squares move through the
+    finer scales (the rank loss's hinge is not what it minimises)."""
+
+    monitor = "ce"
+
+    def __init__(self, cfg: dict, round: int | None = None):
+        super().__init__(cfg, round)
+        self.localiser = build_localiser(cfg["train"]["alternate"])
+
+    def loss(self, model, images, target, part_boxes):
+        loss, terms, logits = self.localiser.loss(model, images, target, part_boxes)
+        return loss, {**terms, **_active_terms(logits, target, self.cfg)}
+
+
 class Joint(Alternating):
     """Everything but the fusion heads trained at once on CE + rank_weight x rank; its epochs are
     kept in best_alternate.pt like the alternation's, so fusion starts from the best of them."""
@@ -333,9 +352,10 @@ def _active_terms(logits, target, cfg) -> dict:
 def build_plan(cfg: dict) -> list[Phase]:
     """The phases in order; a non-learned proposer (model.proposer != apn) has no APN phases."""
     learned = cfg["model"]["proposer"] == "apn"
+    apn_phase = AlternateAPN if cfg["train"]["alternate"]["localiser"] == "rank" else LocaliseAPN
     plan: list[Phase] = [PretrainCls(cfg)] + ([InitAPN(cfg)] if learned else [])
     for r in range(cfg["train"]["alternate"]["rounds"]):
-        plan += [AlternateCls(cfg, r)] + ([AlternateAPN(cfg, r)] if learned else [])
+        plan += [AlternateCls(cfg, r)] + ([apn_phase(cfg, r)] if learned else [])
     if cfg["train"]["joint"]["epochs"] > 0:
         plan.append(Joint(cfg))
     return plan + [Fusion(cfg)]
