@@ -101,6 +101,21 @@ def mat_ints(value, path: Path, key: str) -> list[int]:
     return [int(v) for v in values]
 
 
+def open_annotated(dataset, root: Path, split: str, transform: Callable | None, load: Callable,
+                   verify: str) -> tuple[list, dict, list]:
+    """What every annotated dataset (CUB's layout and the published ones) does first: set its
+    folder, split and transform (None: the stored size, converted and normalised), read its
+    records, classes and parts (``load(root)``), the flip permutation of its parts, and check its
+    images (``verify_images``). Returns (records, image sizes, unreadable images)."""
+    dataset.root, dataset.split = root, split
+    dataset.transform = transform if transform is not None else build_transforms(False, None, None)
+    records, dataset.classes, dataset.part_names = load(root)
+    dataset.num_classes = len(dataset.classes)
+    dataset.flip_perm = flip_permutation(dataset.part_names)
+    sizes, bad = verify_images([r.path for r in records], verify, root)
+    return records, sizes, bad
+
+
 class PublishedDataset(torch.utils.data.Dataset):
     """A dataset read from its publisher's files; subclasses set ``TOP`` and implement ``_load``.
 
@@ -116,13 +131,7 @@ class PublishedDataset(torch.utils.data.Dataset):
                  verify: str = "header", max_images: int = 0, cache: str = "none"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root = dataset_dir(root, self.TOP)
-        self.split = split
-        self.transform = transform if transform is not None else build_transforms(False, None, None)
-        items, self.classes, self.part_names = self._load(self.root)
-        self.num_classes = len(self.classes)
-        self.flip_perm = flip_permutation(self.part_names)
-        sizes, bad = verify_images([it.path for it in items], verify, self.root)
+        items, sizes, bad = open_annotated(self, dataset_dir(root, self.TOP), split, transform, self._load, verify)
         self._check_boxes(items, sizes)
         if bad and not skip_unreadable:
             raise DatasetError(unreadable_message(bad, str(self.root)))

@@ -25,12 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .annotated import open_annotated
 from .cache import ItemCache
 from ..errors import DatasetError
 from .images import load_rgb, pil_to_uint8
 from .splits import choose_split
-from .transforms import build_transforms, finalize, flip_permutation, make_sample
-from .verify import drop_unreadable, unreadable_message, verify_images
+from .transforms import finalize, make_sample
+from .verify import drop_unreadable, unreadable_message
 
 REQUIRED_FILES = (
     "images.txt",
@@ -172,13 +173,8 @@ class CUBDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0, skip_unreadable: bool = False,
                  verify: str = "header", max_images: int = 0, cache: str = "none"):
-        self.root = resolve_cub_dir(root)
-        self.split = split
-        self.transform = transform if transform is not None else build_transforms(False, None, None)
-        records, self.classes, self.part_names = self._load_annotations(self.root)
-        self.num_classes = len(self.classes)
-        self.flip_perm = flip_permutation(self.part_names)
-        sizes, bad = verify_images([r.path for r in records], verify, self.root)
+        records, sizes, bad = open_annotated(self, resolve_cub_dir(root), split, transform, self._load_annotations,
+                                             verify)
         _check_boxes_inside(self.root, records, sizes)
         if bad and not skip_unreadable:
             raise DatasetError(unreadable_message(bad, str(self.root / "images")))
