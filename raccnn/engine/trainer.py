@@ -47,6 +47,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..config import fill_defaults
+from ..data.device_input import model_normalization, to_model_input
 from ..device import resolve_device
 from ..errors import ConfigError, DivergenceError
 from ..fileio import remove_stale_temporaries
@@ -466,8 +467,7 @@ class Trainer:
             self.check_ranks_agree()
 
     def to_input(self, images):
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return to_model_input(images, self.device, model_normalization(self.model), self.channels_last, non_blocking=True)
 
     def check_ranks_agree(self) -> None:
         """Every rank must end with the same weights (DDP averages the same gradients everywhere)."""
