@@ -10,9 +10,11 @@ from torchvision import models as tvm
 from raccnn.config import ConfigError, load_config
 from raccnn.data import CUBDataset
 from raccnn.data.build import build_datasets, prepare_data
+from raccnn.data.device_input import to_model_input
 from raccnn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from raccnn.engine.trainer import Trainer
 from raccnn.models import RACNN, PretrainedWeightsError, build_backbone
+from raccnn.models.backbones import input_normalization
 
 # One member of each family, made small through timm's own arguments where the smallest variant is
 # still slow on one CPU thread; (backbone, timm arguments, channels of the last map, its stride).
@@ -122,9 +124,10 @@ def test_torchvision_and_timm_weights_load_from_a_local_file(tmp_path):
 
 
 def test_normalisation_follows_the_backbone_unless_the_config_sets_it(data_root, tmp_path):
-    def first_test_image(*opts):
+    def first_test_image(*opts):  # the model's input, normalised on the device as the config says
         cfg = load_config(DEFAULT_CONFIG, TINY + [f"data.root={data_root}", f"work_dir={tmp_path}", *opts])
-        return build_datasets(cfg, splits=("test",))["test"][0]["image"]
+        image = build_datasets(cfg, splits=("test",))["test"][0]["image"]
+        return to_model_input(image[None], "cpu", input_normalization(cfg))[0]
 
     def pixels(image, mean, std):  # back to [0, 1]
         return image * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
@@ -137,9 +140,9 @@ def test_normalisation_follows_the_backbone_unless_the_config_sets_it(data_root,
     torch.testing.assert_close(resnet, default)
     mine = first_test_image("model.backbone=timm:vit_tiny_patch16_224", "data.mean=[0.1,0.2,0.3]", "data.std=[1,2,4]")
     torch.testing.assert_close(pixels(mine, (0.1, 0.2, 0.3), (1.0, 2.0, 4.0)), raw)
-    # the FG-Synth default: exactly the tensors of the ImageNet pipeline
+    # the FG-Synth default: exactly the tensors of the ImageNet pipeline normalising each image
     cfg = load_config(DEFAULT_CONFIG, TINY + [f"data.root={data_root}"])
-    imagenet = CUBDataset(prepare_data(cfg), split="test", transform=build_transforms(False, 96, 96))
+    imagenet = CUBDataset(prepare_data(cfg), split="test", transform=build_transforms(False, 96, 96, output="float"))
     assert torch.equal(default, imagenet[0]["image"])
 
 

@@ -42,7 +42,11 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     assert all(r["rounds"] == 2 and r["ratio"] > 0 and r["plain_ms"] > 0 and r["alternate_ms"] > 0 for r in overhead)
     assert "alternate_apn / plain_apn" in res.stdout
     loaders = [r for r in rows if r["case"] == "loader"]
-    assert [r["workers"] for r in loaders] == [0, 1] and all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
+    # both outputs side by side: normalised per image in the workers, uint8 converted per batch after them
+    assert [(r["workers"], r["output"]) for r in loaders] == [(0, "float"), (0, "uint8"), (1, "float"), (1, "uint8")]
+    assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
+    assert all(r["speedup_vs_float"] > 0 for r in loaders if r["output"] == "uint8")
+    assert len([line for line in res.stdout.splitlines() if line.startswith("loader") and "x float)" in line]) == 2
     assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6
     assert all(set(r["crop_ms"]) == ({"gather", "grid_sample"} if r["case"] in ("alternate_cls", "alternate_apn", "fusion", "eval")
                                       else set()) for r in model_rows)

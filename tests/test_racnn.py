@@ -118,3 +118,15 @@ def test_compose_boxes_with_an_off_centre_parent():
     is x 0.1 + 0.25 * 0.4 = 0.2, y 0.4 + 0.75 * 0.4 = 0.7, half side 0.5 * 0.4 = 0.2."""
     torch.testing.assert_close(compose_boxes(torch.tensor([[0.3, 0.6, 0.2]]), torch.tensor([[0.25, 0.75, 0.5]])),
                                torch.tensor([[0.2, 0.7, 0.2]]))
+
+
+def test_weights_saved_under_the_former_name_apns_load_into_the_proposers():
+    torch.manual_seed(0)
+    trained, fresh = tiny(3), tiny(3)
+    with torch.no_grad():
+        trained.proposers[1].fc2.bias.add_(0.3)
+    former = {k.replace("proposers.", "apns.", 1): v for k, v in trained.state_dict().items()}
+    assert any(k.startswith("apns.") for k in former) and not any(k.startswith("proposers.") for k in former)
+    fresh.load_state_dict(former)  # strict: every key found under the new name
+    assert torch.equal(fresh.proposers[1].fc2.bias, trained.proposers[1].fc2.bias)
+    assert fresh.apns is fresh.proposers  # the former attribute name still reads them

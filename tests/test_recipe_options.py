@@ -22,7 +22,7 @@ from raccnn.config import ConfigError, load_config
 from raccnn.engine.accumulate import Accumulation
 from raccnn.engine.checkpoint import load_checkpoint
 from raccnn.engine.phases import AlternateCls, Fusion, Joint, PretrainCls
-from raccnn.engine.preemption import Preempted
+from raccnn.engine.preemption import Preempted, Preemption
 from raccnn.engine.schedule import build_schedule
 from raccnn.losses import scale_ce_losses
 from raccnn.models.racnn import build_racnn
@@ -272,10 +272,12 @@ def test_fp16_scaler_unscales_and_steps_once_per_optimiser_step(data_root, tmp_p
     assert calls == {"scale": 4, "unscale_": 2, "update": 2} and trainer.progress.step == 2
 
 
-class StopAtOnce:
+class StopAtOnce(Preemption):
     """A preemption whose signal has arrived: the trainer stops at the first point it may."""
 
-    signum = signal.SIGTERM
+    def __init__(self):
+        super().__init__()
+        self.signum = signal.SIGTERM
 
     def deferred(self):
         return contextlib.nullcontext()

@@ -21,6 +21,7 @@ from torchvision.transforms.v2.functional import to_pil_image
 
 from raccnn.cli import report, run_main
 from raccnn.data import DatasetError
+from raccnn.data.device_input import to_model_input
 from raccnn.data.images import load_rgb, pil_to_uint8
 from raccnn.data.transforms import build_transforms
 from raccnn.engine.checkpoint import CheckpointError
@@ -44,13 +45,13 @@ def load_model(path: str, device: torch.device):
     if len(classes) != ckpt["num_classes"] or len(set(classes)) != len(classes):
         raise CheckpointError(f"{path}: its class names {classes} are not {ckpt['num_classes']} distinct names, one per "
                               "output of the model, so its predictions cannot be named")
-    mean, std = model.input_normalization  # the training's
-    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"], mean=mean, std=std)
+    transform = build_transforms(False, cfg["data"]["resize"], cfg["data"]["crop"])  # the training's test geometry
     return model, classes, transform
 
 
 def read_image(path: str, transform) -> torch.Tensor:
-    """The model input [1, 3, H, W] for the image file ``path``; DatasetError if it cannot be read."""
+    """The uint8 image [1, 3, H, W] the model's input is made of (``to_model_input``) for the image file
+    ``path``; DatasetError if it cannot be read."""
     if not os.path.exists(path):
         raise DatasetError(f"{path}: no such file")
     if not os.path.isfile(path):
@@ -84,7 +85,7 @@ def panel_names(paths: list[str]) -> list[str]:
 @torch.no_grad()
 def predict(model, classes, transform, path: str, png: str, device) -> str:
     """Print the predictions for one image and write its crop panel; returns the PNG's path."""
-    images = read_image(path, transform).to(device)
+    images = to_model_input(read_image(path, transform), device, model.input_normalization)  # the training's
     out = model(images, return_crops=True)
     print(path)
     for s, logits in enumerate(out.logits, start=1):

@@ -3,7 +3,8 @@
     python tools/benchmark.py [steps] [--config experiments/configs/cub200_vgg19.yaml] [--opts KEY=VALUE ...]
         [--batch 16 32] [--amp none bf16] [--channels-last false true] [--compile false]
         [--cases alternate_cls alternate_apn fusion eval plain_cls plain_apn] [--steps 20] [--warmup 5]
-        [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--device cuda] [--overhead]
+        [--peak-tflops 989] [--loader-workers 8 16] [--loader-images 512] [--loader-output float uint8]
+        [--device cuda] [--overhead]
         [--ddp false true] [--json out.json]
 
 One line per case (phase step x batch x amp x channels_last x compile) with: images/s, ms per step
@@ -30,13 +31,16 @@ rounds' ratios, which drift in the machine's speed (other work on a shared CPU) 
 
 Then the data loader's images/s for the config's training transforms on generated JPEGs of CUB's
 size (about 500 x 375, ``raccnn/data/standin.py``) with each ``--loader-workers``, so one sees at
-once whether the data or the model bounds an epoch. A table on stdout; ``--json`` writes the rows.
+once whether the data or the model bounds an epoch: up to the model's float input on ``--device``,
+for each ``--loader-output`` (``float``: normalised per image in the workers; ``uint8``: left uint8
+there and converted per batch on the device, the datasets' way). A table on stdout; ``--json`` writes the rows.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import resource
+import statistics
 import tempfile
 
 import torch
@@ -47,9 +51,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..data.cub import CUBDataset
 from ..data.standin import write_cub_standin
-from ..data.transforms import build_transforms
+from ..data.device_input import to_model_input
+from ..data.transforms import TRANSFORM_OUTPUTS, build_transforms
 from ..device import resolve_device
 from ..engine.precision import AMP_DTYPES, set_cudnn_benchmark
+from ..models.backbones import input_normalization
 from ..models.crop import resolve_impl
 from .options import add_config, add_device, add_threads, at_least, parse_bool
 from .timing import median_ms, median_ratio, run_once, timed, timed_in_turn
@@ -155,27 +161,49 @@ def bench_model(cfg, args, device):
     return rows
 
 
-def bench_loader(cfg, args):
+def bench_loader(cfg, args, device):
+    """images/s of the training loader with each ``--loader-workers`` and ``--loader-output``, up to the
+    model's float input on ``device``: ``float`` normalises each image in the workers (the transforms
+    end in ToDtype and Normalize), ``uint8`` leaves them uint8 and converts each batch on ``device``
+    (``to_model_input``) inside the timed loop. The outputs' epochs run in turn, ``--loader-rounds``
+    times, their order reversed every other round: medians, and the median of the rounds' speed-ups."""
     rows = []
     if not args.loader_workers:  # --loader-workers with no value: no loader lines, no JPEGs written
         return rows
+    d = cfg["data"]
+    normalization = mean, std = input_normalization(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(2, args.loader_images)  # half of them train: 2 classes x half = loader_images
         write_cub_standin(tmp, classes=2, images_per_class=per_class)
-        d = cfg["data"]
-        transform = build_transforms(True, d["resize"], d["crop"], flip=d["flip"])
-        ds = CUBDataset(tmp, split="trainval", transform=transform, val_fraction=0.1)
         for workers in args.loader_workers:
-            loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=workers, drop_last=False)
-            for _ in loader:  # warm-up: worker start, page cache
-                break
-            counted = []
-            sec = run_once(lambda: counted.append(sum(len(b["image"]) for b in loader)))
-            n = counted[0]
-            row = dict(case="loader", workers=workers, images=n, images_per_s=n / sec, input_size=d["crop"])
-            rows.append(row)
-            print(f"loader  workers {workers:3d}  {n / sec:9.1f} images/s  ({n} JPEGs ~500x375 -> "
-                  f"{d['resize']}/{d['crop']} px, training transforms)", flush=True)
+            epochs, counts = [], []
+            for output in args.loader_output:
+                transform = build_transforms(True, d["resize"], d["crop"], flip=d["flip"], mean=mean, std=std,
+                                             output=output)
+                ds = CUBDataset(tmp, split="trainval", transform=transform, val_fraction=0.1)
+                loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=workers,
+                                    drop_last=False, pin_memory=device.type == "cuda")
+                for _ in loader:  # warm-up: worker start, page cache
+                    break
+                counts.append([])
+
+                def epoch(loader=loader, counted=counts[-1]):
+                    counted.append(sum(len(to_model_input(b["image"], device, normalization, non_blocking=True))
+                                       for b in loader))
+                epochs.append(epoch)
+            times = timed_in_turn(epochs, args.loader_rounds, 0, device)
+            for k, output in enumerate(args.loader_output):
+                n = counts[k][0]
+                row = dict(case="loader", workers=workers, output=output, images=n, rounds=args.loader_rounds,
+                           images_per_s=n / statistics.median(times[k]), input_size=d["crop"])
+                gain = ""
+                if output == "uint8" and "float" in args.loader_output:
+                    row["speedup_vs_float"] = median_ratio(times[args.loader_output.index("float")], times[k])
+                    gain = f", {row['speedup_vs_float']:.2f}x float"
+                rows.append(row)
+                print(f"loader  workers {workers:3d}  {output:5s} {row['images_per_s']:9.1f} images/s  ({n} JPEGs "
+                      f"~500x375 -> {d['resize']}/{d['crop']} px, training transforms, to the {device.type} input"
+                      f"{gain})", flush=True)
     return rows
 
 
@@ -209,6 +237,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="default: 989 on CUDA (H100/H200 dense bf16)")
     p.add_argument("--loader-workers", type=at_least(0), nargs="*", default=None, help="default: the config's num_workers")
     p.add_argument("--loader-images", type=at_least(1), default=256)
+    p.add_argument("--loader-rounds", type=at_least(1), default=1, help="epochs of each --loader-output, in turn")
+    p.add_argument("--loader-output", nargs="+", default=["float", "uint8"], choices=TRANSFORM_OUTPUTS,
+                   help="what the workers hand over: float (normalised per image) or uint8 (converted per batch "
+                   "on --device); default: both, side by side")
     add_threads(p, None)
     p.add_argument("--overhead", action="store_true", help="also time alternate_cls/plain_cls and "
                    "alternate_apn/plain_apn interleaved, round by round (RA-CNN's overhead ratios)")
@@ -233,7 +265,7 @@ def run(args) -> dict:
     print(f"{args.config} {' '.join(args.opts)} on {name}, torch {torch.__version__}, input "
           f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}, cudnn.benchmark {cudnn}", flush=True)
     rows = bench_model(cfg, args, device) + (bench_overhead(cfg, args, device) if args.overhead else [])
-    rows += bench_loader(cfg, args)
+    rows += bench_loader(cfg, args, device)
     if dist.is_initialized():
         dist.destroy_process_group()
     return {"config": args.config, "opts": args.opts, "device": name, "torch": torch.__version__,

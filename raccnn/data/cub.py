@@ -164,8 +164,8 @@ class CUBDataset(torch.utils.data.Dataset):
 
     ``transform`` is called on the tv_tensors sample dict described in
     :mod:`raccnn.data.transforms` (any ``torchvision.transforms.v2`` pipeline accepts it;
-    :func:`~raccnn.data.transforms.build_transforms` builds the standard one).  ``None`` only
-    converts to float and normalises, keeping the stored size. ``cache`` (``none``, ``decoded`` or
+    :func:`~raccnn.data.transforms.build_transforms` builds the standard one).  ``None`` keeps
+    the stored pixels. ``cache`` (``none``, ``decoded`` or
     ``samples``, :mod:`raccnn.data.cache`) keeps the split in memory from the moment it opens;
     ``samples`` fixes each item's transformed sample then, so it suits a deterministic transform only.
     """
@@ -308,7 +308,8 @@ class CUBDataset(torch.utils.data.Dataset):
         }
 
     def __getitem__(self, index: int) -> dict:
-        """``image`` [3,H,W] float normalised; ``label``, ``index`` int64; ``box`` [4] XYXY;
+        """``image`` [3,H,W] uint8 from the standard transforms (``to_model_input`` makes the model's
+        input of a batch); ``label``, ``index`` int64; ``box`` [4] XYXY;
         ``parts`` [P,3] (x, y, visible); ``part_boxes`` [P,4] XYXY (NaN where unknown).
         Coordinates are in the pixels of the returned (transformed) image."""
         return self.cache[index]

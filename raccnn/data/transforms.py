@@ -12,6 +12,11 @@ object box, the part boxes and the part points together with the pixels:
 NaN survives resize, crop and flip unchanged, which is how "unknown" and "invisible" are
 carried through.  :func:`finalize` turns the result into the plain tensors a dataset returns.
 
+The standard pipeline does geometry only and leaves the image uint8: a DataLoader worker decodes,
+resizes, crops and flips, and the batch crosses to the device at a quarter of the bytes of float
+pixels; :func:`raccnn.data.device_input.to_model_input` then converts and normalises it there, a
+batch at a time.
+
 Coordinate conventions follow torchvision: boxes are continuous (a flip maps x to W - x),
 key points are pixel indices (a flip maps x to W - 1 - x).
 """
@@ -22,7 +27,6 @@ from typing import Sequence
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +77,9 @@ class HorizontalFlipWithParts:
         return f"{type(self).__name__}(p={self.p})"
 
 
+TRANSFORM_OUTPUTS = ("uint8", "float")
+
+
 def build_transforms(
     train: bool,
     resize: int | None,
@@ -81,15 +88,20 @@ def build_transforms(
     flip_p: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    output: str = "uint8",
 ) -> v2.Compose:
     """Standard pipeline.
 
     train: Resize(resize) -> RandomCrop(crop) -> horizontal flip (prob ``flip_p``, if ``flip``)
     test:  Resize(resize) -> CenterCrop(crop)
-    then ToDtype(float32, scale) -> Normalize(mean, std).
-    ``resize`` resizes the shorter side; ``None`` skips a step (``resize=None, crop=None`` only
-    converts and normalises).
+    ``resize`` resizes the shorter side; ``None`` skips a step (``resize=None, crop=None`` keeps
+    the stored pixels).  ``output="uint8"`` ends there, with the uint8 image that
+    :func:`~raccnn.data.device_input.to_model_input` turns into the model's input on the device;
+    ``output="float"`` appends ToDtype(float32, scale) -> Normalize(mean, std), the same values
+    made per image (``mean`` and ``std`` serve this output only).
     """
+    if output not in TRANSFORM_OUTPUTS:
+        raise ValueError(f"output must be one of {TRANSFORM_OUTPUTS}, got {output!r}")
     steps: list = []
     if resize is not None:
         steps.append(v2.Resize(resize, antialias=True))
@@ -97,8 +109,9 @@ def build_transforms(
         steps.append(v2.RandomCrop(crop) if train else v2.CenterCrop(crop))
     if train and flip:
         steps.append(HorizontalFlipWithParts(flip_p))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    if output == "float":
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps or [v2.Identity()])
 
 
 def make_sample(
@@ -133,12 +146,11 @@ def make_sample(
 def finalize(sample: dict) -> dict:
     """Plain tensors after the pipeline: clamp boxes to the image, hide points that left it.
 
-    Returns ``image`` [3, H, W] float, ``box`` [4], ``parts`` [P, 3] (x, y, visible; invisible
-    parts are all zero) and ``part_boxes`` [P, 4] (NaN where unknown).
+    Returns ``image`` [3, H, W] as the pipeline left it (uint8 from the standard one, float from
+    one that normalises), ``box`` [4], ``parts`` [P, 3] (x, y, visible; invisible parts are all
+    zero) and ``part_boxes`` [P, 4] (NaN where unknown).
     """
     image = sample["image"]
-    if image.dtype == torch.uint8:  # no ToDtype in a user's pipeline
-        image = TF.to_dtype(image, torch.float32, scale=True)
     h, w = image.shape[-2:]
 
     def clamp_boxes(b: torch.Tensor) -> torch.Tensor:

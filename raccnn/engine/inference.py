@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..config import config_diff, fill_defaults, load_config, parse_cli_opts, save_config
 from ..data.build import build_dataset, prepare_data
+from ..data.device_input import model_normalization, to_model_input
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..models.apn import peak_targets
@@ -32,7 +33,7 @@ def _run(model, loader, device, desc: str) -> Outputs:
     batches: list[Outputs] = []
     image_size = None
     for batch in tqdm(loader, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-        images = batch["image"].to(device)
+        images = to_model_input(batch["image"], device, model_normalization(model))
         size = tuple(images.shape[-2:])
         if image_size is not None and size != image_size:
             raise ValueError(f"all evaluation images must have the same size, got {image_size} and {size}")

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import fill_defaults
+from ..data.device_input import model_normalization, to_model_input
 from ..device import resolve_device
 from ..fileio import remove_stale_temporaries
 from ..models.proposers import check_part_settings
@@ -316,5 +317,4 @@ class Trainer:
         return done
 
     def to_input(self, images):
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return to_model_input(images, self.device, model_normalization(self.model), self.channels_last, non_blocking=True)

@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.data import default_collate
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from ..data.device_input import model_normalization, to_model_input
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.boxes import square_to_xyxy
 from ..models.fusion import fusion_names
@@ -229,11 +230,11 @@ def model_panel(model, batch: dict, hit_part: int | None = None, device=None) ->
     model.eval()
     try:
         device = device or next(model.parameters()).device
-        images = batch["image"].to(device)
+        images = to_model_input(batch["image"], device, model_normalization(model))
         out = model(images, return_crops=True, part_boxes=batch.get("part_boxes"))
     finally:
         model.train(was_training)
-    mean, std = getattr(model, "input_normalization", (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = model_normalization(model)
     return crop_panel(images.cpu(), out, batch.get("part_boxes"), batch.get("box"), hit_part, mean=mean, std=std)
 
 
