@@ -13,6 +13,7 @@ leaks through aliasing when a pipeline shrinks images with plain bilinear sampli
 
     python experiments/calibrate_fgsynth.py --data data/fgsynth --out work_dirs/calibration
     python experiments/calibrate_fgsynth.py --data data/fgsynth_320 --size 320 --out work_dirs/calibration_320
+    python experiments/calibrate_fgsynth.py --data data/fgsynth --distractor --out work_dirs/calibration_distractor
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from raccnn.data import CUBDataset, DISCRIMINATIVE_PART, IMAGENET_MEAN, IMAGENET_STD, ensure_fgsynth
 from raccnn.data.images import load_rgb
-from raccnn.data.synthetic import certificate, texture_scale_for
+from raccnn.data.synthetic import certificate, fgsynth_root, texture_scale_for
 from raccnn.models.backbones import build_backbone
 from raccnn.models.boxes import part_squares
 
@@ -129,6 +130,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2, help="as data.val_fraction of fgsynth_default.yaml")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--distractor", action="store_true", help="the variant with distractors (data.synth.distractor), "
+                   "read from (or written to) DATA/distractor")
     p.add_argument("--skip-aliasing-check", action="store_true", help="skip run (c)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +140,8 @@ def main() -> None:
     cert = certificate(args.size, args.input_size)
     print(f"certificate: factor {cert['factor']:.2f}, texture scale {cert['texture_scale']}, fine texture keeps "
           f"{cert['fine_at_scale1']:.1%} of its contrast at scale 1 -> {cert['problem'] or 'passes'}", flush=True)
-    root = ensure_fgsynth(args.data, size=args.size, texture_scale=texture_scale_for(args.size, args.input_size))
+    root = ensure_fgsynth(fgsynth_root(args.data, args.distractor), size=args.size,
+                          texture_scale=texture_scale_for(args.size, args.input_size), distractor=args.distractor)
     data = {s: load_split(root, s, args.val_fraction, args.seed) for s in ("train", "val", "test")}
     num_classes = data["train"][3]
     s = args.input_size

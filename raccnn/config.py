@@ -21,7 +21,7 @@ from .attention.sasa import check_layer
 from .data.aircraft import LABEL_LEVELS
 from .data.build import CACHE_SETTINGS, DATASETS, scale1_size
 from .data.verify import VERIFY_MODES
-from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, certificate
+from .data.synthetic import DEFAULTS as SYNTH, MAX_CLASSES, MIN_IMAGES_PER_CLASS, MIN_SIZE, RECORDED_IF_SET, certificate
 from .device import DEVICES
 from .configtree import Key, arg, config_diff, merge_into, parse_cli_opts, read_config, save_config, validate
 from .errors import ConfigError
@@ -101,6 +101,7 @@ SCHEMA: dict = {
             "images_per_class": Key(SYNTH["images_per_class"], min=MIN_IMAGES_PER_CLASS),
             "size": Key(SYNTH["size"], min=MIN_SIZE),  # stored image side, px
             "seed": Key(SYNTH["seed"], min=0),
+            "distractor": Key(RECORDED_IF_SET["distractor"]),  # decoy heads in every image; its own folder data.root/distractor
             "check": Key(True),  # refuse settings where the whole image alone shows the class (certificate)
         },
         "resize": Key(160, min=8),  # shorter side after resizing

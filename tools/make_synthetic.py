@@ -3,6 +3,7 @@
     python tools/make_synthetic.py --out data/fgsynth            # defaults
     python tools/make_synthetic.py --out /tmp/tiny --classes 3 --images-per-class 8
     python tools/make_synthetic.py --out data/fgsynth_320 --size 320   # for a 64-px scale 1
+    python tools/make_synthetic.py --out data/fgsynth --distractor      # writes data/fgsynth/distractor/CUB_200_2011
 
 The textures' periods follow the factor from the stored size to scale 1's view of the whole image
 (``--scale1-size``: model.input_sizes[0] x data.resize / data.crop); a setting where the whole image
@@ -23,7 +24,7 @@ from pathlib import Path
 from raccnn.cli import run_main
 from raccnn.errors import ConfigError, RaccnnError
 from raccnn.data.synthetic import (DEFAULTS, DEFAULT_SCALE1_SIZE, STAMP, certificate, fgsynth_lock,
-                                    generate_fgsynth, texture_scale_for)
+                                    fgsynth_root, generate_fgsynth, texture_scale_for)
 
 
 def main() -> int:
@@ -36,6 +37,8 @@ def main() -> int:
     p.add_argument("--train-fraction", type=float, default=DEFAULTS["train_fraction"])
     p.add_argument("--scale1-size", type=float, default=DEFAULT_SCALE1_SIZE,
                    help="side of the whole image at scale 1, px (model.input_sizes[0] x data.resize / data.crop)")
+    p.add_argument("--distractor", action="store_true",
+                   help="add decoy heads to every image (data.synth.distractor); written under OUT/distractor")
     p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
     args = p.parse_args()
     log = logging.getLogger("raccnn")  # says when it waits for another writer of the folder
@@ -51,12 +54,14 @@ def make(args) -> int:
     if problem and not args.no_check:
         raise ConfigError(f"{problem} (--no-check writes it anyway)")
     t0 = time.perf_counter()
+    out = fgsynth_root(args.out, args.distractor)  # where a training with data.root=OUT reads it
     try:
-        with fgsynth_lock(args.out):  # the lock trainings take to write FG-Synth there
-            existed = (Path(args.out) / "CUB_200_2011" / STAMP).is_file()  # a finished set is never rewritten
-            path = generate_fgsynth(args.out, classes=args.classes, images_per_class=args.images_per_class,
+        with fgsynth_lock(out):  # the lock trainings take to write FG-Synth there
+            existed = (out / "CUB_200_2011" / STAMP).is_file()  # a finished set is never rewritten
+            path = generate_fgsynth(out, classes=args.classes, images_per_class=args.images_per_class,
                                     size=args.size, seed=args.seed, train_fraction=args.train_fraction,
-                                    texture_scale=texture_scale_for(args.size, args.scale1_size))
+                                    texture_scale=texture_scale_for(args.size, args.scale1_size),
+                                    distractor=args.distractor)
     except ValueError as exc:  # a setting the generator cannot honour (its own checks)
         if isinstance(exc, RaccnnError):
             raise

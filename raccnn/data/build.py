@@ -13,7 +13,7 @@ from .cub import CUBDataset
 from .dogs import StanfordDogs
 from .folder import FolderDataset
 from .nabirds import NABirds
-from .synthetic import ensure_fgsynth, texture_scale_for
+from .synthetic import ensure_fgsynth, fgsynth_root, texture_scale_for
 from .transforms import build_transforms
 
 
@@ -41,13 +41,20 @@ def scale1_size(cfg: dict) -> float:
     return cfg["model"]["input_sizes"][0] * cfg["data"]["resize"] / cfg["data"]["crop"]
 
 
+def data_root(cfg: dict) -> Path:
+    """The folder the dataset is read from (FG-Synth's variant has its own, ``fgsynth_root``)."""
+    d = cfg["data"]
+    return fgsynth_root(d["root"], d["synth"]["distractor"]) if d["dataset"] == "fgsynth" else Path(d["root"])
+
+
 def prepare_data(cfg: dict) -> Path:
     """The dataset root; FG-Synth is generated there first when it is absent (a set of another
     setting there is refused, never written over)."""
     d = cfg["data"]
     if d["dataset"] == "fgsynth":
         synth = {k: v for k, v in d["synth"].items() if k != "check"}
-        return ensure_fgsynth(d["root"], **synth, texture_scale=texture_scale_for(synth["size"], scale1_size(cfg)))
+        return ensure_fgsynth(fgsynth_root(d["root"], synth["distractor"]), **synth,
+                              texture_scale=texture_scale_for(synth["size"], scale1_size(cfg)))
     return Path(d["root"])
 
 
@@ -55,7 +62,7 @@ def build_dataset(cfg: dict, split: str, root: Path | None = None):
     """One split ("train", "val", "trainval" or "test") with its transforms (training
     augmentation only on the train splits)."""
     d = cfg["data"]
-    root = root if root is not None else Path(d["root"])
+    root = root if root is not None else data_root(cfg)
     train = split in ("train", "trainval")
     mean, std = input_normalization(cfg)
     transform = build_transforms(train, d["resize"], d["crop"], flip=d["flip"], mean=mean, std=std)

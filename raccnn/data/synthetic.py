@@ -21,6 +21,10 @@ for scale 1 (160 -> 64). For another factor the periods are scaled with it (``te
 refuses FG-Synth settings that fail it (docs/data.md).
 All textures are symmetric under a horizontal flip, so flip augmentation keeps the class.
 
+With ``distractor`` (data.synth.distractor) every image also shows heads of other birds, crests
+included, away from the bird (``paint_distractor``): a variant where a network's strongest response
+is often not on the crest that decides the class. It is written in its own folder (``fgsynth_root``).
+
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
 ``(seed, class, index within class)``.  Part boxes are written to ``parts/part_boxes.txt``.
 A set on disk is never written over, and an unfinished one is never stamped (``generate_fgsynth``).
@@ -73,6 +77,10 @@ PATTERNS = {f"{c}_{f}": (COARSE[c], FINE[f]) for c in COARSE for f in FINE}
 PATTERN_NAMES = tuple(PATTERNS)
 
 DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5, texture_scale=1)
+# Settings added to the generator later: recorded in fgsynth.json only where they differ from this
+# value, so a set written before them (absent there) reads as the default and is still found.
+RECORDED_IF_SET = dict(distractor=False)
+DISTRACTOR_DIR = "distractor"  # beside CUB_200_2011 under data.root: holds the distractor variant's own CUB_200_2011
 MAX_CLASSES = len(PATTERN_NAMES)
 MIN_SIZE = 96  # the bird's geometry needs it to fit inside the image
 # With the default train_fraction 0.5, three images per class leave two training images, one of
@@ -142,8 +150,74 @@ def _background(rng, size, xx, yy, texture_scale):
     return canvas
 
 
-def render_image(class_index: int, rng: np.random.Generator, size: int, texture_scale: int = 1):
-    """Draw one image. Returns (uint8 HxWx3, object box xywh, {part: (x, y, w, h)})."""
+# The distractor (data.synth.distractor): DISTRACTOR_COUNT heads of other birds, crest included,
+# peeking into the image away from the bird, drawn like its own head and class-independent (each
+# crest carries a random pattern of the crest family, never the flat coarse layer, which vanishes at
+# scale 1). A network that responds to crests on heads responds to them too, so its strongest response
+# is often not on the crest that decides the class, as on photos where the body or the background
+# outshines the discriminative part. Only the bird's body, which a decoy head lacks, tells them apart.
+# Decoy heads larger and of higher contrast than the bird's are told apart more easily (docs/data.md).
+DISTRACTOR_COUNT = 2
+DISTRACTOR_SCALE = 1.0  # the decoy head's size, times the bird's (same random spread)
+DISTRACTOR_GAIN = 1.0  # its crest texture's contrast, times a crest's
+DISTRACTOR_TRIES = 12  # positions drawn; the farthest from the crest that the bird hides little of is kept
+DISTRACTOR_PATTERNS = tuple(n for n in PATTERN_NAMES if PATTERNS[n][0] is not COARSE["flat"])
+
+
+def _decoy_head(xx, yy, hx, hy, g, facing):
+    """Masks of a head (disc, eye, beak) at (hx, hy) with its crest (outline, inside), size ``g``."""
+    r, ka, kb = 12 * g, 14 * g, 10 * g
+    ky = hy - r - 0.55 * kb
+    return dict(head=_ellipse(xx, yy, hx, hy, r, r),
+                eye=_ellipse(xx, yy, hx + facing * 0.45 * r, hy - 0.15 * r, 0.18 * r, 0.18 * r),
+                beak=_ellipse(xx, yy, hx + facing * 1.1 * r, hy + 0.15 * r, 0.55 * r, 0.25 * r),
+                outline=_ellipse(xx, yy, hx, ky, ka + 1.5 * g, kb + 1.5 * g),
+                crest=_ellipse(xx, yy, hx, ky, ka, kb))
+
+
+def paint_distractor(canvas, xx, yy, rng, behind, crest_at, texture_scale=1):
+    """Paint the distractor, drawn from ``rng``, into ``canvas`` except over the mask ``behind``
+    (the bird, which stays in front). Returns the mask of the pixels painted."""
+    painted = np.zeros(behind.shape, dtype=bool)
+    for _head in range(DISTRACTOR_COUNT):
+        painted |= _paint_decoy_head(canvas, xx, yy, rng, behind, behind | painted, crest_at, texture_scale)
+    return painted
+
+
+def _paint_decoy_head(canvas, xx, yy, rng, behind, avoid, crest_at, texture_scale):
+    """One decoy head, painted except over ``behind``, as far from ``crest_at`` (x, y) as a few tries
+    find where ``avoid`` hides little of it; returns the mask of the pixels painted."""
+    size = canvas.shape[0]
+    g = rng.uniform(0.9, 1.2) * DISTRACTOR_SCALE * size / 160.0
+    facing = rng.choice([-1.0, 1.0])
+    r, ka, kb = 12 * g, 14 * g, 10 * g
+    margin_x = max(ka + 1.5 * g, 1.65 * r) + 1
+    best, step = None, 4  # candidates are compared on every 4th pixel
+    for _attempt in range(DISTRACTOR_TRIES):
+        hx = rng.uniform(margin_x, size - margin_x)
+        hy = rng.uniform(r + 1.1 * kb + 2.5 * g + 1, size - r - 1)
+        m = _decoy_head(xx[::step, ::step], yy[::step, ::step], hx, hy, g, facing)
+        union = m["head"] | m["beak"] | m["outline"]
+        hidden = (union & avoid[::step, ::step]).sum() / max(1, union.sum())
+        score = np.hypot(hx - crest_at[0], hy - crest_at[1]) - (size if hidden > 0.2 else 0.0) - size * hidden
+        if best is None or score > best[0]:
+            best = (score, hx, hy)
+    m = _decoy_head(xx, yy, best[1], best[2], g, facing)
+    _paint(canvas, m["beak"] & ~behind, rng.uniform(0.6, 1.0, 3) * np.array([1.0, 0.8, 0.2]))
+    _paint(canvas, m["head"] & ~behind, rng.uniform(0.1, 0.9, 3))
+    _paint(canvas, m["eye"] & ~behind, np.zeros(3))
+    _paint(canvas, m["outline"] & ~behind, rng.uniform(0.0, 0.15, 3))
+    name = DISTRACTOR_PATTERNS[rng.integers(len(DISTRACTOR_PATTERNS))]
+    texture = DISTRACTOR_GAIN * _texture(name, xx, yy, rng, texture_scale)
+    _paint_textured(canvas, m["crest"] & ~behind, rng.uniform(0.38, 0.62, 3), texture)
+    return (m["head"] | m["beak"] | m["outline"]) & ~behind
+
+
+def render_image(class_index: int, rng: np.random.Generator, size: int, texture_scale: int = 1,
+                 distractor_rng: np.random.Generator | None = None):
+    """Draw one image. Returns (uint8 HxWx3, object box xywh, {part: (x, y, w, h)}). With
+    ``distractor_rng``, decoy heads (``paint_distractor``) drawn from it are added behind the bird;
+    ``rng`` is used exactly as without them, so everything else in the image stays the same."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     u = size / 160.0  # geometry below is tuned for 160 px and scales with the image
     canvas = _background(rng, size, xx, yy, texture_scale)
@@ -194,6 +268,8 @@ def render_image(class_index: int, rng: np.random.Generator, size: int, texture_
     _paint(canvas, crest_outline, rng.uniform(0.0, 0.15, 3))
     crest_pattern = PATTERN_NAMES[class_index]
     _paint_textured(canvas, masks["crest"], rng.uniform(0.38, 0.62, 3), _texture(crest_pattern, xx, yy, rng, texture_scale))
+    if distractor_rng is not None:
+        paint_distractor(canvas, xx, yy, distractor_rng, union, (kx, ky), texture_scale)
 
     canvas += rng.normal(0.0, 0.02, canvas.shape).astype(np.float32)
     image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -353,7 +429,7 @@ def _read_params(d: Path) -> dict:
 
 def _key(name: str) -> str:
     """The config key of a setting (texture_scale follows data.synth.size and scale 1's view)."""
-    return f"data.synth.{name}" if name in DEFAULTS and name != "texture_scale" else name
+    return f"data.synth.{name}" if name in {**DEFAULTS, **RECORDED_IF_SET} and name != "texture_scale" else name
 
 
 def _state(d: Path, params: dict) -> str:
@@ -374,7 +450,7 @@ def _state(d: Path, params: dict) -> str:
     if not (d / STAMP).is_file():
         return "interrupted"
     have = _read_params(d)
-    diff = [(k, have.get(k), v) for k, v in params.items() if have.get(k) != v]
+    diff = [(k, _setting(have, k), v) for k, v in _compared(params).items() if _setting(have, k) != v]
     if not diff:
         return "complete"
     shown = "; ".join(f"{_key(k)}: {'absent' if a is None else a!r} there, {b!r} asked" for k, a, b in diff)
@@ -391,13 +467,16 @@ def generate_fgsynth(
     seed: int = DEFAULTS["seed"],
     train_fraction: float = DEFAULTS["train_fraction"],
     texture_scale: int = DEFAULTS["texture_scale"],
+    distractor: bool = RECORDED_IF_SET["distractor"],
 ) -> Path:
     """Write FG-Synth to ``out_dir/CUB_200_2011`` unless this set is complete there already.
 
     Image ``j`` of class ``c`` is drawn from ``numpy.random.default_rng([seed, c, j])``; the
     first ``round(train_fraction * images_per_class)`` images of each class form the
     official train split, the rest the test split.  ``texture_scale`` multiplies the textures'
-    periods (``texture_scale_for`` gives it for a model's scale-1 input).  Returns the
+    periods (``texture_scale_for`` gives it for a model's scale-1 input).  ``distractor`` adds
+    decoy heads to every image, drawn from its own stream ``SeedSequence([seed, c, j], spawn_key=(1,))``
+    (``render_image``); the variant is kept in its own folder (``fgsynth_root``).  Returns the
     ``CUB_200_2011`` folder.
 
     The set is written only where there is none (a missing or empty folder) or where a generation
@@ -415,8 +494,11 @@ def generate_fgsynth(
         raise ValueError(f"size must be >= {MIN_SIZE} px, got {size}")
     if not (isinstance(texture_scale, int) and texture_scale >= 1):
         raise ValueError(f"texture_scale must be an integer >= 1, got {texture_scale!r}")
+    if not isinstance(distractor, bool):
+        raise ValueError(f"distractor must be true or false, got {distractor!r}")
     params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                   train_fraction=train_fraction, texture_scale=texture_scale, version=1)
+    params.update({k: v for k, v in dict(distractor=distractor).items() if v != RECORDED_IF_SET[k]})
 
     out = Path(out_dir)
     d = out / "CUB_200_2011"
@@ -455,7 +537,8 @@ def _write_set(d: Path, params: dict, n_train: int) -> None:
         for j in range(images_per_class):
             image_id += 1
             rng = np.random.default_rng([seed, c, j])
-            img, box, parts = render_image(c, rng, params["size"], params["texture_scale"])
+            img, box, parts = render_image(c, rng, params["size"], params["texture_scale"],
+                                           distractor_rng(seed, c, j) if params.get("distractor") else None)
             rel = f"{_class_dir_name(c)}/fgsynth_{c + 1:03d}_{j + 1:04d}.png"
             Image.fromarray(img).save(d / "images" / rel, compress_level=1)
             lines["images"].append(f"{image_id} {rel}")
@@ -521,4 +604,27 @@ def _is_complete(d: Path, wanted: dict) -> bool:
     if not ((d / STAMP).is_file() and (d / PARAMS_FILE).is_file()):
         return False
     have = _read_params(d)
-    return all(have.get(k) == v for k, v in wanted.items())
+    return all(_setting(have, k) == v for k, v in _compared(wanted).items())
+
+
+def _compared(params: dict) -> dict:
+    """``params`` with every RECORDED_IF_SET setting, at its default where absent: the settings
+    that a set on disk must match."""
+    return dict(RECORDED_IF_SET, **params)
+
+
+def _setting(have: dict, key: str):
+    """The value of ``key`` in a set's recorded parameters (RECORDED_IF_SET's default where absent)."""
+    return have.get(key, RECORDED_IF_SET.get(key))
+
+
+def distractor_rng(seed: int, c: int, j: int) -> np.random.Generator:
+    """The distractor's stream for image ``j`` of class ``c``: a child of the image's own seed, so
+    the image's stream ``default_rng([seed, c, j])`` is used exactly as in the default set."""
+    return np.random.default_rng(np.random.SeedSequence([seed, c, j], spawn_key=(1,)))
+
+
+def fgsynth_root(root: str | Path, distractor: bool = False) -> Path:
+    """The folder that holds FG-Synth's ``CUB_200_2011`` under ``data.root``: ``root`` itself, or
+    ``root/distractor`` for the distractor variant, so that the two sets never share a folder."""
+    return Path(root) / DISTRACTOR_DIR if distractor else Path(root)
