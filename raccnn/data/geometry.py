@@ -1,0 +1,122 @@
+"""The standard pipeline's geometry (resize, crop, flip) as one transform on plain tensors.
+
+:func:`raccnn.data.transforms.build_transforms` returns :class:`SampleGeometry` for the uint8
+output a DataLoader worker hands over. It calls the kernels of ``torchvision.transforms.v2.functional``
+(``resize_image``, ``resize_bounding_boxes``, ``crop_keypoints``, ``horizontal_flip_*``...) directly,
+the same kernels that ``v2.Compose([Resize, RandomCrop or CenterCrop, HorizontalFlipWithParts])``
+dispatches to, with the same arguments, so every image, box and point is the one that pipeline
+gives; it skips what the pipeline spends per sample around them (flattening the sample dict,
+dispatching each transform on each entry's type, re-wrapping every result as a tv_tensor), and the
+kernels of entries that hold nothing (a dataset without part annotations).
+
+The random crop's offsets and the flip's decision are drawn with the same calls, in the same order,
+as ``v2.RandomCrop`` and :class:`~raccnn.data.transforms.HorizontalFlipWithParts`, so a seed gives
+the same augmentations either way. Only that order is written here; the geometry is torchvision's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+XYXY = tv_tensors.BoundingBoxFormat.XYXY
+
+BOX_KEYS = ("box", "part_boxes")
+POINT_KEYS = ("points",)
+
+
+def _plain(x: Tensor) -> Tensor:
+    return x.as_subclass(Tensor) if type(x) is not Tensor else x
+
+
+class SampleGeometry:
+    """Resize(``resize``, shorter side, bilinear, antialias) -> RandomCrop(``crop``) when ``train``,
+    CenterCrop(``crop``) otherwise -> horizontal flip with probability ``flip_p`` when ``train`` and
+    ``flip`` (the part slots swapped with ``sample["flip_perm"]``); ``None`` skips a step.
+
+    Called on the sample dict of :func:`~raccnn.data.transforms.make_sample` (tv_tensors or plain
+    tensors: ``image``, ``box`` [1, 4] and ``part_boxes`` [P, 4] XYXY, ``points`` [P, 2],
+    ``flip_perm``) it returns a dict of plain tensors for :func:`~raccnn.data.transforms.finalize`;
+    called on an image alone it returns the image.
+    """
+
+    def __init__(self, train: bool, resize: int | None, crop: int | None, flip: bool = True,
+                 flip_p: float = 0.5):
+        self.train = train
+        self.resize = resize
+        self.crop = crop
+        self.flip_p = flip_p if train and flip else None
+
+    def __call__(self, sample):
+        if not isinstance(sample, dict):
+            return self._image_only(sample)
+        image = _plain(sample["image"])
+        canvas = tuple(image.shape[-2:])
+        boxes = {k: _plain(sample[k]) for k in BOX_KEYS if k in sample and sample[k].numel()}
+        points = {k: _plain(sample[k]) for k in POINT_KEYS if k in sample and sample[k].numel()}
+
+        if self.resize is not None:
+            size = [self.resize]
+            image = F.resize_image(image, size, antialias=True)
+            boxes = {k: F.resize_bounding_boxes(b, canvas, size, format=XYXY)[0] for k, b in boxes.items()}
+            points = {k: F.resize_keypoints(p, size, canvas)[0] for k, p in points.items()}
+            canvas = tuple(image.shape[-2:])
+
+        if self.crop is not None:
+            top, left = self._crop_anchor(canvas)
+            c = self.crop
+            if self.train:
+                image = F.crop_image(image, top, left, c, c)
+            else:
+                image = F.center_crop_image(image, [c, c])  # pads an image smaller than the crop
+            boxes = {k: F.crop_bounding_boxes(b, XYXY, top, left, c, c)[0] for k, b in boxes.items()}
+            points = {k: F.crop_keypoints(p, top, left, c, c)[0] for k, p in points.items()}
+            canvas = (c, c)
+
+        if self.flip_p is not None and self._flips():
+            image = F.horizontal_flip_image(image)
+            boxes = {k: F.horizontal_flip_bounding_boxes(b, XYXY, canvas) for k, b in boxes.items()}
+            points = {k: F.horizontal_flip_keypoints(p, canvas) for k, p in points.items()}
+            perm = list(sample.get("flip_perm", ()))
+            if perm:  # slot "left eye" now holds the right one's point: re-order the part slots
+                for entries in (boxes, points):
+                    for k in entries:
+                        if k != "box":
+                            entries[k] = entries[k][perm]
+
+        out = dict(sample)
+        out["image"] = image
+        moved = {**boxes, **points}
+        for k in BOX_KEYS + POINT_KEYS:
+            if k in sample:
+                out[k] = moved.get(k, _plain(sample[k]))
+        return out
+
+    def _crop_anchor(self, canvas: tuple[int, int]) -> tuple[int, int]:
+        """(top, left) of the crop: ``v2.CenterCrop``'s rounding, or ``v2.RandomCrop``'s draws (a
+        ``randint`` for the top, then one for the left, each only where the image is larger)."""
+        h, w = canvas
+        c = self.crop
+        if not self.train:
+            return int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+        if h < c or w < c:
+            raise ValueError(f"Required crop size {(c, c)} is larger than input image size {(h, w)}.")
+        top = int(torch.randint(0, h - c + 1, size=())) if h > c else 0
+        left = int(torch.randint(0, w - c + 1, size=())) if w > c else 0
+        return top, left
+
+    def _flips(self) -> bool:
+        """HorizontalFlipWithParts' decision; on a flip, the second number that its inner
+        ``v2.RandomHorizontalFlip(p=1.0)`` draws is drawn too, so later samples get the same draws."""
+        if self.flip_p <= 0 or torch.rand(1).item() >= self.flip_p:
+            return False
+        torch.rand(1)
+        return True
+
+    def _image_only(self, image: Tensor) -> Tensor:
+        return self({"image": image})["image"]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(train={self.train}, resize={self.resize}, crop={self.crop}, "
+                f"flip_p={self.flip_p})")
