@@ -23,7 +23,6 @@ from torchvision.transforms.v2 import functional as F
 XYXY = tv_tensors.BoundingBoxFormat.XYXY
 
 BOX_KEYS = ("box", "part_boxes")
-POINT_KEYS = ("points",)
 
 
 def _plain(x: Tensor) -> Tensor:
@@ -53,14 +52,19 @@ class SampleGeometry:
             return self._image_only(sample)
         image = _plain(sample["image"])
         canvas = tuple(image.shape[-2:])
-        boxes = {k: _plain(sample[k]) for k in BOX_KEYS if k in sample and sample[k].numel()}
-        points = {k: _plain(sample[k]) for k in POINT_KEYS if k in sample and sample[k].numel()}
+        # the object box and the part boxes go through the box kernels as one tensor: they work row by row
+        rows = {k: _plain(sample[k]).reshape(-1, 4) for k in BOX_KEYS if k in sample}
+        boxes = torch.cat(list(rows.values())) if rows else torch.zeros(0, 4)
+        points = _plain(sample["points"]) if "points" in sample else torch.zeros(0, 2)
+        has_boxes, has_points = boxes.numel() > 0, points.numel() > 0  # none: their kernels are skipped
 
         if self.resize is not None:
             size = [self.resize]
             image = F.resize_image(image, size, antialias=True)
-            boxes = {k: F.resize_bounding_boxes(b, canvas, size, format=XYXY)[0] for k, b in boxes.items()}
-            points = {k: F.resize_keypoints(p, size, canvas)[0] for k, p in points.items()}
+            if has_boxes:
+                boxes = F.resize_bounding_boxes(boxes, canvas, size, format=XYXY)[0]
+            if has_points:
+                points = F.resize_keypoints(points, size, canvas)[0]
             canvas = tuple(image.shape[-2:])
 
         if self.crop is not None:
@@ -70,27 +74,32 @@ class SampleGeometry:
                 image = F.crop_image(image, top, left, c, c)
             else:
                 image = F.center_crop_image(image, [c, c])  # pads an image smaller than the crop
-            boxes = {k: F.crop_bounding_boxes(b, XYXY, top, left, c, c)[0] for k, b in boxes.items()}
-            points = {k: F.crop_keypoints(p, top, left, c, c)[0] for k, p in points.items()}
+            if has_boxes:
+                boxes = F.crop_bounding_boxes(boxes, XYXY, top, left, c, c)[0]
+            if has_points:
+                points = F.crop_keypoints(points, top, left, c, c)[0]
             canvas = (c, c)
 
-        if self.flip_p is not None and self._flips():
+        flipped = self.flip_p is not None and self._flips()
+        if flipped:
             image = F.horizontal_flip_image(image)
-            boxes = {k: F.horizontal_flip_bounding_boxes(b, XYXY, canvas) for k, b in boxes.items()}
-            points = {k: F.horizontal_flip_keypoints(p, canvas) for k, p in points.items()}
-            perm = list(sample.get("flip_perm", ()))
-            if perm:  # slot "left eye" now holds the right one's point: re-order the part slots
-                for entries in (boxes, points):
-                    for k in entries:
-                        if k != "box":
-                            entries[k] = entries[k][perm]
+            if has_boxes:
+                boxes = F.horizontal_flip_bounding_boxes(boxes, XYXY, canvas)
+            if has_points:
+                points = F.horizontal_flip_keypoints(points, canvas)
 
         out = dict(sample)
         out["image"] = image
-        moved = {**boxes, **points}
-        for k in BOX_KEYS + POINT_KEYS:
-            if k in sample:
-                out[k] = moved.get(k, _plain(sample[k]))
+        if "points" in sample:
+            out["points"] = points
+        start = 0
+        for k, b in rows.items():
+            out[k], start = boxes[start: start + len(b)], start + len(b)
+        perm = list(sample.get("flip_perm", ())) if flipped else []
+        if perm:  # slot "left eye" now holds the right one's point: re-order the part slots
+            for k in ("points", "part_boxes"):
+                if k in out and len(out[k]):
+                    out[k] = out[k][perm]
         return out
 
     def _crop_anchor(self, canvas: tuple[int, int]) -> tuple[int, int]:
