@@ -6,8 +6,9 @@ output a DataLoader worker hands over. It calls the kernels of ``torchvision.tra
 the same kernels that ``v2.Compose([Resize, RandomCrop or CenterCrop, HorizontalFlipWithParts])``
 dispatches to, with the same arguments, so every image, box and point is the one that pipeline
 gives; it skips what the pipeline spends per sample around them (flattening the sample dict,
-dispatching each transform on each entry's type, re-wrapping every result as a tv_tensor), and the
-kernels of entries that hold nothing (a dataset without part annotations).
+dispatching each transform on each entry's type, re-wrapping every result as a tv_tensor), runs the
+box kernels once for the object box and the part boxes together (they work row by row), and skips
+the kernels of entries that hold nothing (a dataset without part annotations).
 
 The random crop's offsets and the flip's decision are drawn with the same calls, in the same order,
 as ``v2.RandomCrop`` and :class:`~raccnn.data.transforms.HorizontalFlipWithParts`, so a seed gives
@@ -94,7 +95,7 @@ class SampleGeometry:
             out["points"] = points
         start = 0
         for k, b in rows.items():
-            out[k], start = boxes[start: start + len(b)], start + len(b)
+            out[k], start = boxes[start: start + len(b)].reshape(sample[k].shape), start + len(b)
         perm = list(sample.get("flip_perm", ())) if flipped else []
         if perm:  # slot "left eye" now holds the right one's point: re-order the part slots
             for k in ("points", "part_boxes"):
