@@ -31,7 +31,7 @@ def load_rgb(path: Path, exif_transpose: bool = True) -> Image.Image:
                 im = _wide_gray_to_8bit(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
-            return im.convert("RGB")
+            return im if im.mode == "RGB" else im.convert("RGB")  # convert would copy an RGB image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"cannot decode image {path}: {exc}") from exc
 

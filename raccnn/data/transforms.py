@@ -15,18 +15,21 @@ carried through.  :func:`finalize` turns the result into the plain tensors a dat
 The standard pipeline does geometry only and leaves the image uint8: a DataLoader worker decodes,
 resizes, crops and flips, and the batch crosses to the device at a quarter of the bytes of float
 pixels; :func:`raccnn.data.device_input.to_model_input` then converts and normalises it there, a
-batch at a time.
+batch at a time. That pipeline (:class:`raccnn.data.geometry.SampleGeometry`) calls torchvision's
+kernels on the sample's tensors directly; any ``v2`` pipeline still takes the tv_tensors dict.
 
 Coordinate conventions follow torchvision: boxes are continuous (a flip maps x to W - x),
 key points are pixel indices (a flip maps x to W - 1 - x).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from .geometry import SampleGeometry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,19 +92,23 @@ def build_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     output: str = "uint8",
-) -> v2.Compose:
+) -> Callable:
     """Standard pipeline.
 
     train: Resize(resize) -> RandomCrop(crop) -> horizontal flip (prob ``flip_p``, if ``flip``)
     test:  Resize(resize) -> CenterCrop(crop)
     ``resize`` resizes the shorter side; ``None`` skips a step (``resize=None, crop=None`` keeps
     the stored pixels).  ``output="uint8"`` ends there, with the uint8 image that
-    :func:`~raccnn.data.device_input.to_model_input` turns into the model's input on the device;
-    ``output="float"`` appends ToDtype(float32, scale) -> Normalize(mean, std), the same values
-    made per image (``mean`` and ``std`` serve this output only).
+    :func:`~raccnn.data.device_input.to_model_input` turns into the model's input on the device:
+    a :class:`~raccnn.data.geometry.SampleGeometry`, which calls torchvision's kernels on plain
+    tensors.  ``output="float"`` is the ``v2.Compose`` of those transforms followed by
+    ToDtype(float32, scale) -> Normalize(mean, std): the same values made per image, and the same
+    random draws (``mean`` and ``std`` serve this output only).
     """
     if output not in TRANSFORM_OUTPUTS:
         raise ValueError(f"output must be one of {TRANSFORM_OUTPUTS}, got {output!r}")
+    if output == "uint8":
+        return SampleGeometry(train, resize, crop, flip=flip, flip_p=flip_p)
     steps: list = []
     if resize is not None:
         steps.append(v2.Resize(resize, antialias=True))
@@ -109,9 +116,8 @@ def build_transforms(
         steps.append(v2.RandomCrop(crop) if train else v2.CenterCrop(crop))
     if train and flip:
         steps.append(HorizontalFlipWithParts(flip_p))
-    if output == "float":
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps or [v2.Identity()])
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
 
 
 def make_sample(
