@@ -188,8 +188,7 @@ def test_a_phase_from_outside_the_package_runs(data_root, tmp_path):
     assert not any(p.requires_grad for p in trainer.model.scales.parameters())
 
 
-# tools/refit_fusion.py reuses tools/train.py's work-dir lock and log set-up
-TOOL_IMPORTS_ALLOWED = {("refit_fusion.py", "train")}
+TOOL_IMPORTS_ALLOWED: set = set()  # none: what tools share lives in the package
 
 
 def test_no_tool_imports_another_tool():
