@@ -10,19 +10,12 @@ from torchvision.transforms import v2
 from raccnn.data import CUBDataset, FolderDataset, build_transforms
 from raccnn.data.geometry import SampleGeometry
 from raccnn.data.standin import write_cub_standin
-from raccnn.data.transforms import HorizontalFlipWithParts, finalize, make_sample
+from raccnn.data.transforms import finalize, make_sample, v2_geometry
 
 
 def v2_pipeline(train, resize, crop, flip=True, flip_p=0.5):
     """The uint8 pipeline as the v2 transforms compose it."""
-    steps = []
-    if resize is not None:
-        steps.append(v2.Resize(resize, antialias=True))
-    if crop is not None:
-        steps.append(v2.RandomCrop(crop) if train else v2.CenterCrop(crop))
-    if train and flip:
-        steps.append(HorizontalFlipWithParts(flip_p))
-    return v2.Compose(steps or [v2.Identity()])
+    return v2.Compose(v2_geometry(train, resize, crop, flip, flip_p) or [v2.Identity()])
 
 
 @pytest.fixture(scope="module")

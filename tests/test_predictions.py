@@ -8,6 +8,7 @@ import torch
 from conftest import make_trainer
 
 from raccnn.data.build import build_dataset, prepare_data
+from raccnn.data.device_input import model_normalization, to_model_input
 from raccnn.engine.inference import load_trained_model, predictions_name, run_evaluation
 
 
@@ -38,7 +39,8 @@ def test_predictions_csv_holds_the_models_outputs_and_the_metrics_accuracies(dat
                              + [f"scale{s}_{c}" for s in (2, 3) for c in ("tx", "ty", "tl")])
 
     with torch.no_grad():
-        out = model(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
+        images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])  # uint8, as the workers hand it over
+        out = model(to_model_input(images, "cpu", model_normalization(model)))
     logits = dict(zip(heads, [*out.logits, *out.fused.values()]))
     labels = [int(dataset[i]["label"]) for i in range(len(dataset))]
     for i, row in enumerate(rows):

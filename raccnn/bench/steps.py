@@ -103,11 +103,16 @@ def bench_overhead(cfg, args, device):
             row = dict(case=f"overhead_{full.split('_')[1]}", batch=batch, amp=amp, channels_last=cl, compile=comp,
                        rounds=args.steps, plain_ms=median_ms(times[0]), alternate_ms=median_ms(times[1]),
                        ratio=median_ratio(times[1], times[0]))
-            rows.append(row)
-            print(f"{full} / {plain}  b{batch:<4d} {amp:5s} cl={int(cl)} compile={int(comp)}  ratio {row['ratio']:.3f} "
-                  f"(median of {args.steps} interleaved rounds; medians {row['alternate_ms']:.1f} / "
-                  f"{row['plain_ms']:.1f} ms)", flush=True)
+            add_row(rows, row, f"{full} / {plain}  b{batch:<4d} {amp:5s} cl={int(cl)} compile={int(comp)}  ratio "
+                    f"{row['ratio']:.3f} (median of {args.steps} interleaved rounds; medians {row['alternate_ms']:.1f} / "
+                    f"{row['plain_ms']:.1f} ms)")
     return rows
+
+
+def add_row(rows: list, row: dict, line: str) -> None:
+    """Keep a measured row and print its line at once (a long run shows its progress)."""
+    rows.append(row)
+    print(line, flush=True)
 
 
 def count_flops(step) -> int:
@@ -200,10 +205,9 @@ def bench_loader(cfg, args, device):
                 if output == "uint8" and "float" in args.loader_output:
                     row["speedup_vs_float"] = median_ratio(times[args.loader_output.index("float")], times[k])
                     gain = f", {row['speedup_vs_float']:.2f}x float"
-                rows.append(row)
-                print(f"loader  workers {workers:3d}  {output:5s} {row['images_per_s']:9.1f} images/s  ({n} JPEGs "
-                      f"~500x375 -> {d['resize']}/{d['crop']} px, training transforms, to the {device.type} input"
-                      f"{gain})", flush=True)
+                add_row(rows, row, f"loader  workers {workers:3d}  {output:5s} {row['images_per_s']:9.1f} images/s  "
+                        f"({n} JPEGs ~500x375 -> {d['resize']}/{d['crop']} px, training transforms, to the "
+                        f"{device.type} input{gain})")
     return rows
 
 

@@ -109,6 +109,14 @@ def build_transforms(
         raise ValueError(f"output must be one of {TRANSFORM_OUTPUTS}, got {output!r}")
     if output == "uint8":
         return SampleGeometry(train, resize, crop, flip=flip, flip_p=flip_p)
+    steps = v2_geometry(train, resize, crop, flip, flip_p)
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def v2_geometry(train: bool, resize: int | None, crop: int | None, flip: bool = True, flip_p: float = 0.5) -> list:
+    """The geometry as ``torchvision.transforms.v2`` steps over a tv_tensors sample: what
+    ``SampleGeometry`` does with the same kernels and random draws (the per-image float path, and
+    the reference its tests compare it with)."""
     steps: list = []
     if resize is not None:
         steps.append(v2.Resize(resize, antialias=True))
@@ -116,8 +124,7 @@ def build_transforms(
         steps.append(v2.RandomCrop(crop) if train else v2.CenterCrop(crop))
     if train and flip:
         steps.append(HorizontalFlipWithParts(flip_p))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return steps
 
 
 def make_sample(
