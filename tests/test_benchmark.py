@@ -24,7 +24,7 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
                "--loader-images", "4", "--loader-workers", "0", "1", "--peak-tflops", "1", "--overhead", "--json", str(out)])
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    model_rows = [r for r in rows if r["case"] != "loader" and not r["case"].startswith("overhead")]
+    model_rows = [r for r in rows if not r["case"].startswith(("loader", "overhead"))]
     assert [r["case"] for r in model_rows] == ["alternate_cls", "alternate_apn", "fusion", "eval", "plain_cls",
                                                 "plain_apn"]
     for r in model_rows:
@@ -46,7 +46,14 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     assert [(r["workers"], r["output"]) for r in loaders] == [(0, "float"), (0, "uint8"), (1, "float"), (1, "uint8")]
     assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in loaders)
     assert all(r["speedup_vs_float"] > 0 for r in loaders if r["output"] == "uint8")
-    assert len([line for line in res.stdout.splitlines() if line.startswith("loader") and "x float)" in line]) == 2
+    # one process doing a worker's whole work, no conversion: what each worker adds
+    per_worker = [r for r in rows if r["case"] == "loader_worker"]
+    assert [r["output"] for r in per_worker] == ["float", "uint8"]
+    assert all(r["images"] == 4 and r["batch"] == 2 and r["rounds"] == 1 for r in per_worker)
+    assert all(abs(r["images_per_s"] * r["ms_per_image"] - 1000) < 1e-6 for r in per_worker)
+    assert per_worker[1]["speedup_vs_float"] > 0 and "speedup_vs_float" not in per_worker[0]
+    assert len([line for line in res.stdout.splitlines() if line.startswith("loader") and "x float)" in line]) == 3
+    assert len([line for line in res.stdout.splitlines() if line.startswith("loader  per worker")]) == 2
     assert len([line for line in res.stdout.splitlines() if "img/s" in line]) == 6
     assert all(set(r["crop_ms"]) == ({"gather", "grid_sample"} if r["case"] in ("alternate_cls", "alternate_apn", "fusion", "eval")
                                       else set()) for r in model_rows)

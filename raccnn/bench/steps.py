@@ -33,7 +33,10 @@ Then the data loader's images/s for the config's training transforms on generate
 size (about 500 x 375, ``raccnn/data/standin.py``) with each ``--loader-workers``, so one sees at
 once whether the data or the model bounds an epoch: up to the model's float input on ``--device``,
 for each ``--loader-output`` (``float``: normalised per image in the workers; ``uint8``: left uint8
-there and converted per batch on the device, the datasets' way). A table on stdout; ``--json`` writes the rows.
+there and converted per batch on the device, the datasets' way), after the images/s of one process
+doing a worker's whole work per image (read, decode, transforms, collate; no conversion, no hand-over
+between processes), for each output: what every worker adds where cores are many and the conversion
+runs on a GPU. A table on stdout; ``--json`` writes the rows.
 """
 from __future__ import annotations
 
@@ -180,12 +183,14 @@ def bench_loader(cfg, args, device):
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(2, args.loader_images)  # half of them train: 2 classes x half = loader_images
         write_cub_standin(tmp, classes=2, images_per_class=per_class)
+        datasets = [CUBDataset(tmp, split="trainval", val_fraction=0.1,
+                               transform=build_transforms(True, d["resize"], d["crop"], flip=d["flip"], mean=mean,
+                                                          std=std, output=output))
+                    for output in args.loader_output]
+        rows += bench_worker(datasets, args)
         for workers in args.loader_workers:
             epochs, counts = [], []
-            for output in args.loader_output:
-                transform = build_transforms(True, d["resize"], d["crop"], flip=d["flip"], mean=mean, std=std,
-                                             output=output)
-                ds = CUBDataset(tmp, split="trainval", transform=transform, val_fraction=0.1)
+            for output, ds in zip(args.loader_output, datasets):
                 loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=workers,
                                     drop_last=False, pin_memory=device.type == "cuda")
                 for _ in loader:  # warm-up: worker start, page cache
@@ -201,13 +206,50 @@ def bench_loader(cfg, args, device):
                 n = counts[k][0]
                 row = dict(case="loader", workers=workers, output=output, images=n, rounds=args.loader_rounds,
                            images_per_s=n / statistics.median(times[k]), input_size=d["crop"])
-                gain = ""
-                if output == "uint8" and "float" in args.loader_output:
-                    row["speedup_vs_float"] = median_ratio(times[args.loader_output.index("float")], times[k])
-                    gain = f", {row['speedup_vs_float']:.2f}x float"
+                gain = speedup_vs_float(row, times, args.loader_output)
                 add_row(rows, row, f"loader  workers {workers:3d}  {output:5s} {row['images_per_s']:9.1f} images/s  "
                         f"({n} JPEGs ~500x375 -> {d['resize']}/{d['crop']} px, training transforms, to the "
                         f"{device.type} input{gain})")
+    return rows
+
+
+def speedup_vs_float(row: dict, times, outputs) -> str:
+    """For a ``uint8`` row timed in turn with a ``float`` one: the median per-round speed-up, kept in
+    ``row`` and returned as the line's suffix."""
+    if row["output"] != "uint8" or "float" not in outputs:
+        return ""
+    row["speedup_vs_float"] = median_ratio(times[outputs.index("float")], times[outputs.index("uint8")])
+    return f", {row['speedup_vs_float']:.2f}x float"
+
+
+def bench_worker(datasets, args) -> list:
+    """images/s of one process doing a worker's whole work for each ``--loader-output``: read, decode,
+    transform and collate the batches of an epoch on one thread, as a DataLoader worker does, nothing
+    after (no conversion, no hand-over). This
+    is what each worker adds to a loader when the cores are many and the conversion runs on a GPU;
+    the ``loader`` rows below also carry the main process and the hand-over between processes."""
+    rows, epochs, counts = [], [], []
+    for ds in datasets:
+        loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=0)
+        counts.append([])
+
+        def epoch(loader=loader, counted=counts[-1]):
+            counted.append(sum(len(b["image"]) for b in loader))
+        epochs.append(epoch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        times = timed_in_turn(epochs, args.loader_rounds, 1, None)  # one warm-up epoch: the page cache
+    finally:
+        torch.set_num_threads(threads)
+    for k, output in enumerate(args.loader_output):
+        n = counts[k][-1]
+        row = dict(case="loader_worker", output=output, images=n, rounds=args.loader_rounds,
+                   batch=max(args.batch), images_per_s=n / statistics.median(times[k]),
+                   ms_per_image=1000 * statistics.median(times[k]) / n)
+        gain = speedup_vs_float(row, times, args.loader_output)
+        add_row(rows, row, f"loader  per worker  {output:5s} {row['images_per_s']:9.1f} images/s  "
+                f"({row['ms_per_image']:.2f} ms an image: read, decode, transforms, collate in one process{gain})")
     return rows
 
 
