@@ -171,6 +171,10 @@ SCHEMA: dict = {
         "label_smoothing": Key(0.0, min=0.0, check=lambda v: None if v < 1 else f"{v} must be below 1 (at 1 the "
                                "target is uniform and says nothing of the class)"),
         "accumulate": Key(1, min=1),
+        # training images an epoch draws at least (engine/distributed.py ShardSampler): a small training
+        # split is passed over more than once per epoch, so that a schedule counted in epochs keeps its
+        # optimiser steps; 0 = one pass, as always
+        "epoch_images": Key(0, min=0),
         "warmup_factor": Key(1e-3, max=1.0, check=lambda v: None if v > 0 else f"{v} must be > 0 (the first "
                              "warmup step's lr is lr x warmup_factor)"),
         "pretrain_cls": _stage(epochs=8, lr=0.05),

@@ -102,20 +102,28 @@ class ShardSampler(Sampler[int]):
     single-process run keeps its sample order. With several, the permutation is padded by wrapping
     around to a multiple of the world size, so every rank runs the same number of steps.
     (torch's ``DistributedSampler`` reseeds its own generator every epoch, which would change the
-    single-process order of existing runs, hence this sampler.)"""
+    single-process order of existing runs, hence this sampler.)
 
-    def __init__(self, n: int, generator: torch.Generator, world: World):
+    An epoch of ``epoch_images`` > ``n`` (``train.epoch_images``) chains as many fresh permutations
+    as it takes, the last one cut short, before the slicing: every image once per pass, a split of
+    ``n`` images drawn ``epoch_images`` times. Otherwise an epoch is one permutation, as always."""
+
+    def __init__(self, n: int, generator: torch.Generator, world: World, epoch_images: int = 0):
         self.n, self.generator, self.world = n, generator, world
+        self.per_epoch = max(n, epoch_images)
         self.skip = 0  # leading samples of this rank's slice left out (the batches a resumed epoch has done)
 
     def __len__(self) -> int:
-        return -(-self.n // self.world.size)
+        return -(-self.per_epoch // self.world.size)
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator).tolist()
+        while len(order) < self.per_epoch:
+            order += torch.randperm(self.n, generator=self.generator).tolist()
+        order = order[:self.per_epoch]
         if self.world.size > 1:
             total = len(self) * self.world.size
-            order = (order * (total // self.n + 1))[:total][self.world.rank::self.world.size]
+            order = (order * (total // self.per_epoch + 1))[:total][self.world.rank::self.world.size]
         return iter(order[self.skip:])
 
 
@@ -158,10 +166,12 @@ def check_same_weights(model: torch.nn.Module, world: World) -> None:
                                      digest.hexdigest()[:16])
 
 
-def make_loaders(datasets: dict, data: dict, world: World, generator: torch.Generator, pin_memory: bool):
+def make_loaders(datasets: dict, data: dict, world: World, generator: torch.Generator, pin_memory: bool,
+                 epoch_images: int = 0):
     """(train loader, its ShardSampler, validation loader) of a training run: ``data.batch_size`` per
-    process, the sample order drawn from ``generator`` (which also seeds the loader's workers)."""
-    sampler = ShardSampler(len(datasets["train"]), generator, world)
+    process, the sample order drawn from ``generator`` (which also seeds the loader's workers), at
+    least ``epoch_images`` training images an epoch."""
+    sampler = ShardSampler(len(datasets["train"]), generator, world, epoch_images)
     train = DataLoader(datasets["train"], batch_size=data["batch_size"], sampler=sampler,
                        drop_last=len(sampler) > data["batch_size"], num_workers=data["num_workers"],
                        generator=generator, pin_memory=pin_memory)

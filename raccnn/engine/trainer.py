@@ -100,7 +100,7 @@ class Trainer:
         self.progress = Progress()
         self.sample_gen = torch.Generator()
         self.train_loader, self.train_sampler, self.val_loader = make_loaders(
-            datasets, cfg["data"], self.world, self.sample_gen, pin_memory=self.device.type == "cuda")
+            datasets, cfg["data"], self.world, self.sample_gen, self.device.type == "cuda", cfg["train"]["epoch_images"])
         self.validation = Validation(cfg, self.val_loader, self.device, self.amp_dtype)
         self.optimizer = None
         self.scheduler = None
