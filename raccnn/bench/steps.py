@@ -225,9 +225,9 @@ def speedup_vs_float(row: dict, times, outputs) -> str:
 def bench_worker(datasets, args) -> list:
     """images/s of one process doing a worker's whole work for each ``--loader-output``: read, decode,
     transform and collate the batches of an epoch on one thread, as a DataLoader worker does, nothing
-    after (no conversion, no hand-over). This
-    is what each worker adds to a loader when the cores are many and the conversion runs on a GPU;
-    the ``loader`` rows below also carry the main process and the hand-over between processes."""
+    after (no conversion, no hand-over). This is what each worker adds to a loader when the cores are
+    many and the conversion runs on a GPU; the ``loader`` rows below also carry the main process and
+    the hand-over between processes."""
     rows, epochs, counts = [], [], []
     for ds in datasets:
         loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=0)

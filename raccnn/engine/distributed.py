@@ -105,8 +105,8 @@ class ShardSampler(Sampler[int]):
     single-process order of existing runs, hence this sampler.)
 
     An epoch of ``epoch_images`` > ``n`` (``train.epoch_images``) chains as many fresh permutations
-    as it takes, the last one cut short, before the slicing: every image once per pass, a split of
-    ``n`` images drawn ``epoch_images`` times. Otherwise an epoch is one permutation, as always."""
+    as it takes, the last one cut short, before the slicing: ``epoch_images`` samples, every image
+    once per whole pass. Otherwise an epoch is one permutation, as always."""
 
     def __init__(self, n: int, generator: torch.Generator, world: World, epoch_images: int = 0):
         self.n, self.generator, self.world = n, generator, world
