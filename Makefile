@@ -29,8 +29,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e .[dev]
 	touch $(STAMP)
 
+# two test processes (pytest-xdist): much of the suite waits on the trainings and torchrun runs it starts
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 train-alternate: $(STAMP)
 	$(LAUNCH) tools/train.py --config $(CONFIG) --resume auto $(if $(OPTS),--opts $(OPTS))

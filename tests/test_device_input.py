@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DEFAULT_CONFIG, TINY, load_tool
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from raccnn.config import load_config
 from raccnn.data import CUBDataset, build_transforms
 from raccnn.data.build import build_datasets, prepare_data
+from raccnn.data.collate import collate_samples
 from raccnn.data.device_input import to_model_input
 from raccnn.data.standin import write_cub_standin
 from raccnn.models.backbones import input_normalization
@@ -23,8 +24,11 @@ def _batches(root, split, train, resize, crop, output, normalization, batch=4):
     mean, std = normalization
     tf = build_transforms(train, resize, crop, mean=mean, std=std, output=output)
     ds = CUBDataset(root, split=split, transform=tf, val_fraction=0.25)
-    loader = DataLoader(ds, batch_size=batch, num_workers=1, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(ds, batch_size=batch, num_workers=1, generator=torch.Generator().manual_seed(0),
+                        collate_fn=collate_samples)
     batches = [b["image"] for b in loader]  # the generator seeds the worker: its random crops and flips
+    # uint8 batches cross in the workers' pixel-major layout, float ones in the model's
+    assert all(b.is_contiguous(memory_format=torch.channels_last) != (output == "float") for b in batches)
     return [to_model_input(b, "cpu", normalization) for b in batches], [b.dtype for b in batches]
 
 
@@ -60,6 +64,23 @@ def test_model_input_formats_and_passes_float_through():
     assert torch.equal(x, (images.float() * (1 / 255) - 0.5) / 0.5)  # ToDtype scales by the reciprocal
     normalised = torch.randn(2, 3, 5, 7)
     assert to_model_input(normalised, "cpu", VIT) is normalised  # a pipeline that normalised already
+
+
+def test_collate_stacks_pixel_major_images_in_their_layout_and_the_rest_as_default_collate():
+    hwc = torch.randint(0, 256, (3, 9, 11, 3), dtype=torch.uint8)
+    samples = [{"image": hwc[k, 1:8, 2:10].permute(2, 0, 1), "label": torch.tensor(k)} for k in range(3)]  # crop views
+    batch = collate_samples(samples)
+    reference = default_collate(samples)
+    assert torch.equal(batch["image"], reference["image"]) and torch.equal(batch["label"], reference["label"])
+    assert reference["image"].is_contiguous() and batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert to_model_input(batch["image"], "cpu").is_contiguous()  # the model's layout, made after the move
+    assert torch.equal(to_model_input(batch["image"], "cpu"), to_model_input(reference["image"], "cpu"))
+    # float images, channel-major uint8 images and mixed batches: exactly default_collate
+    for images in ([s["image"].float() for s in samples], [s["image"].contiguous() for s in samples],
+                   [samples[0]["image"], samples[1]["image"].contiguous(), samples[2]["image"]]):
+        mixed = [{"image": im, "label": torch.tensor(0)} for im in images]
+        batch = collate_samples(mixed)
+        assert batch["image"].is_contiguous() and torch.equal(batch["image"], default_collate(mixed)["image"])
 
 
 def test_predict_reads_uint8_and_feeds_the_per_image_values(tmp_path):

@@ -102,3 +102,18 @@ def test_image_alone_and_a_dataset_without_annotations(tmp_path):
             outs.append([ds[i] for i in range(len(ds))])
         for a, b in zip(*outs):
             _assert_same(a, b)
+
+
+def test_finalize_clamps_boxes_keeps_unknown_and_hides_points_off_the_image():
+    nan, inf = float("nan"), float("inf")
+    sample = {"image": torch.zeros(3, 10, 20, dtype=torch.uint8),
+              "box": torch.tensor([[-3.0, 2.5, 25.0, 11.0]]),
+              "points": torch.tensor([[19.0, 9.0], [19.5, 0.0], [-0.5, 4.0], [nan, nan], [inf, 3.0], [0.0, 0.0]]),
+              "part_boxes": torch.tensor([[1.0, -1.0, 30.0, 4.0], [nan, nan, nan, nan]])}
+    out = finalize(sample)
+    assert torch.equal(out["box"], torch.tensor([0.0, 2.5, 20.0, 10.0]))
+    assert torch.equal(out["part_boxes"][0], torch.tensor([1.0, 0.0, 20.0, 4.0])) and out["part_boxes"][1].isnan().all()
+    # pixel indices: x in [0, 19], y in [0, 9]; an invisible (NaN) or infinite point is hidden as all zeros
+    assert torch.equal(out["parts"], torch.tensor([[19.0, 9.0, 1.0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0],
+                                                   [0.0, 0.0, 1.0]]))
+    assert all(out[k].dtype == torch.float32 for k in ("box", "parts", "part_boxes"))

@@ -138,7 +138,7 @@ def run(args) -> dict | None:
     device = resolve_device(args.device)
     cfg = load_bench_config(args.config, args.opts, device)
     world = init_distributed(args.device)  # torchrun's group; a group of one under plain python
-    join_group_of_one(device, 29518)
+    join_group_of_one(device)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     if world.rank == 0:

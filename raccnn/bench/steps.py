@@ -52,6 +52,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..data.collate import collate_samples
 from ..data.cub import CUBDataset
 from ..data.standin import write_cub_standin
 from ..data.device_input import to_model_input
@@ -192,7 +193,7 @@ def bench_loader(cfg, args, device):
             epochs, counts = [], []
             for output, ds in zip(args.loader_output, datasets):
                 loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=workers,
-                                    drop_last=False, pin_memory=device.type == "cuda")
+                                    drop_last=False, pin_memory=device.type == "cuda", collate_fn=collate_samples)
                 for _ in loader:  # warm-up: worker start, page cache
                     break
                 counts.append([])
@@ -230,7 +231,7 @@ def bench_worker(datasets, args) -> list:
     the hand-over between processes."""
     rows, epochs, counts = [], [], []
     for ds in datasets:
-        loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=0)
+        loader = DataLoader(ds, batch_size=max(args.batch), shuffle=True, num_workers=0, collate_fn=collate_samples)
         counts.append([])
 
         def epoch(loader=loader, counted=counts[-1]):
@@ -302,7 +303,7 @@ def run(args) -> dict:
         torch._dynamo.config.fail_on_recompile_limit_hit = True
     cudnn = set_cudnn_benchmark(cfg["train"]["cudnn_benchmark"], device, cfg["deterministic"])
     if any(args.ddp):
-        join_group_of_one(device, 29517)
+        join_group_of_one(device)
     args.amp = args.amp or (["bf16"] if cuda else ["none"])
     args.channels_last = args.channels_last if args.channels_last is not None else [cuda]
     args.peak_tflops = args.peak_tflops or (989.0 if cuda else None)

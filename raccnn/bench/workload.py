@@ -3,8 +3,6 @@ case (``CASES``; what each case runs is listed in ``raccnn/bench/steps.py``).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch._dynamo
 import torch.distributed as dist
@@ -118,11 +116,10 @@ def make_step(case, model, cfg, images, target, device, dtype, ddp=False):
     return step
 
 
-def join_group_of_one(device: torch.device, port: int) -> None:
+def join_group_of_one(device: torch.device) -> None:
     """A process group of this process alone (NCCL on CUDA, gloo on the CPU), which
-    DistributedDataParallel needs outside torchrun; nothing when a group is already joined."""
+    DistributedDataParallel needs outside torchrun; nothing when a group is already joined. Its store
+    lives in this process (no port: benchmarks run side by side do not meet)."""
     if dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)

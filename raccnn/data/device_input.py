@@ -31,8 +31,9 @@ def to_model_input(images: Tensor, device: torch.device | str,
     overlap the device's work.
     """
     images = images.to(device, non_blocking=non_blocking)
-    if channels_last:  # before the conversion: the float ops keep the format
-        images = images.contiguous(memory_format=torch.channels_last)
+    # the model's layout, before the conversion (the float ops keep it): a uint8 batch arrives as its
+    # workers laid it out (data/collate.py), and this is its one transpose, on ``device``
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if images.is_floating_point():
         return images
     mean, std = normalization

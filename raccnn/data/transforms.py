@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -165,25 +166,28 @@ def finalize(sample: dict) -> dict:
     """
     image = sample["image"]
     h, w = image.shape[-2:]
+    # a handful of numbers per sample: numpy does them without torch's per-operation overhead,
+    # with the same float32 comparisons and clamps
+    limits = np.array([w, h, w, h], dtype=np.float32)
 
-    def clamp_boxes(b: torch.Tensor) -> torch.Tensor:
-        b = b.as_subclass(torch.Tensor).to(torch.float32).clone()
-        b[:, 0::2] = b[:, 0::2].clamp(0, w)  # NaN stays NaN
-        b[:, 1::2] = b[:, 1::2].clamp(0, h)
-        return b
+    def clamp_boxes(b) -> torch.Tensor:
+        b = _array(b).reshape(-1, 4)
+        return torch.from_numpy(np.clip(b, np.float32(0), limits))  # NaN stays NaN
 
-    pts = sample["points"].as_subclass(torch.Tensor).to(torch.float32).reshape(-1, 2)
-    inside = (
-        torch.isfinite(pts).all(dim=1)
-        & (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1)
-        & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
-    )
-    parts = torch.zeros(pts.shape[0], 3)
+    pts = _array(sample["points"]).reshape(-1, 2)
+    with np.errstate(invalid="ignore"):  # NaN compares False: an invisible part is outside
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+    parts = np.zeros((len(pts), 3), dtype=np.float32)
     parts[inside, :2] = pts[inside]
     parts[inside, 2] = 1.0
     return {
         "image": image.as_subclass(torch.Tensor),
         "box": clamp_boxes(sample["box"])[0],
-        "parts": parts,
+        "parts": torch.from_numpy(parts),
         "part_boxes": clamp_boxes(sample["part_boxes"]),
     }
+
+
+def _array(t) -> np.ndarray:
+    """A (tv_)tensor's values as a float32 numpy array (shares its memory: read, never written)."""
+    return t.as_subclass(torch.Tensor).detach().to(torch.float32).numpy()

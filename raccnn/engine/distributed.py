@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.collate import collate_samples
 from .outputs import SHARED_FIELDS, Outputs
 
 
@@ -174,7 +175,7 @@ def make_loaders(datasets: dict, data: dict, world: World, generator: torch.Gene
     sampler = ShardSampler(len(datasets["train"]), generator, world, epoch_images)
     train = DataLoader(datasets["train"], batch_size=data["batch_size"], sampler=sampler,
                        drop_last=len(sampler) > data["batch_size"], num_workers=data["num_workers"],
-                       generator=generator, pin_memory=pin_memory)
+                       generator=generator, pin_memory=pin_memory, collate_fn=collate_samples)
     val = DataLoader(datasets["val"], batch_size=data["eval_batch_size"], num_workers=data["num_workers"],
-                     sampler=EvalShardSampler(len(datasets["val"]), world))
+                     sampler=EvalShardSampler(len(datasets["val"]), world), collate_fn=collate_samples)
     return train, sampler, val

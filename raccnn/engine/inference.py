@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..config import config_diff, fill_defaults, load_config, parse_cli_opts, save_config
 from ..data.build import build_dataset, prepare_data
+from ..data.collate import collate_samples
 from ..data.device_input import model_normalization, to_model_input
 from ..device import resolve_device
 from ..errors import ConfigError
@@ -209,7 +210,7 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
     world = current_world()
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
-                        sampler=EvalShardSampler(len(dataset), world))
+                        sampler=EvalShardSampler(len(dataset), world), collate_fn=collate_samples)
     dev = next(model.parameters()).device
     outputs = collect_outputs(model, loader, dev, f"eval {split}", amp_dtype(cfg["train"].get("amp", "none"), dev))
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
