@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.data import default_collate
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from ..data.collate import collate_samples
 from ..data.device_input import model_normalization, to_model_input
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.boxes import square_to_xyxy
@@ -249,7 +249,7 @@ def fixed_images(dataset, n: int = 8) -> dict:
     indices = [i * count // n for i in range(n)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return default_collate([dataset[i] for i in indices])
+        return collate_samples([dataset[i] for i in indices])
 
 
 # --------------------------------------------------------------------------------------------
