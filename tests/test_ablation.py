@@ -4,6 +4,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -188,3 +189,17 @@ def test_a_label_written_twice_in_a_grid_is_refused(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr == f"error: {grid_file}: duplicate key 'none' at lines 4 and 5 " \
                                                  f"(only the last would count); keep one\n"
+
+
+@pytest.mark.parametrize("grid", sorted(p.name for p in Path("experiments/grids").glob("*.yaml")))
+def test_every_shipped_grid_passes_the_check_a_run_makes(grid, capsys):
+    """Each file under experiments/grids/ is a valid grid whose every row resolves to a valid config
+    (the distractor grid's rows too, with data.synth.distractor set for all of them)."""
+    spec = importlib.util.spec_from_file_location("ablation", "experiments/ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    assert ablation.main(["--grid", f"experiments/grids/{grid}", "--dry-run"]) == 0, capsys.readouterr().err
+    if grid == "learned_attention_distractor.yaml":
+        plain = ablation.load_grid("experiments/grids/learned_attention.yaml")
+        variant = ablation.load_grid(f"experiments/grids/{grid}")
+        assert variant["blocks"] == plain["blocks"] and variant["opts"] == {"data.synth.distractor": True}

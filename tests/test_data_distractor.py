@@ -1,9 +1,11 @@
 """FG-Synth's distractor variant (data.synth.distractor): decoy heads with crests in every image,
-drawn from their own stream, kept in their own folder; the default set is drawn exactly as before."""
+drawn from their own stream, kept in their own folder; the default set is drawn exactly as before.
+Each decoy crest has the bird's coarse layer and a random fine layer."""
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from conftest import DEFAULT_CONFIG, TINY_DATA
 from raccnn.config import load_config
 from raccnn.data import DatasetError, generate_fgsynth
+from raccnn.data import synthetic
 from raccnn.data.build import build_dataset, prepare_data
+from raccnn.data.synthetic import COARSE_AMPLITUDE, FINE_NAMES, PATTERN_NAMES, decoy_pattern, paint_distractor
 from raccnn.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +79,70 @@ def test_distractor_is_drawn_off_the_bird_and_changes_nothing_else(both):
     for f in ("images.txt", "bounding_boxes.txt", "parts/part_boxes.txt", "parts/part_locs.txt"):
         assert (default / f).read_bytes() == (variant / f).read_bytes(), f
     params = json.loads((variant / "fgsynth.json").read_text())
-    assert params["distractor"] is True and "distractor" not in json.loads((default / "fgsynth.json").read_text())
+    assert params["distractor"] is True and params["distractor_version"] == 2
+    assert not {"distractor", "distractor_version"} & set(json.loads((default / "fgsynth.json").read_text()))
+
+
+def test_a_variant_of_the_first_decoys_is_refused_not_read(both, tmp_path):
+    """A variant written before distractor_version 2 (its fgsynth.json without the key) holds other
+    pixels: asking for the variant there is one DatasetError naming the key, and nothing is touched."""
+    _, variant = both
+    old = tmp_path / "old" / "CUB_200_2011"
+    shutil.copytree(variant, old)
+    params = json.loads((old / "fgsynth.json").read_text())
+    del params["distractor_version"]
+    (old / "fgsynth.json").write_text(json.dumps(params))
+    before = content_digest(old)
+    with pytest.raises(DatasetError, match="distractor_version: absent there, 2 asked"):
+        generate_fgsynth(old.parent, **SMALL, distractor=True)
+    assert content_digest(old) == before
+
+
+def test_decoy_pattern_keeps_the_coarse_layer_and_draws_the_fine_one():
+    rng = np.random.default_rng(0)
+    for bird in PATTERN_NAMES:
+        drawn = {decoy_pattern(bird, rng) for _ in range(40)}
+        assert drawn == {f"{bird.split('_')[0]}_{fine}" for fine in FINE_NAMES}, bird
+
+
+def decoy_crest_texture(bird_pattern: str, monkeypatch) -> np.ndarray:
+    """The texture paint_distractor adds to a flat canvas in the decoy crests (zero elsewhere): the
+    canvas painted as shipped minus the canvas painted from the same stream with the texture off."""
+    size = 160
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    canvases = []
+    for gain in (1.0, 0.0):
+        monkeypatch.setattr(synthetic, "DISTRACTOR_GAIN", gain)
+        canvas = np.full((size, size, 3), 0.5, dtype=np.float32)
+        paint_distractor(canvas, xx, yy, np.random.default_rng(3), np.zeros((size, size), bool), (80.0, 80.0), bird_pattern)
+        canvases.append(canvas[..., 0])
+    return canvases[0] - canvases[1]
+
+
+@pytest.mark.parametrize("bird, coarse_varies_along", [("flat_bars", None), ("bands_lines", "y"), ("columns_bars", "x")])
+def test_decoy_crests_show_the_birds_coarse_layer_once_the_fine_one_is_averaged(bird, coarse_varies_along, monkeypatch):
+    """Averaged over any 2x2 pixels, which removes a fine layer (half-period 1 px) wherever the window
+    sits, a decoy crest's texture is the bird's coarse layer: zero for the flat group; 0 or
+    +-COARSE_AMPLITUDE in bands, one value along x, for bands; the same along y for columns. At scale 1
+    (where the fine layer averages away, ``certificate``) a decoy crest is the bird's crest."""
+    texture = decoy_crest_texture(bird, monkeypatch)
+    inside = texture != 0
+    assert inside.sum() > 2 * 200  # two crests of about 14 x 10 px semi-axes
+    means = (texture[:-1, :-1] + texture[1:, :-1] + texture[:-1, 1:] + texture[1:, 1:]) / 4
+    full = inside[:-1, :-1] & inside[1:, :-1] & inside[:-1, 1:] & inside[1:, 1:]
+    assert full.sum() > 300
+    if coarse_varies_along is None:
+        np.testing.assert_allclose(means[full], 0.0, atol=1e-6)
+        return
+    levels = np.round(means[full] / COARSE_AMPLITUDE, 4)
+    assert set(levels.tolist()) == {-1.0, 0.0, 1.0}
+    crests, n = ndimage.label(full)  # each crest has its own phase
+    assert n == synthetic.DISTRACTOR_COUNT
+    for k in range(1, n + 1):
+        lines, mask = (means, crests == k) if coarse_varies_along == "y" else (means.T, (crests == k).T)
+        for row, m in zip(lines, mask):  # one value along each row (bands) or column (columns)
+            if m.any():
+                assert np.ptp(row[m]) < 1e-6
 
 
 def test_distractor_set_is_deterministic_per_seed(both, tmp_path):

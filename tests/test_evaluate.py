@@ -87,6 +87,19 @@ def test_part_hit():
     assert m["part_hit_count"] == 5
     assert m["part_hit_scale2"] == pytest.approx(3 / 5)  # images 0, 1 (border), 2
     assert m["part_hit_scale3"] == pytest.approx(2 / 5)  # images 0, 2
+    # both squares are centred at (0.5, 0.5): offsets 0, 0.25, 0, 0.45, 0.4 (x 0.95; y 90 / H = 0.9)
+    assert m["part_offset_scale2"] == pytest.approx(0.25) and m["part_offset_scale3"] == pytest.approx(0.25)
+
+
+def test_part_offset_is_the_aim_whatever_the_square_size():
+    """A square on the part has offset 0 at any size; one grown to cover the part keeps its offset."""
+    out = hand_outputs()
+    out.abs_boxes = [square(0.25, 0.5, 0.5), torch.tensor([[0.5, 0.5, 0.05], [0.75, 0.625, 0.05], [0.5, 0.5, 0.05],
+                                                            [0.1, 0.1, 0.05], [0.95, 0.5, 0.05], [0.5, 0.9, 0.05]])]
+    m = compute_metrics(out, CLASSES, PART_NAMES, ["beak", "crown"])
+    assert m["part_hit_scale2"] == pytest.approx(4 / 5)  # every centre but x 0.95 lies within 0.5 of (0.25, 0.5)
+    assert m["part_offset_scale2"] == pytest.approx(0.4)  # offsets 0.25, 0.5, 0.25, 0.7, 0.4
+    assert m["part_hit_scale3"] == 1.0 and m["part_offset_scale3"] == 0.0
 
 
 def test_peak_hit_uses_the_peak_squares_like_part_hit():
@@ -137,7 +150,7 @@ def test_no_parts_no_boxes():
     m = compute_metrics(out, CLASSES, [], ["beak"])
     assert m["hit_parts"] == [] and m["part_hit_count"] == 0 and m["iou_object_count"] == 0
     for s in (2, 3):
-        assert m[f"part_hit_scale{s}"] is None
+        assert m[f"part_hit_scale{s}"] is None and m[f"part_offset_scale{s}"] is None
         assert m[f"iou_object_scale{s}"] is None
     assert m["acc_scale1"] == 1.0
     json.dumps(m, allow_nan=False)

@@ -23,7 +23,9 @@ All textures are symmetric under a horizontal flip, so flip augmentation keeps t
 
 With ``distractor`` (data.synth.distractor) every image also shows heads of other birds, crests
 included, away from the bird (``paint_distractor``): a variant where a network's strongest response
-is often not on the crest that decides the class. It is written in its own folder (``fgsynth_root``).
+is often not on the crest that decides the class. Each decoy crest has the bird's coarse layer and
+a fine layer drawn at random, so at scale 1 it looks like the bird's crest, and only a zoom can tell
+the two apart. It is written in its own folder (``fgsynth_root``).
 
 Images are PNG (lossless: JPEG would smear 2-px textures) and fully determined by
 ``(seed, class, index within class)``.  Part boxes are written to ``parts/part_boxes.txt``.
@@ -75,6 +77,7 @@ TILE = 2 * COARSE_HALF  # at texture_scale 1 a multiple of every period: a patte
 # each gets its own random phase, so a flipped texture is as likely as the original.
 PATTERNS = {f"{c}_{f}": (COARSE[c], FINE[f]) for c in COARSE for f in FINE}
 PATTERN_NAMES = tuple(PATTERNS)
+FINE_NAMES = tuple(FINE)
 
 DEFAULTS = dict(classes=10, images_per_class=120, size=160, seed=0, train_fraction=0.5, texture_scale=1)
 # Settings added to the generator later: recorded in fgsynth.json only where they differ from this
@@ -151,17 +154,24 @@ def _background(rng, size, xx, yy, texture_scale):
 
 
 # The distractor (data.synth.distractor): DISTRACTOR_COUNT heads of other birds, crest included,
-# peeking into the image away from the bird, drawn like its own head and class-independent (each
-# crest carries a random pattern of the crest family, never the flat coarse layer, which vanishes at
-# scale 1). A network that responds to crests on heads responds to them too, so its strongest response
-# is often not on the crest that decides the class, as on photos where the body or the background
-# outshines the discriminative part. Only the bird's body, which a decoy head lacks, tells them apart.
-# Decoy heads larger and of higher contrast than the bird's are told apart more easily (docs/data.md).
+# peeking into the image away from the bird, drawn like its own head. Each decoy crest has the bird's
+# coarse layer (which scale 1 sees) and a fine layer drawn at random (which it does not see): at scale 1
+# a decoy crest is the bird's crest again, so the classifier has no reason to respond less to it, and
+# the strongest response falls on the bird's crest in about one image in three. Zoomed, a decoy shows the
+# other class of the group half of the time: the labels tell a localiser where to look, the strongest
+# response does not. Decoys of a random group, which scale 1 can tell from the bird's crest, were
+# suppressed by the network and did not mislead the heuristic enough (docs/data.md).
 DISTRACTOR_COUNT = 2
 DISTRACTOR_SCALE = 1.0  # the decoy head's size, times the bird's (same random spread)
 DISTRACTOR_GAIN = 1.0  # its crest texture's contrast, times a crest's
 DISTRACTOR_TRIES = 12  # positions drawn; the farthest from the crest that the bird hides little of is kept
-DISTRACTOR_PATTERNS = tuple(n for n in PATTERN_NAMES if PATTERNS[n][0] is not COARSE["flat"])
+DISTRACTOR_VERSION = 2  # recorded in a variant's fgsynth.json: version 1 (decoys of a random group) is another set
+
+
+def decoy_pattern(bird_pattern: str, rng: np.random.Generator) -> str:
+    """A decoy crest's pattern: the coarse layer of ``bird_pattern`` with a fine layer drawn from ``rng``."""
+    coarse, _fine = bird_pattern.split("_")
+    return f"{coarse}_{FINE_NAMES[rng.integers(len(FINE_NAMES))]}"
 
 
 def _decoy_head(xx, yy, hx, hy, g, facing):
@@ -175,16 +185,18 @@ def _decoy_head(xx, yy, hx, hy, g, facing):
                 crest=_ellipse(xx, yy, hx, ky, ka, kb))
 
 
-def paint_distractor(canvas, xx, yy, rng, behind, crest_at, texture_scale=1):
+def paint_distractor(canvas, xx, yy, rng, behind, crest_at, bird_pattern, texture_scale=1):
     """Paint the distractor, drawn from ``rng``, into ``canvas`` except over the mask ``behind``
-    (the bird, which stays in front). Returns the mask of the pixels painted."""
+    (the bird, which stays in front); ``bird_pattern`` is the bird's crest pattern. Returns the mask
+    of the pixels painted."""
     painted = np.zeros(behind.shape, dtype=bool)
     for _head in range(DISTRACTOR_COUNT):
-        painted |= _paint_decoy_head(canvas, xx, yy, rng, behind, behind | painted, crest_at, texture_scale)
+        painted |= _paint_decoy_head(canvas, xx, yy, rng, behind, behind | painted, crest_at, bird_pattern,
+                                     texture_scale)
     return painted
 
 
-def _paint_decoy_head(canvas, xx, yy, rng, behind, avoid, crest_at, texture_scale):
+def _paint_decoy_head(canvas, xx, yy, rng, behind, avoid, crest_at, bird_pattern, texture_scale):
     """One decoy head, painted except over ``behind``, as far from ``crest_at`` (x, y) as a few tries
     find where ``avoid`` hides little of it; returns the mask of the pixels painted."""
     size = canvas.shape[0]
@@ -207,8 +219,7 @@ def _paint_decoy_head(canvas, xx, yy, rng, behind, avoid, crest_at, texture_scal
     _paint(canvas, m["head"] & ~behind, rng.uniform(0.1, 0.9, 3))
     _paint(canvas, m["eye"] & ~behind, np.zeros(3))
     _paint(canvas, m["outline"] & ~behind, rng.uniform(0.0, 0.15, 3))
-    name = DISTRACTOR_PATTERNS[rng.integers(len(DISTRACTOR_PATTERNS))]
-    texture = DISTRACTOR_GAIN * _texture(name, xx, yy, rng, texture_scale)
+    texture = DISTRACTOR_GAIN * _texture(decoy_pattern(bird_pattern, rng), xx, yy, rng, texture_scale)
     _paint_textured(canvas, m["crest"] & ~behind, rng.uniform(0.38, 0.62, 3), texture)
     return (m["head"] | m["beak"] | m["outline"]) & ~behind
 
@@ -269,7 +280,7 @@ def render_image(class_index: int, rng: np.random.Generator, size: int, texture_
     crest_pattern = PATTERN_NAMES[class_index]
     _paint_textured(canvas, masks["crest"], rng.uniform(0.38, 0.62, 3), _texture(crest_pattern, xx, yy, rng, texture_scale))
     if distractor_rng is not None:
-        paint_distractor(canvas, xx, yy, distractor_rng, union, (kx, ky), texture_scale)
+        paint_distractor(canvas, xx, yy, distractor_rng, union, (kx, ky), crest_pattern, texture_scale)
 
     canvas += rng.normal(0.0, 0.02, canvas.shape).astype(np.float32)
     image = (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -453,7 +464,7 @@ def _state(d: Path, params: dict) -> str:
     diff = [(k, _setting(have, k), v) for k, v in _compared(params).items() if _setting(have, k) != v]
     if not diff:
         return "complete"
-    shown = "; ".join(f"{_key(k)}: {'absent' if a is None else a!r} there, {b!r} asked" for k, a, b in diff)
+    shown = "; ".join(f"{_key(k)}: {'absent' if a is None else repr(a)} there, {b!r} asked" for k, a, b in diff)
     raise DatasetError(f"{d} holds FG-Synth of another setting ({shown}); an existing set is never written over: "
                        f"use another data root (data.root, or --out) for this setting, or remove {d} yourself "
                        f"to regenerate it there")
@@ -499,6 +510,8 @@ def generate_fgsynth(
     params = dict(classes=classes, images_per_class=images_per_class, size=size, seed=seed,
                   train_fraction=train_fraction, texture_scale=texture_scale, version=1)
     params.update({k: v for k, v in dict(distractor=distractor).items() if v != RECORDED_IF_SET[k]})
+    if distractor:
+        params["distractor_version"] = DISTRACTOR_VERSION
 
     out = Path(out_dir)
     d = out / "CUB_200_2011"

@@ -15,6 +15,10 @@
     hit_parts          part names whose centre defines a part hit ([] without part annotations)
     part_hit_count     images with at least one of those parts visible (the denominator)
     part_hit_scale{s}  (s = 2..n) fraction of them whose scale-s square contains that centre
+    part_offset_scale{s}  (s = 2..n) median over those images of max(|cx - tx|, |cy - ty|), the
+                       distance from the scale-s square's centre to that centre (x in widths, y in
+                       heights): a part hit is an offset of at most tl, so the offset says whether
+                       the square aims at the part, whatever its size
     peak_hit_scale{s}  (s = 2..n) the same for the scale-s square moved onto the strongest response of
                        scale s-1's last conv (``inference.peak_boxes``; where init_apn aims): whether
                        that response sits on the part (present when collect_outputs recorded them)
@@ -213,12 +217,15 @@ def compute_metrics(outputs: Outputs, class_names: list[str], part_names: list[s
         for kind, squares in (("part", outputs.abs_boxes), ("peak", outputs.peak_boxes)):
             if i >= len(squares):
                 continue
-            boxes, rate = squares[i], None
+            boxes, rate, offset = squares[i], None, None
             if n_hit:
                 tx, ty, tl = boxes[has].double().unbind(1)
                 inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
                 rate = float(inside.double().mean())
+                offset = float(np.median(torch.maximum((cx - tx).abs(), (cy - ty).abs()).numpy()))
             metrics[f"{kind}_hit_scale{s}"] = rate
+            if kind == "part":
+                metrics[f"part_offset_scale{s}"] = offset
 
     # IoU of the scale-s square with the object box.
     obj = outputs.box
