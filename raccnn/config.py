@@ -186,8 +186,9 @@ SCHEMA: dict = {
             "localiser": Key("rank", choices=LOCALISERS),  # (localisers.py, docs/rank-loss.md)
             "localise": {  # the localisers' settings (not the rank loss's)
                 "candidates": Key(6, min=2, max=64),  # squares scored per image and APN, in one batch
-                "sigma": Key(0.1, max=0.5, check=_positive),  # spread of the squares around the APN's, view units
+                "sigma": Key(0.1, max=0.5, check=_positive),  # best_of_k, reinforce: spread of the squares around the APN's, view units
                 "temperature": Key(1.0, check=_positive),  # best_of_k: goal weights softmax(log p_t / T)
+                "tl": Key(0.25, max=0.5, check=_positive),  # search: half side of its squares, view units
             },
             "cls": _alternating(lr=0.01, min_delta=1e-3),
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),

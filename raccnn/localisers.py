@@ -15,6 +15,12 @@ ranks them. The APN is then moved towards the better ones:
   APN's square is the mean of a Gaussian of spread ``sigma`` over (tx, ty, tl); the reward of a draw
   is its score, its baseline the mean reward of the other draws of the same image, and the loss is
   -mean((reward - baseline) x log density of the draw).
+- ``search`` (a search over the whole view, as NTS-Net's navigator scores anchors all over the
+  image): the squares, all of half side ``tl``, are one at the current square's centre and
+  ``candidates`` centred uniformly where they fit in the view; the APN regresses (MSE) its square
+  onto the best of them. The two above look around the current square, so a square on a decoy has
+  nothing better near it to learn from; this one finds the part wherever it is. Its size is fixed,
+  like init_apn's targets: a square free to grow can score by seeing more instead of looking closer.
 
 ``train.alternate.localiser`` chooses one (``rank``: the rank loss, ``phases.AlternateAPN``). Draws
 are clipped into the APN's bounds (``clamp_squares``) before they are cropped; REINFORCE's density
@@ -33,7 +39,7 @@ from torch.distributions import Normal
 
 from .models.boxes import clamp_squares, compose_boxes, full_image_boxes
 
-LOCALISERS = ("rank", "best_of_k", "reinforce")  # train.alternate.localiser
+LOCALISERS = ("rank", "best_of_k", "reinforce", "search")  # train.alternate.localiser
 
 
 def true_class_log_prob(logits: Tensor, target: Tensor) -> Tensor:
@@ -45,6 +51,25 @@ def draw_squares(square: Tensor, count: int, sigma: float) -> Tensor:
     """``count`` draws of a Gaussian of spread ``sigma`` around each square [B, 3]: [B, count, 3]."""
     noise = torch.randn(len(square), count, 3, device=square.device, dtype=torch.float32)
     return square.detach().float()[:, None, :] + sigma * noise
+
+
+def spread_squares(square: Tensor, count: int, tl: float, apn) -> Tensor:
+    """1 + ``count`` squares [B, 1 + count, 3] of half side ``tl`` (within ``apn``'s bounds): the
+    first at the centre of each square [B, 3], the others centred uniformly where they fit in the
+    view (anywhere in it without ``keep_inside``)."""
+    tl = min(max(float(tl), apn.tl_min), apn.tl_max)
+    margin = tl if apn.keep_inside else 0.0
+    centres = margin + torch.rand(len(square), count, 2, device=square.device) * (1 - 2 * margin)
+    centres = torch.cat((square.detach().float()[:, None, :2], centres), dim=1)
+    return torch.cat((centres, torch.full_like(centres[..., :1], tl)), dim=2)
+
+
+def best_square_loss(square: Tensor, candidates: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """(MSE of ``square`` [B, 3] to the goal, the goal [B, 3]): the goal is the candidate [B, K, 3]
+    with the highest score [B, K] (the first of equal ones)."""
+    goal = candidates[torch.arange(len(candidates), device=candidates.device), scores.argmax(dim=1)]
+    goal = goal.detach().float()
+    return F.mse_loss(square.float(), goal), goal
 
 
 def clip_squares(squares: Tensor, apn) -> Tensor:
@@ -96,8 +121,9 @@ class Localiser:
 
     name = ""
 
-    def __init__(self, candidates: int, sigma: float, temperature: float):
+    def __init__(self, candidates: int, sigma: float, temperature: float, tl: float = 0.25):
         self.candidates, self.sigma, self.temperature = int(candidates), float(sigma), float(temperature)
+        self.tl = float(tl)
 
     def loss(self, model, images: Tensor, target: Tensor, part_boxes: Tensor | None):
         """(sum of the APNs' losses, {TensorBoard tag: term}, the forward pass's logits per scale)."""
@@ -147,10 +173,21 @@ class Reinforce(Localiser):
         return loss, {"loc_pg": loss, "loc_reward": rewards.mean(), **self.common_terms(current, rewards)}
 
 
-LOCALISER_CLASSES: dict[str, type[Localiser]] = {c.name: c for c in (BestOfK, Reinforce)}
+class Search(Localiser):
+    name = "search"
+
+    def apn_loss(self, model, images, target, apn, square, parent, current, scale):
+        candidates = clip_squares(spread_squares(square, self.candidates, self.tl, apn), apn)
+        scores = square_scores(model, images, parent, candidates, target, scale)
+        loss, goal = best_square_loss(square, candidates, scores)
+        shift = (goal - square.detach()).abs().mean()
+        return loss, {"loc_mse": loss, "loc_shift": shift, **self.common_terms(current, scores[:, 1:])}
+
+
+LOCALISER_CLASSES: dict[str, type[Localiser]] = {c.name: c for c in (BestOfK, Reinforce, Search)}
 
 
 def build_localiser(alternate: dict) -> Localiser:
     """The localiser ``train.alternate.localiser`` names (not ``rank``), with ``train.alternate.localise``."""
     opts = alternate["localise"]
-    return LOCALISER_CLASSES[alternate["localiser"]](opts["candidates"], opts["sigma"], opts["temperature"])
+    return LOCALISER_CLASSES[alternate["localiser"]](opts["candidates"], opts["sigma"], opts["temperature"], opts["tl"])

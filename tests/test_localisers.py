@@ -16,8 +16,9 @@ from torch import nn
 from raccnn.config import ConfigError, load_config
 from raccnn.engine.phases import AlternateAPN, LocaliseAPN, build_plan
 from raccnn.engine.trainer import PhaseStep
-from raccnn.localisers import (LOCALISER_CLASSES, LOCALISERS, best_of_k_loss, leave_one_out_baseline,
-                               reinforce_loss, square_scores, true_class_log_prob)
+from raccnn.localisers import (LOCALISER_CLASSES, LOCALISERS, best_of_k_loss, best_square_loss,
+                               leave_one_out_baseline, reinforce_loss, spread_squares, square_scores,
+                               true_class_log_prob)
 from raccnn.models.racnn import RACNN
 
 NAMES = [n for n in LOCALISERS if n != "rank"]
@@ -36,6 +37,38 @@ def test_best_of_k_regresses_onto_the_confidence_weighted_mean():
     # a low temperature takes the best candidate alone
     _, goal = best_of_k_loss(square, candidates, scores, temperature=1e-3)
     assert torch.allclose(goal, candidates[:, 1])
+
+
+def test_search_regresses_onto_the_best_candidate():
+    """Image 0: the second candidate scores best; image 1: the current square does (zero loss there)."""
+    square = torch.tensor([[0.5, 0.5, 0.3], [0.4, 0.6, 0.2]], requires_grad=True)
+    candidates = torch.tensor([[[0.5, 0.5, 0.3], [0.2, 0.3, 0.3], [0.7, 0.7, 0.3]],
+                               [[0.4, 0.6, 0.2], [0.8, 0.2, 0.2], [0.2, 0.2, 0.2]]])
+    scores = torch.tensor([[-2.0, -0.5, -1.0], [-0.1, -3.0, -0.1]])  # a tie goes to the first
+    loss, goal = best_square_loss(square, candidates, scores)
+    assert torch.equal(goal, torch.tensor([[0.2, 0.3, 0.3], [0.4, 0.6, 0.2]]))
+    assert loss.item() == pytest.approx((0.3 ** 2 + 0.2 ** 2) / 6, rel=1e-5)
+    loss.backward()
+    assert torch.allclose(square.grad, torch.tensor([[2 * 0.3 / 6, 2 * 0.2 / 6, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("keep_inside", [True, False])
+def test_search_squares_have_one_size_and_cover_the_view(keep_inside):
+    """The first square sits at the current centre, the others anywhere the half side fits; all
+    have half side tl, raised into the APN's bounds."""
+    apn = nn.Module()
+    apn.tl_min, apn.tl_max, apn.keep_inside = 0.1, 0.5, keep_inside
+    torch.manual_seed(0)
+    square = torch.tensor([[0.5, 0.5, 0.45], [0.3, 0.7, 0.05]])
+    for tl, expected in ((0.2, 0.2), (0.05, 0.1)):
+        draws = spread_squares(square, 4000, tl, apn)
+        assert draws.shape == (2, 4001, 3)
+        assert torch.equal(draws[:, 0, :2], square[:, :2]) and torch.equal(draws[..., 2], torch.full((2, 4001), expected))
+        lo = expected if keep_inside else 0.0
+        centres = draws[:, 1:, :2]
+        assert centres.min() >= lo and centres.max() <= 1 - lo
+        assert centres.min() < lo + 0.01 and centres.max() > 1 - lo - 0.01  # the whole range, uniformly
+        assert centres.mean().item() == pytest.approx(0.5, abs=0.01)
 
 
 def test_the_leave_one_out_baseline_is_the_mean_of_the_other_rewards():
@@ -125,6 +158,21 @@ def test_the_gradient_moves_every_square_towards_the_bright_block(name, n_scales
         assert 0 < terms[f"train/loc_better_apn{s + 1}"] < 1
 
 
+@pytest.mark.parametrize("tl, shrinks", [(0.15, True), (0.45, False)])
+def test_search_pulls_every_square_to_its_size(tl, shrinks):
+    """From the centre squares (half side 0.3), search's gradient on each APN's tl output lowers it
+    towards tl 0.15 and raises it towards 0.45, wherever the best square lies."""
+    model = bright_block_model(3)
+    images = torch.zeros(4, 3, 64, 64)
+    images[:, :, 3:29, 35:61] = 1.0
+    torch.manual_seed(1)
+    loss, _, _ = LOCALISER_CLASSES["search"](candidates=8, sigma=0.1, temperature=1.0, tl=tl).loss(
+        model, images, torch.zeros(4, dtype=torch.long), None)
+    loss.backward()
+    for s, apn in enumerate(model.proposers):
+        assert (apn.fc2.bias.grad[2].item() > 0) == shrinks, s
+
+
 def test_the_localiser_phase_logs_its_terms_under_autocast():
     """Under bf16 autocast the loss is float32 and finite, and the terms name every APN."""
     cfg = load_config(DEFAULT_CONFIG, ["train.alternate.localiser=reinforce"])
@@ -176,7 +224,7 @@ def test_the_whole_schedule_runs_with_each_localiser(data_root, tmp_path, name, 
 
 def test_a_bad_localiser_is_one_config_error():
     with pytest.raises(ConfigError, match=r"train\.alternate\.localiser: 'nts' is not one of "
-                                          r"\['rank', 'best_of_k', 'reinforce'\]"):
+                                          r"\['rank', 'best_of_k', 'reinforce', 'search'\]"):
         load_config(DEFAULT_CONFIG, ["train.alternate.localiser=nts"])
     with pytest.raises(ConfigError, match=r"train\.alternate\.localise\.sigma: 0 must be > 0"):
         load_config(DEFAULT_CONFIG, ["train.alternate.localise.sigma=0"])
