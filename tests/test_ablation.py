@@ -13,6 +13,17 @@ from PIL import Image
 from conftest import TINY
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_ablation():
+    """experiments/ablation.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "experiments" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    return ablation
+
+
 def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     opts = dict(o.split("=", 1) for o in TINY)
     opts = {k: yaml.safe_load(v) for k, v in opts.items()}
@@ -167,9 +178,7 @@ GRID = {"config": "experiments/configs/fgsynth_default.yaml", "seeds": [0], "blo
      "row run=bad: model.attention.type: 'sex' is not one of"),
 ])
 def test_a_wrong_grid_is_one_line_naming_file_and_key_and_exit_2(tmp_path, capsys, change, message):
-    spec = importlib.util.spec_from_file_location("ablation", "experiments/ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_ablation()
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({**GRID, **change}))
     for extra in (["--dry-run"], []):  # the dry run checks what a run checks, before any run starts
@@ -191,13 +200,11 @@ def test_a_label_written_twice_in_a_grid_is_refused(tmp_path):
                                                  f"(only the last would count); keep one\n"
 
 
-@pytest.mark.parametrize("grid", sorted(p.name for p in Path("experiments/grids").glob("*.yaml")))
+@pytest.mark.parametrize("grid", sorted(p.name for p in (REPO / "experiments" / "grids").glob("*.yaml")))
 def test_every_shipped_grid_passes_the_check_a_run_makes(grid, capsys):
     """Each file under experiments/grids/ is a valid grid whose every row resolves to a valid config
     (the distractor grid's rows too, with data.synth.distractor set for all of them)."""
-    spec = importlib.util.spec_from_file_location("ablation", "experiments/ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_ablation()
     assert ablation.main(["--grid", f"experiments/grids/{grid}", "--dry-run"]) == 0, capsys.readouterr().err
     if grid == "learned_attention_distractor.yaml":
         plain = ablation.load_grid("experiments/grids/learned_attention.yaml")

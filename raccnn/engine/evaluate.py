@@ -220,9 +220,9 @@ def compute_metrics(outputs: Outputs, class_names: list[str], part_names: list[s
             boxes, rate, offset = squares[i], None, None
             if n_hit:
                 tx, ty, tl = boxes[has].double().unbind(1)
-                inside = ((cx - tx).abs() <= tl) & ((cy - ty).abs() <= tl)
-                rate = float(inside.double().mean())
-                offset = float(np.median(torch.maximum((cx - tx).abs(), (cy - ty).abs()).numpy()))
+                offsets = torch.maximum((cx - tx).abs(), (cy - ty).abs())  # inside iff at most tl
+                rate = float((offsets <= tl).double().mean())
+                offset = float(np.median(offsets.numpy())) if kind == "part" else None
             metrics[f"{kind}_hit_scale{s}"] = rate
             if kind == "part":
                 metrics[f"part_offset_scale{s}"] = offset
