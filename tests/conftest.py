@@ -1,4 +1,11 @@
 """What several test files share: the tiny model and schedule, and a trainer built from them."""
+import os
+
+# `make test` runs two test processes on a 2-core machine: one compute thread each (and in every
+# command a test starts, which inherits it), not two each fighting for the same cores. Set before
+# torch is imported; an OMP_NUM_THREADS already in the environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import importlib.util
 from pathlib import Path
 
@@ -42,3 +49,15 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def call_main(main, argv, capsys):
+    """``main(argv)`` of a command in this process, as its process would end: (exit code, stdout,
+    stderr), argparse's exit read as a code like any other. For what a command refuses before any
+    work; one test per command runs it as a script."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, call_main
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def load_ablation():
     return ablation
 
 
-def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
+def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path, capsys):
     opts = dict(o.split("=", 1) for o in TINY)
     opts = {k: yaml.safe_load(v) for k, v in opts.items()}
     opts.update({"data.root": str(tmp_path / "data"), "train.alternate.rounds": 1})
@@ -64,19 +64,20 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     assert (out / "attention_none_proposer_apn" / "seed0" / "predictions.csv").is_file()
     assert list((out / "hparams").rglob("events.out.tfevents*"))
 
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "tools/train.py" not in again.stdout  # finished rows are skipped
+    main = load_ablation().main
+    code, again, err = call_main(main, cmd[2:], capsys)
+    assert code == 0, err[-2000:]
+    assert "tools/train.py" not in again  # finished rows are skipped
     finished = (out / "results.md").read_text()
-    report = subprocess.run(cmd + ["--report"], capture_output=True, text=True)
-    assert report.returncode == 0 and (out / "results.md").read_text() == finished  # nothing unfinished to list
+    code, _, _ = call_main(main, cmd[2:] + ["--report"], capsys)
+    assert code == 0 and (out / "results.md").read_text() == finished  # nothing unfinished to list
 
     # --report with a row not yet run: the finished rows as before, the new one unfinished, nothing trained
     grid["blocks"][0]["attention"]["se@4"] = {"model.attention.type": "se", "model.attention.stages": [4]}
     grid_file.write_text(yaml.safe_dump(grid))
-    report = subprocess.run(cmd + ["--report"], capture_output=True, text=True)
-    assert report.returncode == 0, report.stderr[-2000:]
-    assert "tools/train.py" not in report.stdout and not (out / "attention_se_4_proposer_apn").exists()
+    code, report, err = call_main(main, cmd[2:] + ["--report"], capsys)
+    assert code == 0, err[-2000:]
+    assert "tools/train.py" not in report and not (out / "attention_se_4_proposer_apn").exists()
     assert (out / "attention_se_3_proposer_apn").exists()  # (the folder name of a row)
     reported = {r["row"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert reported["attention=se@4,proposer=apn"]["unfinished"] == "seed 0"
@@ -97,33 +98,32 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path):
     saved_cfg.write_text(yaml.safe_dump(saved))
     grid["blocks"][0]["attention"].pop("se@3")
     grid_file.write_text(yaml.safe_dump(grid))
-    reused = subprocess.run(cmd[:-1] + [str(moved)], capture_output=True, text=True)
-    assert reused.returncode == 0, reused.stderr[-2000:]
-    assert "tools/train.py" not in reused.stdout
+    code, reused, err = call_main(main, cmd[2:-1] + [str(moved)], capsys)
+    assert code == 0, err[-2000:]
+    assert "tools/train.py" not in reused
     # but a run of another config in that folder is refused, naming the differing key
     grid["opts"]["train.alternate.cls.lr_decay"] = 0.25  # the default config has 0.5
     grid_file.write_text(yaml.safe_dump(grid))
-    other = subprocess.run(cmd[:-1] + [str(moved)], capture_output=True, text=True)
-    assert "train.alternate.cls.lr_decay" in other.stdout + other.stderr
-    assert "tools/train.py" not in other.stdout
+    _, other, err = call_main(main, cmd[2:-1] + [str(moved)], capsys)
+    assert "train.alternate.cls.lr_decay" in other + err
+    assert "tools/train.py" not in other
 
 
-def test_bad_grid_row_fails_before_training(tmp_path):
-    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", "experiments/grids/quick.yaml",
-                          "--jobs", "0", "--dry-run"], capture_output=True, text=True)
-    assert res.returncode == 2 and "--jobs must be at least 1" in res.stderr
+def test_bad_grid_row_fails_before_training(tmp_path, capsys):
+    main = load_ablation().main
+    code, _, err = call_main(main, ["--grid", "experiments/grids/quick.yaml", "--jobs", "0", "--dry-run"], capsys)
+    assert code == 2 and "--jobs must be at least 1" in err
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({
         "config": "experiments/configs/fgsynth_default.yaml",
         "blocks": [{"attention": {"bad": {"model.attention.type": "sex"}}}],
     }))
-    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file),
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert res.returncode == 2 and "model.attention.type" in res.stderr and "se" in res.stderr
+    code, _, err = call_main(main, ["--grid", str(grid_file), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "model.attention.type" in err and "se" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_path):
+def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_path, capsys):
     opts = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY)}
     opts.update({"data.root": str(tmp_path / "data"), "train.alternate.rounds": 1,
                  "model.n_scales": 2, "model.input_sizes": [32, 32]})
@@ -137,10 +137,8 @@ def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_pa
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--out", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "the run in" in res.stderr and "failed (exit 2)" in res.stderr
+    code, _, err = call_main(load_ablation().main, ["--grid", str(grid_file), "--out", str(out)], capsys)
+    assert code == 1 and "the run in" in err and "failed (exit 2)" in err
     rows = {r["row"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["weights=none"]["failed"] == "" and rows["weights=missing"]["failed"] == "seed 0"
     assert rows["weights=none"]["acc_scale2"] != "" and rows["weights=none"]["acc_fused12"] != ""
@@ -189,15 +187,14 @@ def test_a_wrong_grid_is_one_line_naming_file_and_key_and_exit_2(tmp_path, capsy
         assert not (tmp_path / "out").exists()
 
 
-def test_a_label_written_twice_in_a_grid_is_refused(tmp_path):
+def test_a_label_written_twice_in_a_grid_is_refused(tmp_path, capsys):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text("config: experiments/configs/fgsynth_default.yaml\nblocks:\n  - attention:\n"
                          "      none: {model.attention.type: none}\n"
                          "      none: {model.attention.type: se, model.attention.stages: [4]}\n")
-    res = subprocess.run([sys.executable, "experiments/ablation.py", "--grid", str(grid_file), "--dry-run"],
-                         capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr == f"error: {grid_file}: duplicate key 'none' at lines 4 and 5 " \
-                                                 f"(only the last would count); keep one\n"
+    code, _, err = call_main(load_ablation().main, ["--grid", str(grid_file), "--dry-run"], capsys)
+    assert code == 2 and err == f"error: {grid_file}: duplicate key 'none' at lines 4 and 5 " \
+                                f"(only the last would count); keep one\n"
 
 
 @pytest.mark.parametrize("grid", sorted(p.name for p in (REPO / "experiments" / "grids").glob("*.yaml")))

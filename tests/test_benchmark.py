@@ -11,6 +11,7 @@ import sys
 from raccnn.bench import main, parse_args, steps
 from raccnn.config import load_config
 
+from conftest import call_main
 from test_recovery import run
 
 TINY = ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16", "data.resize=48", "data.crop=48"]
@@ -146,35 +147,35 @@ def test_gpu_script_passes_valid_arguments_and_configs(tmp_path):
         load_config(argv[argv.index("--config") + 1], opts)
 
 
-def test_local_attention_benchmark_times_both_computations():
+def test_local_attention_benchmark_times_both_computations(capsys):
     """The attention benchmark at tiny shapes: a row per shape with both times and the pick
     of ``auto`` (dense on the 4x4 map, unfold on the 12x12 one at d = 2, k = 3)."""
-    res = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8x4", "1x8x12",
-               "--kernel-size", "3", "--repeats", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
+    code, out, err = call_main(main, ["attention", "--shapes", "2x8x4", "1x8x12", "--kernel-size", "3", "--repeats", "1"],
+                               capsys)
+    assert code == 0, err[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line[:3].strip("| ").isdigit()]
     assert [(r[0], r[1], r[2]) for r in rows] == [("2x8x4", "18 vs 16", "dense"), ("1x8x12", "18 vs 144", "unfold")]
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
-    bad = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8"])
-    assert bad.returncode == 2 and "expected BATCHxCHANNELSxSIDE" in bad.stderr
-    even = run([sys.executable, "tools/benchmark.py", "attention", "--shapes", "2x8x4", "--kernel-size", "4"])
-    assert even.returncode == 2 and "kernel_size must be odd" in even.stderr and "Traceback" not in even.stderr
+    code, _, err = call_main(main, ["attention", "--shapes", "2x8"], capsys)
+    assert code == 2 and "expected BATCHxCHANNELSxSIDE" in err
+    code, _, err = call_main(main, ["attention", "--shapes", "2x8x4", "--kernel-size", "4"], capsys)
+    assert code == 2 and "kernel_size must be odd" in err
 
 
-def test_benchmark_refuses_the_oracle_proposer_in_one_line():
+def test_benchmark_refuses_the_oracle_proposer_in_one_line(capsys):
     """The oracle zooms on annotated part boxes, which random tensors do not have."""
-    res = run([sys.executable, "tools/benchmark.py", "--config", "experiments/configs/fgsynth_default.yaml",
-               "--opts", *TINY, "model.proposer=oracle", "--batch", "2", "--steps", "1", "--loader-workers"])
-    assert res.returncode == 2 and res.stderr.startswith("error: model.proposer: the oracle zooms on"), res.stderr
-    assert res.stdout == ""
+    code, out, err = call_main(main, ["--config", "experiments/configs/fgsynth_default.yaml", "--opts", *TINY,
+                                      "model.proposer=oracle", "--batch", "2", "--steps", "1", "--loader-workers"], capsys)
+    assert code == 2 and err.startswith("error: model.proposer: the oracle zooms on"), err
+    assert out == ""
 
 
-def test_benchmark_refuses_bad_numbers_in_one_usage_line():
+def test_benchmark_refuses_bad_numbers_in_one_usage_line(capsys):
     for args, words in ((["--batch", "0"], "--batch: must be at least 1, got 0"),
                         (["--steps", "0"], "--steps: must be at least 1, got 0"),
                         (["--warmup", "-1"], "--warmup: must be at least 0, got -1")):
-        res = run([sys.executable, "tools/benchmark.py", *args])
-        assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+        code, _, err = call_main(main, args, capsys)
+        assert code == 2 and words in err
 
 
 def test_one_command_line_runs_every_benchmark_and_steps_by_default():
@@ -192,20 +193,20 @@ def test_one_command_line_runs_every_benchmark_and_steps_by_default():
     assert bad.returncode == 2 and "invalid choice: 'stepz'" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_crop_benchmark_times_the_batched_crop_against_the_loop():
-    res = run([sys.executable, "tools/benchmark.py", "crop", "--sizes", "32", "16", "--batches", "1", "3",
-               "--repeats", "2", "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in res.stdout.splitlines() if line[:3].strip("| ").isdigit()]
+def test_crop_benchmark_times_the_batched_crop_against_the_loop(capsys):
+    code, out, err = call_main(main, ["crop", "--sizes", "32", "16", "--batches", "1", "3", "--repeats", "2",
+                                      "--threads", "1"], capsys)
+    assert code == 0, err[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line[:3].strip("| ").isdigit()]
     assert [r[0] for r in rows] == ["1", "3"]
     for _, fast, slow, speedup in rows:
         assert float(fast) > 0 and float(slow) > 0 and speedup.endswith("x")
-    assert "crop 32->16, forward+backward, median of 2" in res.stdout
-    bad = run([sys.executable, "tools/benchmark.py", "crop", "--batches", "0"])
-    assert bad.returncode == 2 and "--batches: must be at least 1, got 0" in bad.stderr
+    assert "crop 32->16, forward+backward, median of 2" in out
+    code, _, err = call_main(main, ["crop", "--batches", "0"], capsys)
+    assert code == 2 and "--batches: must be at least 1, got 0" in err
 
 
-def test_image_check_benchmark_times_both_modes_cold_then_cached(tmp_path):
+def test_image_check_benchmark_times_both_modes_cold_then_cached(tmp_path, capsys):
     """On a small stand-in with one truncated JPEG: both modes, the first check reads every file and
     caches, the second is answered from the cache; the unreadable file is counted each time."""
     from raccnn.data.standin import write_cub_standin
@@ -214,10 +215,10 @@ def test_image_check_benchmark_times_both_modes_cold_then_cached(tmp_path):
     d = write_cub_standin(tmp_path, classes=2, images_per_class=3, size=(40, 30))
     victim = sorted((d / "images").rglob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes()[:100])
-    res = run([sys.executable, "-m", "raccnn.bench", "images", "--root", str(tmp_path), "--workers", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = res.stdout.splitlines()
-    assert lines[0].startswith("6 images, ") and "generated" not in res.stdout  # an existing stand-in is kept
+    code, out, err = call_main(main, ["images", "--root", str(tmp_path), "--workers", "1"], capsys)
+    assert code == 0, err[-3000:]
+    lines = out.splitlines()
+    assert lines[0].startswith("6 images, ") and "generated" not in out  # an existing stand-in is kept
     timed = [line.split() for line in lines[1:]]
     assert [(t[0], t[1]) for t in timed] == [("header", "cold"), ("header", "cached"), ("full", "cold"), ("full", "cached")]
     assert all(float(t[2]) >= 0 and t[3] == "s" and float(t[4]) > 0 and t[-2:] == ["(1", "unreadable)"] for t in timed)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,6 +14,8 @@ from raccnn.data.build import prepare_data
 from raccnn.data.synthetic import (COARSE, FINE, FINE_LEAK_MAX, PATTERNS, certificate, contrast_kept, render_image,
                                    texture_scale_for)
 from raccnn.errors import ConfigError
+
+from conftest import call_main, load_tool
 
 TINY = dict(classes=3, images_per_class=6, size=96, seed=7)
 ANNOTATIONS = [
@@ -145,15 +145,15 @@ def test_ensure_reuses_complete_set_and_refuses_foreign_folder(tiny, tmp_path):
         generate_fgsynth(tmp_path, **TINY)
 
 
-def test_make_synthetic_refuses_a_failing_set(tmp_path):
-    cmd = [sys.executable, "tools/make_synthetic.py", "--out", str(tmp_path), "--size", "96",
-           "--classes", "2", "--images-per-class", "3"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: stored at 96 px") and not (tmp_path / "CUB_200_2011").exists()
-    r = subprocess.run(cmd + ["--no-check"], capture_output=True, text=True)
-    assert r.returncode == 0 and (tmp_path / "CUB_200_2011" / "fgsynth.json").is_file(), r.stderr
-    r = subprocess.run(cmd[:4] + ["--scale1-size", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--scale1-size must be > 0, got 0" in r.stderr
+def test_make_synthetic_refuses_a_failing_set(tmp_path, capsys):
+    main = load_tool("make_synthetic").main
+    argv = ["--out", str(tmp_path), "--size", "96", "--classes", "2", "--images-per-class", "3"]
+    code, _, err = call_main(main, argv, capsys)
+    assert code == 2 and err.startswith("error: stored at 96 px") and not (tmp_path / "CUB_200_2011").exists()
+    code, _, err = call_main(main, argv + ["--no-check"], capsys)
+    assert code == 0 and (tmp_path / "CUB_200_2011" / "fgsynth.json").is_file(), err
+    code, _, err = call_main(main, argv[:2] + ["--scale1-size", "0"], capsys)
+    assert code == 2 and "--scale1-size must be > 0, got 0" in err
 
 
 def test_ensure_generates_once_when_several_processes_ask_at_once(tmp_path, monkeypatch):

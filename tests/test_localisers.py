@@ -199,6 +199,69 @@ def test_rank_is_the_default_and_keeps_the_plan():
         assert all(p.localiser.name == name and p.settings is plan[0].cfg["train"]["alternate"]["apn"] for p in swapped)
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n_scales", [2, 3])
+@pytest.mark.parametrize("right", [True, False])
+def test_the_gradient_moves_every_square_towards_the_bright_block(name, n_scales, right):
+    """A bright block up and to the right (or up and to the left, mirrored) of the centre: every
+    APN's gradient on its x output (the last layer's bias) points towards it, and on y upwards.
+    APN 2 sees the block only through its composition within APN 1's square."""
+    model = bright_block_model(n_scales)
+    images = torch.zeros(4, 3, 64, 64)
+    cols = slice(35, 61) if right else slice(3, 29)  # x in [0.55, 0.95] or [0.05, 0.45]
+    images[:, :, 3:29, cols] = 1.0  # y in [0.05, 0.45]
+    torch.manual_seed(1)
+    localiser = LOCALISER_CLASSES[name](candidates=32, sigma=0.1, temperature=1.0)
+    loss, terms, _ = localiser.loss(model, images, torch.zeros(4, dtype=torch.long), None)
+    loss.backward()
+    for s, apn in enumerate(model.proposers):
+        gx, gy = apn.fc2.bias.grad[:2].tolist()
+        assert (gx < 0) == right, (s, gx)  # descent raises tx towards a block on the right
+        assert gy > 0, (s, gy)  # and lowers ty towards the top
+        assert 0 < terms[f"train/loc_better_apn{s + 1}"] < 1
+
+
+@pytest.mark.parametrize("tl, shrinks", [(0.15, True), (0.45, False)])
+def test_search_pulls_every_square_to_its_size(tl, shrinks):
+    """From the centre squares (half side 0.3), search's gradient on each APN's tl output lowers it
+    towards tl 0.15 and raises it towards 0.45, wherever the best square lies."""
+    model = bright_block_model(3)
+    images = torch.zeros(4, 3, 64, 64)
+    images[:, :, 3:29, 35:61] = 1.0
+    torch.manual_seed(1)
+    loss, _, _ = LOCALISER_CLASSES["search"](candidates=8, sigma=0.1, temperature=1.0, tl=tl).loss(
+        model, images, torch.zeros(4, dtype=torch.long), None)
+    loss.backward()
+    for s, apn in enumerate(model.proposers):
+        assert (apn.fc2.bias.grad[2].item() > 0) == shrinks, s
+
+
+def test_the_localiser_phase_logs_its_terms_under_autocast():
+    """Under bf16 autocast the loss is float32 and finite, and the terms name every APN."""
+    cfg = load_config(DEFAULT_CONFIG, ["train.alternate.localiser=reinforce"])
+    model = tiny_model(3)
+    images, target = torch.rand(3, 3, 48, 48), torch.tensor([0, 1, 1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, terms = LocaliseAPN(cfg, 0).loss(model, images, target, None)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    expected = {f"train/{t}_apn{s}" for t in ("loc_pg", "loc_reward", "loc_current", "loc_better") for s in (1, 2)}
+    assert expected | {"train/rank_active_1_2", "train/rank_active_2_3"} == set(terms)
+
+
+# ------------------------------------------------------------------ the schedule
+def test_rank_is_the_default_and_keeps_the_plan():
+    default = build_plan(load_config(DEFAULT_CONFIG))
+    rank = build_plan(load_config(DEFAULT_CONFIG, ["train.alternate.localiser=rank"]))
+    assert [(type(p), p.label) for p in rank] == [(type(p), p.label) for p in default]
+    assert [p for p in rank if type(p) is AlternateAPN] and not [p for p in rank if isinstance(p, LocaliseAPN)]
+    for name in NAMES:
+        plan = build_plan(load_config(DEFAULT_CONFIG, [f"train.alternate.localiser={name}"]))
+        assert [p.label for p in plan] == [p.label for p in default]
+        swapped = [p for p in plan if isinstance(p, LocaliseAPN)]
+        assert [p.label for p in swapped] == [p.label for p in default if type(p) is AlternateAPN]
+        assert all(p.localiser.name == name and p.settings is plan[0].cfg["train"]["alternate"]["apn"] for p in swapped)
+
+
 def test_an_explicit_rank_localiser_trains_bit_identically(data_root, tmp_path):
     states = []
     for extra in ([], ["train.alternate.localiser=rank"]):

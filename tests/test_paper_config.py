@@ -30,7 +30,7 @@ def test_the_standin_has_cub_layout_and_counts(tmp_path):
 
 
 def test_paper_config_runs_every_phase_on_a_cub_shaped_standin(tmp_path):
-    write_cub_standin(tmp_path / "data", images_per_class=4)  # 200 classes, 400 train / 400 test JPEGs
+    write_cub_standin(tmp_path / "data", images_per_class=3)  # 200 classes, 400 train / 200 test JPEGs
     work = tmp_path / "run"
     res = run([sys.executable, "tools/train.py", "--config", "experiments/configs/cub200_vgg19.yaml", "--work-dir",
                str(work), "--opts", f"data.root={tmp_path / 'data'}", *SMOKE])

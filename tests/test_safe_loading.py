@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from conftest import TINY, make_trainer
+from conftest import TINY, call_main, load_tool, make_trainer
 
 from raccnn.engine.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from raccnn.engine.phases import Fusion
@@ -61,11 +61,14 @@ def run(*args, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-def assert_refused(res: subprocess.CompletedProcess, path: Path, marker: Path) -> None:
+def assert_refused(tool: str, argv: list, path: Path, marker: Path, capsys) -> None:
+    """tools/<tool>.py with ``argv`` refuses the checkpoint at ``path`` in one line, exit code 2,
+    and its code did not run."""
+    code, _, err = call_main(load_tool(tool).main, [str(a) for a in argv], capsys)
     assert not marker.exists(), "the checkpoint's code ran"
-    assert res.returncode == 2, res.stderr[-2000:]
-    errors = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 1, err[-2000:]
     assert f"refused {path}" in errors[0] and "posix.system" in errors[0], errors[0]
 
 
@@ -134,48 +137,46 @@ def test_the_environment_cannot_switch_the_safe_loader_off(tmp_path, monkeypatch
     assert not marker.exists()
 
 
-def test_eval(run_dir):
+def test_eval(run_dir, capsys):
     marker = run_dir / "marker"
     poison(run_dir / "best.pt", touch(marker))
     metrics_before = (run_dir / "metrics.json").read_bytes()
-    res = run("tools/eval.py", "--checkpoint", run_dir / "best.pt")
-    assert_refused(res, run_dir / "best.pt", marker)
+    assert_refused("eval", ["--checkpoint", run_dir / "best.pt"], run_dir / "best.pt", marker, capsys)
     assert (run_dir / "metrics.json").read_bytes() == metrics_before
 
 
-def test_predict(run_dir, tmp_path):
+def test_predict(run_dir, tmp_path, capsys):
     marker = run_dir / "marker"
     poison(run_dir / "best.pt", touch(marker))
     image = tmp_path / "bird.png"
     Image.new("RGB", (64, 48), (120, 30, 200)).save(image)
-    res = run("tools/predict.py", "--checkpoint", run_dir / "best.pt", image, "--out", tmp_path / "panels")
-    assert_refused(res, run_dir / "best.pt", marker)
+    assert_refused("predict", ["--checkpoint", run_dir / "best.pt", image, "--out", tmp_path / "panels"],
+                   run_dir / "best.pt", marker, capsys)
     assert not (tmp_path / "panels").exists()
 
 
-def test_crop_panel(run_dir):
+def test_crop_panel(run_dir, capsys):
     marker = run_dir / "marker"
     poison(run_dir / "best.pt", touch(marker))
-    res = run("tools/crop_panel.py", "--checkpoint", run_dir / "best.pt")
-    assert_refused(res, run_dir / "best.pt", marker)
+    assert_refused("crop_panel", ["--checkpoint", run_dir / "best.pt"], run_dir / "best.pt", marker, capsys)
     assert not list(run_dir.glob("crop_panel_*"))
 
 
-def test_resume(run_dir):
+def test_resume(run_dir, capsys):
     marker = run_dir / "marker"
     poison(run_dir / "last.pt", touch(marker))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.suffix in (".pt", ".json")}
     # the run's own config (the one it saved), so only the checkpoint stands in the way
-    res = run("tools/train.py", "--config", run_dir / "config.yaml", "--work-dir", run_dir, "--resume", "auto")
-    assert_refused(res, run_dir / "last.pt", marker)
+    assert_refused("train", ["--config", run_dir / "config.yaml", "--work-dir", run_dir, "--resume", "auto"],
+                   run_dir / "last.pt", marker, capsys)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.suffix in (".pt", ".json")} == before
 
 
-def test_refit_fusion(run_dir, tmp_path):
+def test_refit_fusion(run_dir, tmp_path, capsys):
     marker = run_dir / "marker"
     poison(run_dir / "best_alternate.pt", touch(marker))
-    res = run("tools/refit_fusion.py", "--run", run_dir, "--fusion", "log_probs", "--work-dir", tmp_path / "refit")
-    assert_refused(res, run_dir / "best_alternate.pt", marker)
+    assert_refused("refit_fusion", ["--run", run_dir, "--fusion", "log_probs", "--work-dir", tmp_path / "refit"],
+                   run_dir / "best_alternate.pt", marker, capsys)
 
 
 def test_grid_reusing_a_finished_run(finished, tmp_path):

@@ -1,7 +1,7 @@
 """End-to-end runs of the alternating schedule on a tiny FG-Synth (seconds each)."""
 import pytest
 import torch
-from conftest import TINY, make_trainer
+from conftest import TINY, call_main, load_tool, make_trainer
 
 from raccnn.engine.checkpoint import CheckpointError, load_checkpoint
 
@@ -145,17 +145,15 @@ def test_checkpoint_from_another_architecture_is_refused(data_root, tmp_path):
         other.resume(str(tmp_path / "last.pt"))
 
 
-def test_eval_writes_every_metric_key(data_root, tmp_path):
+def test_eval_writes_every_metric_key(data_root, tmp_path, capsys):
     import json
-    import subprocess
-    import sys
 
     trainer = make_trainer(data_root, tmp_path)
     trainer.run()
-    res = subprocess.run([sys.executable, "tools/eval.py", "--checkpoint", str(tmp_path / "best.pt")],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert "fused 1+2+3" in res.stdout
+    capsys.readouterr()
+    code, out, err = call_main(load_tool("eval").main, ["--checkpoint", str(tmp_path / "best.pt")], capsys)
+    assert code == 0, err
+    assert "fused 1+2+3" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("acc_scale1", "acc_scale2", "acc_scale3", "acc_fused12", "acc_fused123", "per_class_acc",
                 "confusion_matrix", "part_hit_scale2", "part_hit_scale3", "iou_object_scale2"):
@@ -165,65 +163,48 @@ def test_eval_writes_every_metric_key(data_root, tmp_path):
     assert 0.0 <= metrics["part_hit_scale2"] <= 1.0
 
 
-def test_train_cli_reports_bad_config_key_before_any_work(tmp_path):
-    import subprocess
-    import sys
-
-    res = subprocess.run([sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
-                          "--work-dir", str(tmp_path / "wd"), "--opts", "train.alternate.roundz=2"],
-                         capture_output=True, text=True)
-    assert res.returncode == 2
-    assert "train.alternate.roundz" in res.stderr and "rounds" in res.stderr
-    assert "Traceback" not in res.stderr and not (tmp_path / "wd").exists()
+def test_train_cli_reports_bad_config_key_before_any_work(tmp_path, capsys):
+    code, _, err = call_main(load_tool("train").main, ["--config", "experiments/configs/fgsynth_default.yaml", "--work-dir",
+                                                       str(tmp_path / "wd"), "--opts", "train.alternate.roundz=2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "train.alternate.roundz" in err and "rounds" in err and not (tmp_path / "wd").exists()
 
 
-def test_paper_config_without_data_or_weights_says_what_to_put_where(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-
-    base = [sys.executable, "tools/train.py", "--config", "experiments/configs/cub200_vgg19.yaml",
-            "--work-dir", str(tmp_path / "wd")]
-    res = subprocess.run(base + ["--opts", f"data.root={tmp_path / 'nodata'}"], capture_output=True, text=True)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "CUB_200_2011/images.txt" in res.stderr and "CUB_200_2011.tgz" in res.stderr
+def test_paper_config_without_data_or_weights_says_what_to_put_where(tmp_path, monkeypatch, capsys):
+    main = load_tool("train").main
+    base = ["--config", "experiments/configs/cub200_vgg19.yaml", "--work-dir", str(tmp_path / "wd")]
+    code, _, err = call_main(main, base + ["--opts", f"data.root={tmp_path / 'nodata'}"], capsys)
+    assert code == 2 and "CUB_200_2011/images.txt" in err and "CUB_200_2011.tgz" in err
 
     # with a (tiny, CUB-format) dataset present, the missing ImageNet weights are named next
     from raccnn.data.synthetic import generate_fgsynth
 
     generate_fgsynth(tmp_path / "cub", classes=2, images_per_class=4, size=96)
-    env = dict(__import__("os").environ, TORCH_HOME=str(tmp_path / "torch"))
-    res = subprocess.run(base + ["--opts", f"data.root={tmp_path / 'cub'}", "data.resize=96", "data.crop=96",
-                                 "data.val_fraction=0.5", "data.num_workers=0", "data.hit_parts=[crest]"],
-                         capture_output=True, text=True, env=env)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "vgg19-dcbb9e9d.pth" in res.stderr and str(tmp_path / "torch") in res.stderr
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, _, err = call_main(main, base + ["--opts", f"data.root={tmp_path / 'cub'}", "data.resize=96", "data.crop=96",
+                                           "data.val_fraction=0.5", "data.num_workers=0", "data.hit_parts=[crest]"],
+                             capsys)
+    assert code == 2 and "vgg19-dcbb9e9d.pth" in err and str(tmp_path / "torch") in err
 
 
-def test_resume_auto_refuses_a_work_dir_of_another_config(data_root, tmp_path):
-    import subprocess
-    import sys
-
+def test_resume_auto_refuses_a_work_dir_of_another_config(data_root, tmp_path, capsys):
     trainer = make_trainer(data_root, tmp_path / "wd")
     trainer.save("last.pt")
     before = (tmp_path / "wd" / "last.pt").read_bytes()
-    cmd = [sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
-           "--work-dir", str(tmp_path / "wd"), "--resume", "auto",
-           "--opts", *TINY, f"data.root={data_root}", "train.fusion.epochs=2"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 2 and "train.fusion.epochs: 1 -> 2" in res.stderr
+    argv = ["--config", "experiments/configs/fgsynth_default.yaml", "--work-dir", str(tmp_path / "wd"), "--resume", "auto",
+            "--opts", *TINY, f"data.root={data_root}", "train.fusion.epochs=2"]
+    code, _, err = call_main(load_tool("train").main, argv, capsys)
+    assert code == 2 and "train.fusion.epochs: 1 -> 2" in err
     assert (tmp_path / "wd" / "last.pt").read_bytes() == before  # nothing already written is lost
 
 
-def test_fresh_start_in_a_used_work_dir_is_refused(data_root, tmp_path):
-    import subprocess
-    import sys
-
+def test_fresh_start_in_a_used_work_dir_is_refused(data_root, tmp_path, capsys):
     trainer = make_trainer(data_root, tmp_path / "wd")
     trainer.save("last.pt")
-    cmd = [sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
-           "--work-dir", str(tmp_path / "wd"), "--opts", *TINY, f"data.root={data_root}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 2 and "already holds a run" in res.stderr and "--resume auto" in res.stderr
+    argv = ["--config", "experiments/configs/fgsynth_default.yaml", "--work-dir", str(tmp_path / "wd"),
+            "--opts", *TINY, f"data.root={data_root}"]
+    code, _, err = call_main(load_tool("train").main, argv, capsys)
+    assert code == 2 and "already holds a run" in err and "--resume auto" in err
 
 
 def test_oracle_without_a_hit_part_is_a_config_error(data_root, tmp_path):
@@ -333,20 +314,17 @@ def test_fusion_restarts_from_the_alternating_best_after_a_crash_between_writes(
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
-def test_stale_temporaries_are_removed_and_resume_outside_the_work_dir_refused(data_root, tmp_path):
-    import subprocess
-    import sys
-
+def test_stale_temporaries_are_removed_and_resume_outside_the_work_dir_refused(data_root, tmp_path, capsys):
     (tmp_path / "wd").mkdir()
     (tmp_path / "wd" / ".last.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
     (tmp_path / "wd" / "notes.tmp").write_text("mine")
     trainer = make_trainer(data_root, tmp_path / "wd")
     assert sorted(p.name for p in (tmp_path / "wd").iterdir() if "tmp" in p.name) == ["notes.tmp"]
     trainer.save("last.pt")
-    res = subprocess.run([sys.executable, "tools/train.py", "--config", "experiments/configs/fgsynth_default.yaml",
-                          "--work-dir", str(tmp_path / "new"), "--resume", str(tmp_path / "wd" / "last.pt"),
-                          "--opts", *TINY, f"data.root={data_root}"], capture_output=True, text=True)
-    assert res.returncode == 2 and "outside the work dir" in res.stderr and "Traceback" not in res.stderr
+    code, _, err = call_main(load_tool("train").main, ["--config", "experiments/configs/fgsynth_default.yaml", "--work-dir",
+                                                       str(tmp_path / "new"), "--resume", str(tmp_path / "wd" / "last.pt"),
+                                                       "--opts", *TINY, f"data.root={data_root}"], capsys)
+    assert code == 2 and "outside the work dir" in err
 
 
 def test_rank_loss_diagnostics_are_logged_every_epoch(data_root, tmp_path, caplog):

@@ -27,7 +27,7 @@ from raccnn.data.synthetic import (DEFAULTS, DEFAULT_SCALE1_SIZE, STAMP, certifi
                                     fgsynth_root, generate_fgsynth, texture_scale_for)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Generate FG-Synth (CUB_200_2011 layout).")
     p.add_argument("--out", required=True, help="folder that will hold CUB_200_2011/")
     p.add_argument("--classes", type=int, default=DEFAULTS["classes"])
@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--distractor", action="store_true",
                    help="add decoy heads to every image (data.synth.distractor); written under OUT/distractor")
     p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     log = logging.getLogger("raccnn")  # says when it waits for another writer of the folder
     log.addHandler(logging.StreamHandler(sys.stdout))
     log.setLevel(logging.INFO)
