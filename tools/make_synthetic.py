@@ -41,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="add decoy heads to every image (data.synth.distractor); written under OUT/distractor")
     p.add_argument("--no-check", action="store_true", help="write a set that fails the certificate")
     args = p.parse_args(argv)
-    log = logging.getLogger("raccnn")  # says when it waits for another writer of the folder
-    log.addHandler(logging.StreamHandler(sys.stdout))
-    log.setLevel(logging.INFO)
     if not args.scale1_size > 0:
         p.error(f"--scale1-size must be > 0, got {args.scale1_size:g}")
-    return run_main(lambda: make(args))
+    log = logging.getLogger("raccnn")  # says when it waits for another writer of the folder
+    console = logging.StreamHandler(sys.stdout)
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+    try:
+        return run_main(lambda: make(args))
+    finally:  # a caller of main() in its own process keeps its logger as it was
+        log.removeHandler(console)
 
 
 def make(args) -> int:
