@@ -31,11 +31,13 @@ can be read while it runs (its rows' unfinished runs are listed).
 Ctrl-C or SIGTERM (or SIGUSR1) while runs train is passed on to them: each finishes its step, saves
 its last.pt and stops, no new run starts, and the runner exits 130 (SIGINT) or 143; running the
 command again continues every run where it stopped.
-Writes <out>/results.csv, <out>/results.md and TensorBoard hparams (the means) under
-<out>/hparams. Per row and metric: mean, standard deviation and the 95 % t-interval of the mean over
-seeds; and, paired by seed with the baseline row, the mean difference and its 95 % t-interval
-(``raccnn/stats.py``), marked * when the interval excludes zero. Parameters and forward FLOPs
-(torch.utils.flop_counter, one image) are those of the model each row builds; images/s is measured
+Writes <out>/results.csv, <out>/results.md, <out>/runs.csv and TensorBoard hparams (the means)
+under <out>/hparams. runs.csv holds every finished run's own numbers (row, seed, the row's
+metrics), so a later grid can be paired with these runs after the run folders are gone. Per row and
+metric: mean, standard deviation and the 95 % t-interval of the mean over seeds; and, paired by
+seed with the baseline row, the mean difference and its 95 % t-interval (``raccnn/stats.py``),
+marked * when the interval excludes zero. Parameters and forward FLOPs (torch.utils.flop_counter,
+one image) are those of the model each row builds; images/s is measured
 during its training. <out>/forest.png, linked from results.md, draws the differences results.md shows:
 one line per row, the mean difference and its interval against a line at zero (``raccnn/plots.py``).
 """
@@ -364,6 +366,7 @@ def main(argv=None) -> int:
                 w.add_hparams(labels, {f"hparam/{k}": row[k] for k in metrics if row[k] == row[k]}, run_name=".")
 
     write_results(out, results, missing)
+    write_runs(out, per_row, {name: row_metrics(configs[name]["model"]["n_scales"]) for name in per_row})
     print((out / "results.md").read_text())
     return 1 if failed else 0
 
@@ -391,6 +394,18 @@ def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list
         row.update({f"{key}_diff": diff.mean, f"{key}_diff_ci_lo": diff.lo, f"{key}_diff_ci_hi": diff.hi,
                     f"{key}_diff_pairs": diff.n, f"{key}_diff_excludes_zero": diff.excludes_zero})
     return row
+
+
+def write_runs(out: Path, per_row: dict, metrics: dict) -> None:
+    """runs.csv: one line per finished run (``per_row``: row -> seed -> its metrics.json), the row's
+    ``metrics`` and images/s as they are in metrics.json (fractions); a metric a row lacks is empty."""
+    keys = list(dict.fromkeys(k for name in per_row for k in metrics[name])) + ["images_per_s"]
+    with atomic_open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["row", "seed", *keys], restval="")
+        writer.writeheader()
+        for name, runs in per_row.items():
+            for seed, m in sorted(runs.items()):
+                writer.writerow({"row": name, "seed": seed, **{k: m[k] for k in keys if k in m}})
 
 
 def write_results(out: Path, results: list[dict], missing: str = "failed") -> None:

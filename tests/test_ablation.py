@@ -1,6 +1,7 @@
 """The ablation runner on a 2-row grid of tiny runs."""
 import csv
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,12 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path, capsys):
     assert float(rows[0]["images_per_s"]) > 0 and float(rows[0]["gflops"]) > 0
     md = (out / "results.md").read_text()
     assert "| attention=se@3,proposer=apn |" in md and "part hit s2" in md
+    # every run's own numbers, as its metrics.json has them
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["row"], r["seed"]) for r in runs] == [(r["row"], "0") for r in rows]
+    for r, folder in zip(runs, ("attention_none_proposer_apn", "attention_se_3_proposer_apn")):
+        saved = json.loads((out / folder / "seed0" / "metrics.json").read_text())
+        assert float(r["acc_scale2"]) == saved["acc_scale2"] and float(r["part_hit_scale2"]) == saved["part_hit_scale2"]
     # the paired differences drawn beside the table, which links the picture
     assert "](forest.png)" in md
     with Image.open(out / "forest.png") as picture:

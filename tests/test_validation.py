@@ -50,7 +50,11 @@ def test_the_log_lines():
                         "at tl_max 0%, moved |dtx| 0.0100 |dty| 0.0200 |dtl| 0.0300")
     assert lines[2].endswith("at tl_max 0%")
     assert lines[3] == "  active rank hinges: val 1_2=0.50 2_3=1.00 | train 1_2=0.75; train grad norm 0.5"
-    assert hand_result().lines("fusion", 1, math.nan, 0, {})[3].endswith("| train -; train grad norm nan")
+    fitted = hand_result().lines("fusion", 1, math.nan, 0, {})  # the log_probs fusion takes no training step
+    assert fitted[0].startswith("fusion epoch 1: no training step | val ce 3.5000")
+    assert fitted[3].endswith("| train -; train grad norm -")
+    diverged = hand_result().lines("cls", 2, math.nan, 40, {"train/grad_norm": math.nan})  # steps taken: nan shown
+    assert diverged[0].startswith("cls epoch 2: train loss nan (40 img/s)") and diverged[3].endswith("grad norm nan")
 
 
 def test_a_validation_measures_by_hand_and_the_moves_of_the_squares():

@@ -72,12 +72,17 @@ class ValidationResult:
         val = " ".join(f"{s}_{s + 1}={a:.2f}" for s, a in enumerate(self.active, start=1))
         prefix = "train/rank_active_"
         train = " ".join(f"{k[len(prefix):]}={v:.2f}" for k, v in train_terms.items() if k.startswith(prefix))
+        grad = train_terms.get("train/grad_norm")
         lines.append(f"  active rank hinges: val {val} | train {train or '-'}; train grad norm "
-                     f"{train_terms.get('train/grad_norm', math.nan):.4g}")
+                     f"{'-' if grad is None else f'{grad:.4g}'}")
         return lines
 
 
 def train_line(label: str, epoch: int, train_loss: float, rate: float) -> str:
+    """An epoch that took no training step (the log_probs fusion, fitted on validation) says so
+    instead of logging its loss as nan."""
+    if rate == 0 and math.isnan(train_loss):
+        return f"{label} epoch {epoch}: no training step"
     return f"{label} epoch {epoch}: train loss {train_loss:.4f} ({rate:.0f} img/s)"
 
 
