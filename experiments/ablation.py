@@ -397,8 +397,9 @@ def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list
 
 
 def write_runs(out: Path, per_row: dict, metrics: dict) -> None:
-    """runs.csv: one line per finished run (``per_row``: row -> seed -> its metrics.json), the row's
-    ``metrics`` and images/s as they are in metrics.json (fractions); a metric a row lacks is empty."""
+    """runs.csv: one line per finished run (``per_row``: row -> seed -> what ``run_one`` returned), the
+    row's ``metrics`` as metrics.json has them (fractions) and the run's training images/s; a metric a
+    row lacks is empty."""
     keys = list(dict.fromkeys(k for name in per_row for k in metrics[name])) + ["images_per_s"]
     with atomic_open(out / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["row", "seed", *keys], restval="")
