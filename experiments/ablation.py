@@ -2,6 +2,7 @@
 schedule and collect one results table.
 
     python experiments/ablation.py --grid experiments/grids/quick.yaml [--out DIR] [--jobs N] [--dry-run] [--report]
+                                   [--runs RUNS_CSV ...]
 
 A grid file names the base config, shared overrides, seeds, and one or more blocks of axes; each
 block contributes the cartesian product of its axes (label -> config overrides):
@@ -33,7 +34,10 @@ its last.pt and stops, no new run starts, and the runner exits 130 (SIGINT) or 1
 command again continues every run where it stopped.
 Writes <out>/results.csv, <out>/results.md, <out>/runs.csv and TensorBoard hparams (the means)
 under <out>/hparams. runs.csv holds every finished run's own numbers (row, seed, the row's
-metrics), so a later grid can be paired with these runs after the run folders are gone. Per row and
+metrics, images/s, classes); ``--runs <runs.csv>`` gives them back to a later report or grid, which
+counts them as finished and trains none of them, after their folders are gone or from another
+machine (a runs.csv keeps no config: each line is taken to be a run of the row it names; a run whose
+folder exists too is read from there and must agree). Per row and
 metric: mean, standard deviation and the 95 % t-interval of the mean over seeds; and, paired by
 seed with the baseline row, the mean difference and its 95 % t-interval (``raccnn/stats.py``),
 marked * when the interval excludes zero. Parameters and forward FLOPs (torch.utils.flop_counter,
@@ -301,6 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="validate every row's config and list the runs")
     p.add_argument("--report", action="store_true",
                    help="train nothing: write the tables from the runs that have finished (e.g. while the grid runs)")
+    p.add_argument("--runs", action="append", default=[], metavar="CSV",
+                   help="finished runs from a runs.csv an earlier report wrote (repeatable): they count as "
+                        "finished and are not trained")
     args = p.parse_args(argv)
 
     try:
@@ -334,8 +341,15 @@ def main(argv=None) -> int:
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs) if args.jobs > 1 else None
     runs = {(name, seed): (shared + to_opts(overrides) + [f"seed={seed}"], row_dir(out, name) / f"seed{seed}")
             for name, _, overrides in rows for seed in grid["seeds"]}
+    try:
+        kept = read_runs(args.runs, {name: row_metrics(cfg["model"]["n_scales"]) for name, cfg in configs.items()},
+                         grid["seeds"])
+    except (RaccnnError, OSError) as exc:
+        return report(exc)
     if args.report:  # only the finished runs; one still training has no metrics.json yet
         runs = {key: run for key, run in runs.items() if (run[1] / "metrics.json").exists()}
+    # a kept run with a folder too is read from there and must agree; one without is not trained
+    runs = {key: run for key, run in runs.items() if key not in kept or (run[1] / "metrics.json").exists()}
     # the runs are subprocesses: the threads only wait
     with Preemption(on_signal=TRAININGS.stop) as signals, signals.deferred(), ThreadPoolExecutor(args.jobs) as pool:
         futures = {key: pool.submit(run_one, grid["config"], opts, work_dir, threads)
@@ -345,11 +359,16 @@ def main(argv=None) -> int:
               f"run the same command again to continue", file=sys.stderr)
         return Preempted(signals.signum).exit_code
     per_row = {name: {} for name, _, _ in rows}
+    for (name, seed), m in kept.items():
+        per_row[name][seed] = m
     for (name, seed), future in futures.items():
         try:
             per_row[name][seed] = future.result()
+            if (name, seed) in kept:
+                check_kept(kept[name, seed], per_row[name][seed], runs[name, seed][1])
         except RaccnnError as exc:  # this run's row is reported as failed; the others are tabled
             report(exc)
+            per_row[name].pop(seed, None)
     incomplete = sum(len(per_row[name]) < len(grid["seeds"]) for name, _, _ in rows)
     failed = 0 if args.report else incomplete
     # what a row's missing runs are; a report of a finished grid is the table its last run wrote
@@ -371,15 +390,71 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def read_runs(paths: list[str], metrics: dict, seeds: list) -> dict:
+    """The runs of this grid in the runs.csv files ``paths`` (``write_runs``), as (row, seed) -> the
+    numbers ``run_one`` returns; ``metrics``: row -> its metric keys (``row_metrics``). A line of a row
+    or seed the grid lacks is skipped (and counted in a printed note); an unreadable file, a missing
+    column, a value that is not a number, a row's metric left empty or one run twice with other numbers
+    is a ``ConfigError`` naming the file and line. A runs.csv keeps no config: its runs are taken to be
+    of the rows they name."""
+    kept, where, skipped = {}, {}, 0
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--runs: file not found: {path}")
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            absent = {"row", "seed"} - set(reader.fieldnames or [])
+            if absent:
+                raise ConfigError(f"{path}: no column {', '.join(sorted(absent))}; a runs.csv begins 'row,seed,'")
+            for line in reader:
+                at = f"{path}, line {reader.line_num}"
+                try:
+                    seed = int(line["seed"])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{at}: seed {line['seed']!r} is not an integer") from None
+                name = line["row"]
+                if name not in metrics or seed not in seeds:
+                    skipped += 1
+                    continue
+                run = {}
+                for key in metrics[name] + ["images_per_s", "num_classes"]:
+                    text = line.get(key) or ""
+                    if not text and key in metrics[name]:
+                        raise ConfigError(f"{at}: row {name!r} needs {key}, which is empty or missing")
+                    try:
+                        if text:
+                            run[key] = int(text) if key == "num_classes" else float(text)
+                    except ValueError:
+                        raise ConfigError(f"{at}: {key} {text!r} is not a number") from None
+                if (name, seed) in kept and kept[name, seed] != run:
+                    raise ConfigError(f"{at}: {name} seed {seed} has other numbers in {where[name, seed]}")
+                kept[name, seed], where[name, seed] = run, at
+    if skipped:
+        print(f"--runs: {skipped} run(s) of rows or seeds this grid does not have, left out")
+    return kept
+
+
+def check_kept(kept: dict, run: dict, work_dir: Path) -> None:
+    """A run given by --runs whose folder exists too: the folder's metrics must be the runs.csv's."""
+    differ = [k for k, v in kept.items() if k in run and run[k] != v and k != "images_per_s"]
+    if differ:
+        raise ConfigError(f"{work_dir}: its metrics.json differs from --runs in {', '.join(differ)}; "
+                          f"one of them is of another run")
+
+
 def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list, missing: str = "failed") -> dict:
     """One table row: per metric the t-interval over seeds and the paired difference with the
     baseline's runs of the same seeds; the seeds without a run under ``missing``."""
     row = {"row": name, "seeds": len(runs), missing: ", ".join(f"seed {s}" for s in seeds if s not in runs)}
     if not runs:
         return row
-    first = next(iter(runs.values()))
-    params, flops = model_cost(cfg, first["num_classes"])
-    row.update(params=params, gflops=flops / 1e9, images_per_s=statistics.fmean(m["images_per_s"] for m in runs.values()))
+    classes = [m["num_classes"] for m in runs.values() if "num_classes" in m]
+    if classes:  # (a run from an older runs.csv has no class count: its row has no cost)
+        params, flops = model_cost(cfg, classes[0])
+        row.update(params=params, gflops=flops / 1e9)
+    rates = [m["images_per_s"] for m in runs.values() if "images_per_s" in m]
+    if rates:
+        row["images_per_s"] = statistics.fmean(rates)
     metrics = row_metrics(cfg["model"]["n_scales"])
     fused_all = metrics[-2]
 
@@ -398,9 +473,9 @@ def summarise(name: str, runs: dict, baseline_runs: dict, cfg: dict, seeds: list
 
 def write_runs(out: Path, per_row: dict, metrics: dict) -> None:
     """runs.csv: one line per finished run (``per_row``: row -> seed -> what ``run_one`` returned), the
-    row's ``metrics`` as metrics.json has them (fractions) and the run's training images/s; a metric a
-    row lacks is empty."""
-    keys = list(dict.fromkeys(k for name in per_row for k in metrics[name])) + ["images_per_s"]
+    row's ``metrics`` as metrics.json has them (fractions), the run's training images/s and its number
+    of classes; a metric a row lacks is empty. ``--runs`` reads it back (``read_runs``)."""
+    keys = list(dict.fromkeys(k for name in per_row for k in metrics[name])) + ["images_per_s", "num_classes"]
     with atomic_open(out / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["row", "seed", *keys], restval="")
         writer.writeheader()
@@ -442,8 +517,8 @@ def write_results(out: Path, results: list[dict], missing: str = "failed") -> No
     lines = ["| row | " + " | ".join(f"scale {s}" for s in range(1, n + 1)) + " | fused (all) | part hit s2 | "
              f"Δ scale 2 | Δ fused | params (M) | GFLOPs | img/s | {missing} runs |", "|---|" + "---:|" * (n + 7) + "---|"]
     for r in results:
-        cost = (f"{r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.0f}" if "params" in r
-                else "n/a | n/a | n/a")
+        cost = (f"{r['params'] / 1e6:.2f} | {r['gflops']:.3f}" if "params" in r else "n/a | n/a") + " | " + (
+            f"{r['images_per_s']:.0f}" if "images_per_s" in r else "n/a")
         lines.append(f"| {r['row']} | " + " | ".join(pct(r, k) for k in scales + ["acc_fused_all", "part_hit_scale2"])
                      + " | " + " | ".join(diff(r, k) for k in DIFF_METRICS) + f" | {cost} | {r[missing] or '-'} |")
     baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)

@@ -94,6 +94,25 @@ def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path, capsys):
     assert "| unfinished runs |" in md and "| attention=se@4,proposer=apn | n/a |" in md and "seed 0 |" in md
     del grid["blocks"][0]["attention"]["se@4"]
 
+    # its runs.csv gives the same table to a folder without the runs, and trains nothing
+    grid_file.write_text(yaml.safe_dump(grid))
+    code, again, err = call_main(main, cmd[2:-1] + [str(tmp_path / "elsewhere"), "--runs", str(out / "runs.csv")],
+                                 capsys)
+    assert code == 0 and "tools/train.py" not in again, err[-2000:]
+    assert not (tmp_path / "elsewhere" / "attention_none_proposer_apn").exists()
+    for r, k in zip(csv.DictReader(open(tmp_path / "elsewhere" / "results.csv")), rows):
+        for column in ("acc_scale2", "acc_fused123_std", "acc_scale2_diff", "params", "images_per_s"):
+            assert r[column] == k[column], column
+    # given with its folder, the folder's numbers must be the runs.csv's
+    edited = list(csv.DictReader(open(out / "runs.csv")))
+    edited[0]["acc_scale2"] = repr(float(edited[0]["acc_scale2"]) + 0.5)
+    with open(tmp_path / "edited.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(edited[0]))
+        writer.writeheader()
+        writer.writerows(edited)
+    code, _, err = call_main(main, cmd[2:] + ["--runs", str(tmp_path / "edited.csv")], capsys)
+    assert code == 1 and "metrics.json differs from --runs in acc_scale2" in err
+
     # a finished run copied into another grid's folder is the same run: reused, not retrained
     moved = tmp_path / "moved"
     shutil.copytree(out / "attention_none_proposer_apn", moved / "attention_none_proposer_apn")
@@ -157,6 +176,62 @@ def test_a_failed_run_is_a_failed_row_and_rows_need_not_have_three_scales(tmp_pa
 
 
 GRID = {"config": "experiments/configs/fgsynth_default.yaml", "seeds": [0], "blocks": [{"run": {"default": {}}}]}
+
+
+def test_runs_from_a_runs_csv_make_the_table_and_train_nothing(tmp_path, capsys):
+    """--runs: the numbers of runs whose folders are gone, tabled as if they had run here."""
+    grid = {"config": "experiments/configs/fgsynth_default.yaml", "seeds": [0, 1], "baseline": "run=a",
+            "blocks": [{"run": {"a": {}, "b": {"train.alternate.rounds": 1}}}]}
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    header = "row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123,part_hit_scale2"
+    lines = [header,
+             "run=a,0,0.4,0.8,0.7,0.85,0.9",
+             "run=a,1,0.5,0.9,0.8,0.95,1.0",
+             "run=b,0,0.4,0.6,0.7,0.75,0.5",
+             "run=b,1,0.5,0.8,0.8,0.85,0.6",
+             "run=c,0,0.1,0.1,0.1,0.1,0.1",  # a row this grid does not have
+             "run=a,7,0.1,0.1,0.1,0.1,0.1"]  # nor this seed
+    runs = tmp_path / "runs.csv"
+    runs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, printed, err = call_main(load_ablation().main, ["--grid", str(grid_file), "--out", str(out),
+                                                          "--runs", str(runs)], capsys)
+    assert code == 0, err
+    assert "tools/train.py" not in printed and "2 run(s) of rows or seeds this grid does not have" in printed
+    assert not (out / "run_a").exists()
+    table = {r["row"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert float(table["run=a"]["acc_scale2"]) == pytest.approx(0.85)
+    assert float(table["run=b"]["acc_scale2"]) == pytest.approx(0.7)
+    # paired by seed: b - a = -0.2 and -0.1
+    assert float(table["run=b"]["acc_scale2_diff"]) == pytest.approx(-0.15)
+    assert float(table["run=b"]["part_hit_scale2_diff"]) == pytest.approx(-0.4)
+    assert table["run=b"]["failed"] == "" and "params" not in table["run=a"]  # no class count, no cost
+    md = (out / "results.md").read_text()
+    assert "| run=b | 45.0 ± 7.1" in md and "| n/a | n/a | n/a | - |" in md
+    # the numbers come back as read: a run.csv written from them holds the same lines
+    assert (out / "runs.csv").read_text().splitlines()[1:5] == [line + ",," for line in lines[1:5]]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("row,acc_scale2\nrun=a,0.5\n", "runs.csv: no column seed"),
+    ("row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123,part_hit_scale2\nrun=a,0,0.4,0.8,0.7,0.85,0.9\n"
+     "run=a,0,0.4,high,0.7,0.85,0.9\n", "runs.csv, line 3: acc_scale2 'high' is not a number"),
+    ("row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123,part_hit_scale2\nrun=a,x,0.4,0.8,0.7,0.85,0.9\n",
+     "runs.csv, line 2: seed 'x' is not an integer"),
+    ("row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123\nrun=a,0,0.4,0.8,0.7,0.85\n",
+     "runs.csv, line 2: row 'run=a' needs part_hit_scale2, which is empty or missing"),
+    ("row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123,part_hit_scale2\nrun=a,0,0.4,0.8,0.7,0.85,0.9\n"
+     "run=a,0,0.4,0.7,0.7,0.85,0.9\n", "runs.csv, line 3: run=a seed 0 has other numbers in"),
+])
+def test_a_broken_runs_csv_is_one_error_naming_file_and_line(tmp_path, capsys, text, message):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({**GRID, "blocks": [{"run": {"a": {}}}]}))
+    (tmp_path / "runs.csv").write_text(text)
+    code, _, err = call_main(load_ablation().main, ["--grid", str(grid_file), "--out", str(tmp_path / "out"),
+                                                    "--runs", str(tmp_path / "runs.csv")], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("change, message", [
