@@ -401,34 +401,37 @@ def read_runs(paths: list[str], metrics: dict, seeds: list) -> dict:
     for path in paths:
         if not os.path.isfile(path):
             raise ConfigError(f"--runs: file not found: {path}")
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            absent = {"row", "seed"} - set(reader.fieldnames or [])
-            if absent:
-                raise ConfigError(f"{path}: no column {', '.join(sorted(absent))}; a runs.csv begins 'row,seed,'")
-            for line in reader:
-                at = f"{path}, line {reader.line_num}"
-                try:
-                    seed = int(line["seed"])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{at}: seed {line['seed']!r} is not an integer") from None
-                name = line["row"]
-                if name not in metrics or seed not in seeds:
-                    skipped += 1
-                    continue
-                run = {}
-                for key in metrics[name] + ["images_per_s", "num_classes"]:
-                    text = line.get(key) or ""
-                    if not text and key in metrics[name]:
-                        raise ConfigError(f"{at}: row {name!r} needs {key}, which is empty or missing")
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                absent = {"row", "seed"} - set(reader.fieldnames or [])
+                if absent:
+                    raise ConfigError(f"{path}: no column {', '.join(sorted(absent))}; a runs.csv begins 'row,seed,'")
+                for line in reader:
+                    at = f"{path}, line {reader.line_num}"
                     try:
-                        if text:
-                            run[key] = int(text) if key == "num_classes" else float(text)
-                    except ValueError:
-                        raise ConfigError(f"{at}: {key} {text!r} is not a number") from None
-                if (name, seed) in kept and kept[name, seed] != run:
-                    raise ConfigError(f"{at}: {name} seed {seed} has other numbers in {where[name, seed]}")
-                kept[name, seed], where[name, seed] = run, at
+                        seed = int(line["seed"])
+                    except (TypeError, ValueError):
+                        raise ConfigError(f"{at}: seed {line['seed']!r} is not an integer") from None
+                    name = line["row"]
+                    if name not in metrics or seed not in seeds:
+                        skipped += 1
+                        continue
+                    run = {}
+                    for key in metrics[name] + ["images_per_s", "num_classes"]:
+                        text = line.get(key) or ""
+                        if not text and key in metrics[name]:
+                            raise ConfigError(f"{at}: row {name!r} needs {key}, which is empty or missing")
+                        try:
+                            if text:
+                                run[key] = int(text) if key == "num_classes" else float(text)
+                        except ValueError:
+                            raise ConfigError(f"{at}: {key} {text!r} is not a number") from None
+                    if (name, seed) in kept and kept[name, seed] != run:
+                        raise ConfigError(f"{at}: {name} seed {seed} has other numbers in {where[name, seed]}")
+                    kept[name, seed], where[name, seed] = run, at
+        except (csv.Error, UnicodeDecodeError) as exc:  # not text, or not a csv
+            raise ConfigError(f"{path}: not a readable runs.csv ({exc})") from None
     if skipped:
         print(f"--runs: {skipped} run(s) of rows or seeds this grid does not have, left out")
     return kept

@@ -223,11 +223,12 @@ def test_runs_from_a_runs_csv_make_the_table_and_train_nothing(tmp_path, capsys)
      "runs.csv, line 2: row 'run=a' needs part_hit_scale2, which is empty or missing"),
     ("row,seed,acc_scale1,acc_scale2,acc_scale3,acc_fused123,part_hit_scale2\nrun=a,0,0.4,0.8,0.7,0.85,0.9\n"
      "run=a,0,0.4,0.7,0.7,0.85,0.9\n", "runs.csv, line 3: run=a seed 0 has other numbers in"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", "runs.csv: not a readable runs.csv"),
 ])
 def test_a_broken_runs_csv_is_one_error_naming_file_and_line(tmp_path, capsys, text, message):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({**GRID, "blocks": [{"run": {"a": {}}}]}))
-    (tmp_path / "runs.csv").write_text(text)
+    (tmp_path / "runs.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
     code, _, err = call_main(load_ablation().main, ["--grid", str(grid_file), "--out", str(tmp_path / "out"),
                                                     "--runs", str(tmp_path / "runs.csv")], capsys)
     assert code == 2 and message in err and err.count("\n") == 1, err
