@@ -178,7 +178,10 @@ SCHEMA: dict = {
         "warmup_factor": Key(1e-3, max=1.0, check=lambda v: None if v > 0 else f"{v} must be > 0 (the first "
                              "warmup step's lr is lr x warmup_factor)"),
         "pretrain_cls": _stage(epochs=8, lr=0.05),
-        "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5)},
+        # target: where init_apn centres its squares: the strongest channel-summed response of the
+        # scale's last conv (the paper's) or the peak of the true class's activation map (class)
+        "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5),
+                     "target": Key("response", choices=["response", "class"])},
         "alternate": {
             "rounds": Key(3, min=0),
             "margin": Key(MARGIN, min=0.0),  # of the rank loss (losses.py)
@@ -190,7 +193,9 @@ SCHEMA: dict = {
                 "temperature": Key(1.0, check=_positive),  # best_of_k: goal weights softmax(log p_t / T)
                 "tl": Key(0.25, max=0.5, check=_positive),  # search: half side of its squares, view units
             },
-            "cls": _alternating(lr=0.01, min_delta=1e-3),
+            # box_jitter: spread of the Gaussian noise on the APNs' squares (tx, ty, tl; view units) while
+            # the scales train, the finer scales' crop augmentation; 0: the squares as proposed
+            "cls": {**_alternating(lr=0.01, min_delta=1e-3), "box_jitter": Key(0.0, min=0.0, max=0.25)},
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)

@@ -67,3 +67,44 @@ def test_init_loss_clips_targets_the_apn_cannot_reach_into_its_bounds():
     fmap = torch.zeros(1, 1, 4, 4)
     fmap[0, 0, 0, 0] = 1.0
     assert apn.init_loss(fmap, 0.45).item() == pytest.approx((2 * 0.2 ** 2 + 0.1 ** 2) / 3, abs=1e-4)
+
+
+def test_class_activation_map_peaks_where_the_true_class_is_spoken_for_not_where_features_are_strongest():
+    from raccnn.models.apn import peak_targets
+    from raccnn.engine.phases import class_activation_map
+    fmap = torch.zeros(2, 2, 2, 2)
+    fmap[:, 0, 0, 0] = 5.0  # a strong, class-blind response top left
+    fmap[:, 1, 1, 1] = 1.0  # a weak one bottom right
+    classifier = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.tensor([[0.0, 2.0], [1.0, -1.0]]))  # class 0 reads channel 1, class 1 channel 0
+    cam = class_activation_map(fmap, classifier, torch.tensor([0, 1]))
+    expected = torch.tensor([[[[0.0, 0.0], [0.0, 2.0]]], [[[5.0, 0.0], [0.0, -1.0]]]])
+    torch.testing.assert_close(cam, expected)
+    torch.testing.assert_close(peak_targets(cam, 0.25), torch.tensor([[0.75, 0.75, 0.25], [0.25, 0.25, 0.25]]))
+    torch.testing.assert_close(peak_targets(fmap, 0.25), torch.tensor([[0.25, 0.25, 0.25], [0.25, 0.25, 0.25]]))
+
+
+@pytest.mark.parametrize("target", ["response", "class"])
+def test_init_apn_regresses_each_apn_onto_the_chosen_peak(target):
+    from raccnn.config import load_config
+    from raccnn.engine.phases import InitAPN, class_activation_map
+    from raccnn.models.racnn import build_racnn
+    cfg = load_config("experiments/configs/fgsynth_default.yaml",
+                      ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16", f"train.init_apn.target={target}"])
+    torch.manual_seed(0)
+    model = build_racnn(cfg, num_classes=5).eval()
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    loss, _ = InitAPN(cfg).loss(model, images, labels, None)
+    with torch.no_grad():
+        out = model(images)
+    expected = 0
+    for s, apn in enumerate(model.proposers):
+        peak = class_activation_map(out.maps[s], model.scales[s].classifier, labels) if target == "class" else out.maps[s]
+        expected = expected + apn.init_loss(out.maps[s], 0.25, peak)
+    torch.testing.assert_close(loss, expected)
+    response = sum(apn.init_loss(out.maps[s], 0.25) for s, apn in enumerate(model.proposers))
+    assert torch.isclose(loss, response) == (target == "response")  # the class's peaks are elsewhere here
+    loss.backward()
+    assert all(p.grad is None for p in model.scales.parameters())
+    assert model.proposers[0].fc2.weight.grad.abs().sum() > 0

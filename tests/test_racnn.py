@@ -3,6 +3,7 @@ import torch
 
 from raccnn.losses import rank_loss, scale_ce_losses
 from raccnn.models import RACNN, build_backbone, compose_boxes
+from raccnn.models.boxes import clamp_squares
 from raccnn.models.backbones import PretrainedWeightsError, torchvision_cache_file
 
 
@@ -130,3 +131,47 @@ def test_weights_saved_under_the_former_name_apns_load_into_the_proposers():
     fresh.load_state_dict(former)  # strict: every key found under the new name
     assert torch.equal(fresh.proposers[1].fc2.bias, trained.proposers[1].fc2.bias)
     assert fresh.apns is fresh.proposers  # the former attribute name still reads them
+
+
+def test_box_jitter_adds_its_noise_to_the_squares_within_the_bounds_and_only_past_scale_1():
+    torch.manual_seed(0)
+    model = tiny(3).eval()  # eval: no dropout, so the jitter's draws are the only random numbers
+    images = torch.randn(256, 3, 48, 48)
+    plain = model(images, detach_boxes=True)
+    torch.manual_seed(1)
+    jittered = model(images, detach_boxes=True, box_jitter=0.05)
+    torch.manual_seed(1)
+    noise = torch.randn(256, 3)  # the first of the two draws: APN 1's
+    apn = model.proposers[0]
+    expected = clamp_squares(plain.boxes[0] + 0.05 * noise, apn.tl_min, apn.tl_max, apn.keep_inside)
+    torch.testing.assert_close(jittered.boxes[0], expected)
+    moved = jittered.boxes[0] - plain.boxes[0]
+    assert 0.04 < moved[:, 0].std() < 0.06 and moved[:, 0].mean().abs() < 0.01
+    for squares, p in zip(jittered.boxes, model.proposers):
+        tx, ty, tl = squares.unbind(1)
+        assert (tl >= p.tl_min).all() and (tl <= p.tl_max).all()
+        assert (tx >= tl - 1e-6).all() and (tx <= 1 - tl + 1e-6).all() and (ty >= tl - 1e-6).all()
+    assert torch.equal(jittered.logits[0], plain.logits[0])  # scale 1 sees the whole image either way
+    assert not torch.allclose(jittered.logits[1], plain.logits[1])
+    with pytest.raises(ValueError, match="detach_boxes"):
+        model(images[:2], box_jitter=0.05)  # the APN phases' squares must stay the APN's own
+
+
+def test_alternate_cls_trains_the_scales_on_jittered_squares_and_never_the_apns():
+    from raccnn.config import load_config
+    from raccnn.engine.phases import AlternateCls
+    from raccnn.models.racnn import build_racnn
+    cfg = load_config("experiments/configs/fgsynth_default.yaml",
+                      ["model.width=4", "model.input_sizes=[32,32,32]", "model.apn.hidden=16",
+                       "train.alternate.cls.box_jitter=0.1"])
+    torch.manual_seed(0)
+    model = build_racnn(cfg, num_classes=5).eval()
+    images, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(2)
+    loss, _ = AlternateCls(cfg, 0).loss(model, images, target, None)
+    torch.manual_seed(2)
+    out = model(images, detach_boxes=True, box_jitter=0.1)
+    torch.testing.assert_close(loss, sum(scale_ce_losses(out.logits, target)))
+    loss.backward()
+    assert all(p.grad is None for p in model.proposers.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.scales[1].classifier.parameters())

@@ -189,10 +189,21 @@ class InitAPN(Phase):
     def loss(self, model, images, target, part_boxes):
         with torch.no_grad():  # feature maps along the APNs' current squares
             out = model(images, part_boxes=part_boxes)
-        loss = images.new_zeros(())
+        loss, settings = images.new_zeros(()), self.cfg["train"]["init_apn"]
         for s, apn in enumerate(model.proposers):
-            loss = loss + apn.init_loss(out.maps[s], self.cfg["train"]["init_apn"]["tl"])
+            fmap = out.maps[s].float()
+            peak_map = class_activation_map(fmap, model.scales[s].classifier, target) if settings["target"] == "class" else None
+            loss = loss + apn.init_loss(fmap, settings["tl"], peak_map)
         return loss, {"train/init_apn_mse": loss, **_active_terms(out.logits, target, self.cfg)}
+
+
+def class_activation_map(fmap: Tensor, classifier: nn.Linear, target: Tensor) -> Tensor:
+    """The true class's activation map [B, 1, h, w] of a scale's last conv ``fmap`` [B, C, h, w]:
+    sum_c W[y, c] fmap_c with its classifier's weights W for class y (CAM, Zhou et al. 2016). Its
+    peak is where the features speak for the true class; the channel sum's peak is merely where they
+    are strongest, which a weak classifier puts on whatever is salient (``train.init_apn.target``)."""
+    weights = classifier.weight.detach().float()[target]  # [B, C]
+    return torch.einsum("bchw,bc->bhw", fmap, weights)[:, None]
 
 
 class Alternating(Phase):
@@ -233,7 +244,8 @@ class AlternateCls(Alternating):
 
     def loss(self, model, images, target, part_boxes):
         # APNs frozen: their squares are fixed inputs, no gradient flows back through them
-        ces = scale_ce_losses(model(images, part_boxes=part_boxes, detach_boxes=True).logits, target, self.smoothing)
+        out = model(images, part_boxes=part_boxes, detach_boxes=True, box_jitter=self.settings["box_jitter"])
+        ces = scale_ce_losses(out.logits, target, self.smoothing)
         return sum(ces), {f"train/ce_scale{s + 1}": ce for s, ce in enumerate(ces)}
 
 

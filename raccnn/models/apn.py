@@ -87,8 +87,9 @@ class APN(nn.Module):
         # the box arithmetic in fp32 also under autocast (the crop samples with these numbers)
         return self.to_box(torch.sigmoid(self.raw(feats).float()))
 
-    def init_loss(self, fmap: Tensor, tl: float) -> Tensor:
-        """MSE between this APN's squares and the ``peak_targets`` of ``fmap`` (clipped into the
-        APN's bounds, so a target it cannot reach does not pull its sigmoid into saturation)."""
-        goal = self.to_box(self.from_box(peak_targets(fmap, tl)))
+    def init_loss(self, fmap: Tensor, tl: float, peak_map: Tensor | None = None) -> Tensor:
+        """MSE between this APN's squares (read from ``fmap``) and the ``peak_targets`` of
+        ``peak_map`` (default: ``fmap`` itself), clipped into the APN's bounds, so a target it cannot
+        reach does not pull its sigmoid into saturation."""
+        goal = self.to_box(self.from_box(peak_targets(fmap if peak_map is None else peak_map, tl)))
         return F.mse_loss(self(fmap), goal)

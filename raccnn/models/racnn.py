@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import backbone_normalization, build_backbones, input_normalization
-from .boxes import compose_boxes, full_image_boxes
+from .boxes import clamp_squares, compose_boxes, full_image_boxes
 from .crop import K_DEFAULT, attention_crop, compiled_attention_crop
 from .fusion import build_fusion
 from .proposers import PROPOSER_OPTIONS, PROPOSERS, part_index
@@ -146,11 +146,17 @@ class RACNN(nn.Module):
         return_crops: bool = False,
         detach_boxes: bool = False,
         part_boxes: Tensor | None = None,
+        box_jitter: float = 0.0,
     ):
         """``boxes`` optionally replaces APN s's square (relative to scale s's view) by a given one;
         ``detach_boxes`` stops the gradient of finer scales from reaching the squares (and so the
         APNs and, through them, the coarser scales' features). ``part_boxes`` [B, P, 4] (xyxy
-        pixels) feed the oracle proposer and are ignored otherwise."""
+        pixels) feed the oracle proposer and are ignored otherwise. ``box_jitter`` > 0 (with
+        ``detach_boxes`` only) adds Gaussian noise of that spread to each square (tx, ty, tl, view
+        units), clipped into the proposer's bounds: the finer scales' crop augmentation
+        (``train.alternate.cls.box_jitter``)."""
+        if box_jitter > 0 and not detach_boxes:
+            raise ValueError("box_jitter needs detach_boxes: the noise is an augmentation of fixed squares")
         if self.proposer == "oracle" and boxes is None:
             boxes = self.oracle_boxes(images, part_boxes)
         logits, feats, maps, rel_boxes, abs_boxes, crops = [], [], [], [], [], []
@@ -168,6 +174,9 @@ class RACNN(nn.Module):
                 rel = (given if given is not None else self.proposers[s](fmap)).float()  # fp32 under autocast
                 if detach_boxes:
                     rel = rel.detach()
+                if box_jitter > 0:
+                    p = self.proposers[s]
+                    rel = clamp_squares(rel + box_jitter * torch.randn_like(rel), p.tl_min, p.tl_max, p.keep_inside)
                 parent = abs_box if abs_box is not None else full_image_boxes(len(images), rel.device, rel.dtype)
                 abs_box = compose_boxes(parent, rel)
                 rel_boxes.append(rel)
