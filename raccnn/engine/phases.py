@@ -191,8 +191,9 @@ class InitAPN(Phase):
             out = model(images, part_boxes=part_boxes)
         loss, settings = images.new_zeros(()), self.cfg["train"]["init_apn"]
         for s, apn in enumerate(model.proposers):
-            fmap = out.maps[s].float()
-            peak_map = class_activation_map(fmap, model.scales[s].classifier, target) if settings["target"] == "class" else None
+            fmap = out.maps[s]
+            peak_map = (class_activation_map(fmap.float(), model.scales[s].classifier, target)
+                        if settings["target"] == "class" else None)
             loss = loss + apn.init_loss(fmap, settings["tl"], peak_map)
         return loss, {"train/init_apn_mse": loss, **_active_terms(out.logits, target, self.cfg)}
 
