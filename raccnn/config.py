@@ -184,6 +184,9 @@ SCHEMA: dict = {
                      "target": Key("response", choices=["response", "class"])},
         "alternate": {
             "rounds": Key(3, min=0),
+            # best_alternate.pt keeps the best validation epoch of rounds >= this one (1: every round);
+            # an epoch of an earlier round may still hold init_apn's squares (docs/results.md)
+            "select_from_round": Key(1, min=1),
             "margin": Key(MARGIN, min=0.0),  # of the rank loss (losses.py)
             # what trains the APNs in alternate_apn: the rank loss, or a localiser scoring other squares
             "localiser": Key("rank", choices=LOCALISERS),  # (localisers.py, docs/rank-loss.md)
@@ -229,6 +232,11 @@ def _cross_checks(c: dict):
         if s["min_epochs"] > s["max_epochs"]:
             yield ((f"{key}.min_epochs", f"{key}.max_epochs"), f"{key}.min_epochs ({s['min_epochs']}) must not "
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
+    alt = c["train"]["alternate"]
+    if alt["rounds"] > 0 and alt["select_from_round"] > alt["rounds"]:
+        yield (("train.alternate.select_from_round", "train.alternate.rounds"),
+               f"train.alternate.select_from_round ({alt['select_from_round']}) must not exceed "
+               f"train.alternate.rounds ({alt['rounds']}): no epoch would be kept in best_alternate.pt")
     for key, s in _phase_sections(c["train"]):
         epochs = s.get("max_epochs", s.get("epochs"))
         if s["warmup_epochs"] > 0 and s["warmup_epochs"] >= epochs:

@@ -322,6 +322,15 @@ def test_cross_field_crop_and_epochs(chain):
         "train.alternate.cls.min_epochs (3) must not exceed train.alternate.cls.max_epochs (2)")
 
 
+def test_selection_from_a_round_the_schedule_lacks_is_refused(chain):
+    rounds = load_config(chain)["train"]["alternate"]["rounds"]
+    assert error_of(chain, [f"train.alternate.select_from_round={rounds + 1}"]).startswith(
+        f"train.alternate.select_from_round ({rounds + 1}) must not exceed train.alternate.rounds ({rounds})")
+    assert load_config(chain, [f"train.alternate.select_from_round={rounds}"])["train"]["alternate"]["select_from_round"] == rounds
+    # no alternation: nothing to select from, nothing to refuse
+    assert load_config(chain, ["train.alternate.rounds=0", "train.alternate.select_from_round=2"])
+
+
 def test_a_learning_rate_above_the_limit_needs_force_lr(chain):
     assert error_of(chain, ["train.pretrain_cls.lr=11"]).startswith(
         "train.pretrain_cls.lr: 11.0 is above 10.0, no sane learning rate; set train.force_lr=true")

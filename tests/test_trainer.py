@@ -258,6 +258,23 @@ def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(data_ro
     assert (tmp_path / "best_alternate.pt").exists() and not (tmp_path / "best.pt").exists()
 
 
+@pytest.mark.parametrize("select_from_round, kept_round", [(1, 1), (2, 2)])
+def test_best_alternate_keeps_only_epochs_from_select_from_round_on(data_root, tmp_path, monkeypatch,
+                                                                      select_from_round, kept_round):
+    from raccnn.engine.phases import Alternating
+
+    scores = iter(range(100, 0, -1))  # every epoch scores below the one before: round 1 holds the best
+    monkeypatch.setattr(Alternating, "score", lambda self, model, val: next(scores) / 100)
+    trainer = make_trainer(data_root, tmp_path, extra=["train.alternate.rounds=2",
+                                                       f"train.alternate.select_from_round={select_from_round}"])
+    trainer.run()
+    best = load_checkpoint(tmp_path / "best_alternate.pt")
+    alternation = [h for h in trainer.progress.history if h["phase"].startswith("alternate_")]
+    first_kept = next(h for h in alternation if h["phase"].endswith(f"[round {kept_round}]"))
+    assert best["phase"] == first_kept["phase"] == f"alternate_cls[round {kept_round}]"
+    assert best["progress"]["step"] == first_kept["step"]  # the first epoch of that round, the best one allowed
+
+
 def test_resume_accepts_a_changed_learning_rate_only():
     from raccnn.engine.run import check_same_run
 

@@ -97,6 +97,10 @@ class Phase:
         s = self.settings
         return s["max_epochs"] if "max_epochs" in s else s["epochs"]
 
+    def selectable(self) -> bool:
+        """Whether the phase's epochs compete for its ``best_file``."""
+        return True
+
     @property
     def smoothing(self) -> float:
         """``train.label_smoothing`` of every training cross-entropy (validation's stay unsmoothed)."""
@@ -232,6 +236,11 @@ class Alternating(Phase):
 
     def score(self, model, val):
         return sum(val.accuracy[f"scale{s + 1}"] for s in range(model.n_scales)) / model.n_scales
+
+    def selectable(self) -> bool:
+        """Only rounds from ``train.alternate.select_from_round`` on compete for best_alternate.pt
+        (joint, outside the rounds, always does)."""
+        return self.round is None or self.round + 1 >= self.cfg["train"]["alternate"]["select_from_round"]
 
     def state_dict(self):
         return {"best_loss": self.best_loss, "bad_epochs": self.bad_epochs}

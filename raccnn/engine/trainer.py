@@ -240,8 +240,9 @@ class Trainer:
 
     def select(self, phase: Phase, val) -> None:
         """Keep in the phase's best_file the epoch with the best score written there so far;
-        without a validation split (``val`` None) the latest epoch: the end of the schedule."""
-        if phase.best_file is None:
+        without a validation split (``val`` None) the latest epoch: the end of the schedule. A phase
+        that is not ``selectable`` (an alternation round before ``select_from_round``) keeps none."""
+        if phase.best_file is None or not phase.selectable():
             return
         if val is not None:
             score = phase.score(self.model, val)
