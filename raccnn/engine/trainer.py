@@ -239,9 +239,8 @@ class Trainer:
         return total / max(count, 1)
 
     def select(self, phase: Phase, val) -> None:
-        """Keep in the phase's best_file the epoch with the best score written there so far;
-        without a validation split (``val`` None) the latest epoch: the end of the schedule. A phase
-        that is not ``selectable`` (an alternation round before ``select_from_round``) keeps none."""
+        """Keep in the phase's best_file the epoch with the best score so far (of ``selectable``
+        phases); without a validation split (``val`` None) the latest epoch: the end of the schedule."""
         if phase.best_file is None or not phase.selectable():
             return
         if val is not None:
