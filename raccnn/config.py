@@ -187,6 +187,10 @@ SCHEMA: dict = {
             # best_alternate.pt keeps the best validation epoch of rounds >= this one (1: every round);
             # an epoch of an earlier round may still hold init_apn's squares (docs/results.md)
             "select_from_round": Key(1, min=1),
+            # decay of a moving average of the weights over the alternation, which its validation,
+            # plateaus and best_alternate.pt see (engine/averaging.py); 0: the weights as trained
+            "ema": Key(0.0, min=0.0, check=lambda v: None if v < 1 else f"{v} must be below 1 (at 1 the average "
+                       "stays at the weights the alternation starts from)"),
             "margin": Key(MARGIN, min=0.0),  # of the rank loss (losses.py)
             # what trains the APNs in alternate_apn: the rank loss, or a localiser scoring other squares
             "localiser": Key("rank", choices=LOCALISERS),  # (localisers.py, docs/rank-loss.md)

@@ -224,7 +224,7 @@ def test_unknown_key_suggests_and_lists_siblings(tmp_path):
     msg = error_of(path)
     assert "unknown key 'train.alternate.roundz'" in msg
     assert "(did you mean 'train.alternate.rounds'?)" in msg
-    assert "valid keys under 'train.alternate': apn, cls, localise, localiser, margin, rounds" in msg
+    assert "valid keys under 'train.alternate': apn, cls, ema, localise, localiser, margin, rounds" in msg
     assert "typo.yaml" in msg
 
 

@@ -101,6 +101,11 @@ class Phase:
         """Whether the phase's epochs compete for its ``best_file``."""
         return True
 
+    def ema_decay(self) -> float:
+        """The decay of the weights' moving average that validation and selection see in this phase
+        (``averaging.py``); 0: the weights as trained."""
+        return 0.0
+
     @property
     def smoothing(self) -> float:
         """``train.label_smoothing`` of every training cross-entropy (validation's stay unsmoothed)."""
@@ -241,6 +246,10 @@ class Alternating(Phase):
         """Only rounds from ``train.alternate.select_from_round`` on compete for best_alternate.pt
         (joint, outside the rounds, always does)."""
         return self.round is None or self.round + 1 >= self.cfg["train"]["alternate"]["select_from_round"]
+
+    def ema_decay(self) -> float:
+        """``train.alternate.ema``: the alternation (and joint) validate and keep the weights' average."""
+        return self.cfg["train"]["alternate"].get("ema", 0.0)
 
     def state_dict(self):
         return {"best_loss": self.best_loss, "bad_epochs": self.bad_epochs}

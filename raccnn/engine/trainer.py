@@ -2,21 +2,16 @@
 RA-CNN metric: what a validation measures and shows is ``validation.py``'s, what a phase trains,
 when it ends and what it keeps is the phase's.
 
-Every phase goes through the same loop: at its start the trainer freezes every parameter but the
-phase's and builds its optimiser and lr schedule (``schedule.py``); each epoch runs the phase's
-``run_epoch`` (by default ``train_epoch``: a step, ``step.py``, per ``train.accumulate`` batches,
-``accumulate.py``), validates, logs, records the history, asks the phase whether it is done and
-keeps the epoch in the phase's ``best_file`` when its ``score`` beats the best written there.
+At a phase's start the trainer freezes every parameter but the phase's and builds its optimiser and
+lr schedule (``schedule.py``); each epoch runs the phase's ``run_epoch`` (by default ``train_epoch``:
+a step, ``step.py``, per ``train.accumulate`` batches), validates, logs, asks the phase whether it is
+done and keeps the epoch in the phase's ``best_file`` when its ``score`` beats the best kept there.
+In the phases that ask for it, validation and selection see the weights' moving average (``averaging.py``).
 
-``last.pt`` is written at the end of every epoch with everything needed to continue exactly there
-(model, optimiser, scheduler, progress, the phase's and the validation's state, RNG states,
-resolved config). The sample order of an epoch is drawn from a generator seeded by (seed, epoch
-counter), so a resumed run sees the same batches as an uninterrupted one. Given a ``Preemption``
-(``preemption.py``) a signal stops the run after the step it arrives in: ``last.pt`` then holds the
-batches done and the epoch's running sums, and a resume skips those batches in the sampler.
-
-Under torchrun each phase's step is wrapped in DistributedDataParallel at its first step, after the
-freezing, so only the phase's trainable parameters are synchronised; only rank 0 writes files.
+``last.pt`` is written after every epoch with all it takes to continue exactly there; an epoch's
+sample order is seeded by (seed, epoch counter), and after a signal (``preemption.py``) it also holds
+the batches done, which a resume skips. Under torchrun each phase's step is wrapped in DDP after the
+freezing; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -38,6 +33,7 @@ from ..fileio import remove_stale_temporaries
 from ..models.proposers import check_part_settings
 from ..models.racnn import RACNN, build_racnn
 from .accumulate import Accumulation, optimizer_steps
+from .averaging import WeightAverage
 from .checkpoint import (capture_rng_state, check_compatible, check_same_plan, load_checkpoint, restore_rng_state,
                          save_checkpoint)
 from .distributed import check_same_weights, current_world, make_loaders, wrap_ddp
@@ -105,6 +101,7 @@ class Trainer:
         self.optimizer = None
         self.scheduler = None
         self.preemption: Preemption | None = None  # set by ``run``: asked after every step whether to stop
+        self.average = WeightAverage()  # of the weights, in the phases with ema_decay() > 0
         if self.world.main:
             for name in remove_stale_temporaries(work_dir):
                 log.info("removed %s, left by an interrupted checkpoint write", name)
@@ -116,6 +113,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "average": self.average.state_dict(),
             "progress": asdict(self.progress),
             "phase": self.current_phase().label,
             "phase_state": self.current_phase().state_dict(),
@@ -155,6 +153,7 @@ class Trainer:
         if ckpt.get("scaler") is not None and self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
+        self.average.load_state_dict(ckpt.get("average"), self.device)
         self.validation.load_state_dict(ckpt)
         self.writer.close()  # and drop the points the interrupted run wrote after this checkpoint
         self.writer = open_writer(self.work_dir, self.world.main, purge_step=self.progress.step + 1)
@@ -165,6 +164,7 @@ class Trainer:
     def start_phase(self, phase: Phase, fresh: bool = True) -> None:
         """Freeze all but the phase's parameters; a new optimiser and cosine schedule for them."""
         params, sec = phase.freeze(self.model), phase.settings
+        self.average.start(self.model, phase.ema_decay())
         self.optimizer = phase.optimizer(params)
         t = self.cfg["train"]
         self.scheduler = build_schedule(self.optimizer, phase.max_epochs(),
@@ -177,8 +177,7 @@ class Trainer:
                      sec["optimizer"], phase.lr, phase.max_epochs())
 
     def phase_step(self, phase: Phase) -> nn.Module:
-        """The module whose forward is the phase's loss; under torchrun wrapped in DDP, built after
-        the phase froze the rest of the model (DDP then hooks only the trainable parameters)."""
+        """The module whose forward is the phase's loss; under torchrun DDP over the unfrozen parameters."""
         if self.step_module is None:
             self.step_module = PhaseStep(self.model, phase)
             if self.world.distributed:
@@ -186,8 +185,7 @@ class Trainer:
         return self.step_module
 
     def train_epoch(self, phase: Phase) -> float:
-        """One epoch of the phase (the rest of it after a mid-epoch stop); the mean train loss.
-        Stops after any step at which ``stop_requested`` says so."""
+        """One epoch of the phase (the rest of it after a mid-epoch stop); the mean train loss."""
         p = self.progress
         phase.set_modes(self.model)
         self.sample_gen.manual_seed(self.cfg["seed"] * 100_003 + p.epochs_run)
@@ -215,6 +213,7 @@ class Trainer:
             group_loss = weighted.detach() + group_loss  # the group's mean loss, checked at its step
             if acc.ends(i):
                 self.optimizer_step(group_loss, self.optimizer, self.scheduler, terms, phase, p)
+                self.average.update(self.model, phase.ema_decay() > 0)
             total += loss.item() * len(images)
             count += len(images)
             for tag, value in terms.items():  # the gradient norm: one per group, weighted by its images
@@ -251,8 +250,7 @@ class Trainer:
         self.save(phase.best_file)
 
     def stop_requested(self) -> bool:
-        """Whether a signal asks the run to stop here; under torchrun all ranks decide together
-        (``Preemption.requested``), so every rank calls this at the same points."""
+        """Whether a signal asks the run to stop here (under torchrun all ranks decide together)."""
         return self.preemption is not None and self.preemption.requested(self.world, self.device)
 
     def stop(self, where: str):
@@ -279,7 +277,8 @@ class Trainer:
             done = p.epoch >= phase.max_epochs() or self.run_epoch(phase)
             if done:
                 if self.world.main:
-                    self.validation.phase_end(self.writer, self.model, phase.label, p.step)
+                    with self.average.applied(self.model, phase.ema_decay() > 0):
+                        self.validation.phase_end(self.writer, self.model, phase.label, p.step)
                 phase.on_end(self)
                 p.phase_index += 1
                 p.epoch = 0
@@ -303,17 +302,18 @@ class Trainer:
         train_loss = phase.run_epoch(self)
         p.epoch += 1
         p.epochs_run += 1
-        val = self.validation(self.model)  # None without a validation split
-        self.validation.report(log, self.writer, val, p.step, phase.label, p.epoch, train_loss, self.epoch_rate,
-                               self.epoch_terms)
-        for tag, v in self.epoch_terms.items():  # "train/ce_scale1" -> "train_epoch/ce_scale1"
-            self.writer.add_scalar("train_epoch/" + tag.split("/", 1)[1], v, p.step)
-        self.writer.add_scalar("schedule/phase_index", p.phase_index, p.step)
-        self.writer.add_scalar("schedule/round", 0 if phase.round is None else phase.round + 1, p.step)
-        p.history.append({"phase": phase.label, "epoch": p.epoch, "step": p.step, "train_loss": train_loss,
-                          **(val.row() if val is not None else {})})
-        done = phase.done(p, val)
-        self.select(phase, val)
+        with self.average.applied(self.model, phase.ema_decay() > 0):
+            val = self.validation(self.model)  # None without a validation split
+            self.validation.report(log, self.writer, val, p.step, phase.label, p.epoch, train_loss, self.epoch_rate,
+                                   self.epoch_terms)
+            for tag, v in self.epoch_terms.items():  # "train/ce_scale1" -> "train_epoch/ce_scale1"
+                self.writer.add_scalar("train_epoch/" + tag.split("/", 1)[1], v, p.step)
+            self.writer.add_scalar("schedule/phase_index", p.phase_index, p.step)
+            self.writer.add_scalar("schedule/round", 0 if phase.round is None else phase.round + 1, p.step)
+            p.history.append({"phase": phase.label, "epoch": p.epoch, "step": p.step, "train_loss": train_loss,
+                              **(val.row() if val is not None else {})})
+            done = phase.done(p, val)
+            self.select(phase, val)
         return done
 
     def to_input(self, images):
