@@ -76,16 +76,21 @@ def test_the_alternation_validates_and_keeps_the_average_and_a_resume_continues_
     again = check.validation(check.model).row()
     assert {k: again[k] for k in again if k.startswith("acc_")} == {k: row[k] for k in row if k.startswith("acc_")}
     # the averaged weights are not the trained ones: in the middle of the alternation last.pt holds both
-    stop_step = next(h["step"] for h in full.progress.history if h["phase"] == "alternate_apn[round 1]")
-    part = make_trainer(data_root, tmp_path / "part", extra=ema)
-    part.run(stop_after_step=stop_step)
-    last = load_checkpoint(tmp_path / "part" / "last.pt")
-    assert any(not torch.equal(last["model"][k], v) for k, v in last["average"]["average"].items())
-    resumed = make_trainer(data_root, tmp_path / "part", extra=ema)
-    resumed.resume(str(tmp_path / "part" / "last.pt"))
-    resumed.run()
-    assert resumed.average.updates == full.average.updates
-    for k, v in full.average.average.items():
-        torch.testing.assert_close(resumed.average.average[k], v, rtol=0, atol=0, msg=k)
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    resume_at = {"mid": next(h["step"] for h in full.progress.history if h["phase"] == "alternate_apn[round 1]"),
+                 "start": [h["step"] for h in full.progress.history if h["phase"] == "init_apn"][-1]}
+    for where, stop_step in resume_at.items():  # in the middle, and just before the alternation starts
+        part = make_trainer(data_root, tmp_path / where, extra=ema)
+        part.run(stop_after_step=stop_step)
+        last = load_checkpoint(tmp_path / where / "last.pt")
+        if where == "mid":
+            assert any(not torch.equal(last["model"][k], v) for k, v in last["average"]["average"].items())
+        else:
+            assert last["average"] is None and last["progress"]["phase_index"] == 2
+        resumed = make_trainer(data_root, tmp_path / where, extra=ema)
+        resumed.resume(str(tmp_path / where / "last.pt"))
+        resumed.run()
+        assert resumed.average.updates == full.average.updates, where
+        for k, v in full.average.average.items():
+            torch.testing.assert_close(resumed.average.average[k], v, rtol=0, atol=0, msg=f"{where}: {k}")
+        for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{where}: {k}")

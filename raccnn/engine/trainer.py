@@ -143,6 +143,7 @@ class Trainer:
         self.progress = Progress(**{k: v for k, v in ckpt["progress"].items() if k in known})
         # checkpoints written before the phases kept their own state kept it in the progress
         self.current_phase().load_state_dict(ckpt.get("phase_state", ckpt["progress"]))
+        self.average.load_state_dict(ckpt.get("average"), self.device)  # before start_phase, which may start one
         if self.progress.phase_index < len(self.plan):
             self.start_phase(self.plan[self.progress.phase_index], fresh=False)
             if ckpt["optimizer"] is not None:
@@ -153,7 +154,6 @@ class Trainer:
         if ckpt.get("scaler") is not None and self.scaler is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
-        self.average.load_state_dict(ckpt.get("average"), self.device)
         self.validation.load_state_dict(ckpt)
         self.writer.close()  # and drop the points the interrupted run wrote after this checkpoint
         self.writer = open_writer(self.work_dir, self.world.main, purge_step=self.progress.step + 1)
