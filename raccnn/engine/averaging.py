@@ -35,7 +35,7 @@ class WeightAverage:
         """Start from the model's weights, unless averaging already started or ``decay`` is 0."""
         if self.average is None and decay > 0:
             self.decay, self.updates = decay, 0
-            self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            self.average = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, on: bool = True) -> None:
@@ -43,9 +43,8 @@ class WeightAverage:
         if self.average is None or not on:
             return
         self.updates += 1
-        state = model.state_dict()
-        keys = list(self.average)
-        torch._foreach_lerp_([self.average[k] for k in keys], [state[k].detach() for k in keys],
+        state, keys = model.state_dict(), list(self.average)  # state_dict's tensors come detached
+        torch._foreach_lerp_([self.average[k] for k in keys], [state[k] for k in keys],
                              1.0 - self.decay_at(self.updates))
 
     @contextlib.contextmanager
@@ -54,7 +53,7 @@ class WeightAverage:
         if self.average is None or not on:
             yield
             return
-        own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.average}
+        own = {k: v.clone() for k, v in model.state_dict().items() if k in self.average}
         model.load_state_dict(self.average, strict=False)
         try:
             yield
