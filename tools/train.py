@@ -13,12 +13,10 @@ import os
 import sys
 import time
 
-import torch
-
 from raccnn.cli import run_main
 from raccnn.config import load_config, save_config
 from raccnn.data.build import build_datasets
-from raccnn.engine.distributed import barrier, init_distributed
+from raccnn.engine.distributed import barrier, init_distributed, leave_process_group
 from raccnn.engine.inference import metrics_name, run_evaluation, selection_rule
 from raccnn.engine.preemption import Preempted, Preemption, ignore_signals
 from raccnn.engine.run import check_same_run, hold_work_dir, read_run_config, resume_path, setup_logging
@@ -50,8 +48,7 @@ def main(argv=None) -> int:
         say("stopped by SIGINT; nothing is lost: continue with --resume auto")
         return 130
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        leave_process_group()
 
 
 def say(line: str) -> None:

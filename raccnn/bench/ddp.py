@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from ..device import resolve_device
-from ..engine.distributed import init_distributed, wrap_ddp
+from ..engine.distributed import init_distributed, leave_process_group, wrap_ddp
 from ..engine.phases import PhaseStep
 from .options import FGSYNTH, add_config, add_device, at_least
 from .timing import median_ms, median_ratio, timed_in_turn
@@ -146,7 +146,7 @@ def run(args) -> dict | None:
               f"{torch.get_num_threads()} thread(s) each, batch {args.batch} per process, {args.rounds} rounds",
               flush=True)
     rows = bench(cfg, args, device, world)
-    dist.destroy_process_group()
+    leave_process_group()
     if world.rank != 0:
         return None
     return {"config": args.config, "opts": args.opts, "processes": world.size,

@@ -48,7 +48,6 @@ import tempfile
 
 import torch
 import torch._dynamo
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -58,6 +57,7 @@ from ..data.standin import write_cub_standin
 from ..data.device_input import to_model_input
 from ..data.transforms import TRANSFORM_OUTPUTS, build_transforms
 from ..device import resolve_device
+from ..engine.distributed import leave_process_group
 from ..engine.precision import AMP_DTYPES, set_cudnn_benchmark
 from ..models.backbones import input_normalization
 from ..models.crop import resolve_impl
@@ -313,7 +313,6 @@ def run(args) -> dict:
           f"{cfg['model']['input_sizes']}, {cfg['model']['backbone']}, cudnn.benchmark {cudnn}", flush=True)
     rows = bench_model(cfg, args, device) + (bench_overhead(cfg, args, device) if args.overhead else [])
     rows += bench_loader(cfg, args, device)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
     return {"config": args.config, "opts": args.opts, "device": name, "torch": torch.__version__,
             "peak_tflops": args.peak_tflops, "cudnn_benchmark": cudnn, "rows": rows}

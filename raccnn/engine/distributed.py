@@ -14,6 +14,7 @@ same metrics and takes the same schedule decisions.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -57,6 +58,18 @@ def init_distributed(device_name: str) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return world
+
+
+def leave_process_group() -> None:
+    """Destroy the process group (if any) and free what still holds it, while Python is fully alive.
+    ``destroy_process_group`` only drops torch's own references: a DistributedDataParallel left in a
+    reference cycle (a trainer unwound by an exception) keeps gloo's worker threads running until the
+    interpreter's final collection, and a worker that then frees a tensor Python made aborts the
+    process (SIGABRT, "terminate called without an active exception") instead of exiting with its
+    code. The collection here joins those threads first."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        gc.collect()
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **options) -> DistributedDataParallel:
