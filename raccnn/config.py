@@ -166,6 +166,9 @@ SCHEMA: dict = {
         "channels_last": _auto_bool(),  # auto = on CUDA
         "cudnn_benchmark": _auto_bool(),  # auto = on CUDA unless deterministic
         "compile": Key(False),  # torch.compile the scale networks (engine/precision.py, docs/speed.md)
+        # also keep every epoch that competes for best_alternate.pt, weights only, in <work_dir>/epochs/
+        # (engine/trainer.py): for studies of model selection (experiments/selection.py)
+        "keep_epochs": Key(False),
         # recipe options (docs/configs.md): every training cross-entropy's label smoothing (validation unsmoothed),
         # batches per optimiser step (engine/accumulate.py), the lr factor a phase's warmup starts from
         "label_smoothing": Key(0.0, min=0.0, check=lambda v: None if v < 1 else f"{v} must be below 1 (at 1 the "

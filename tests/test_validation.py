@@ -98,3 +98,45 @@ def test_a_validation_measures_by_hand_and_the_moves_of_the_squares():
     again = Validation(cfg, loader, "cpu")
     again.load_state_dict(validation.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(again.previous, validation.previous))
+
+
+def test_the_part_hit_of_each_square_on_the_validation_images_by_hand():
+    """With part annotations each proposer's squares get the part hit of evaluate.py (the centre of
+    the visible hit part inside the square, in input-image coordinates), checked by hand; an image
+    whose part is hidden does not count, and a dataset without parts gets none."""
+    torch.manual_seed(0)
+    cfg = default_config()
+    cfg["data"]["hit_parts"] = ["crest"]
+    model = RACNN(num_classes=3, backbone="vgg_small", width=4, n_scales=3, input_sizes=[32, 24, 24],
+                  apn=dict(hidden=8, pool_size=1))
+    images, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        squares = model.eval()(images).abs_boxes  # [6, 3] (tx, ty, tl) as fractions of the image
+    # crest centres (pixels): on the square's centre (hit), just outside its right edge (miss), or hidden
+    parts = torch.zeros(6, 2, 3)
+    for i in range(6):
+        tx, ty, tl = squares[0][i].tolist()
+        x = tx if i % 2 == 0 else tx + tl + 0.02
+        parts[i, 1] = torch.tensor([x * 32, ty * 32, 0.0 if i == 5 else 1.0])
+
+    def data(with_parts):
+        class Data(torch.utils.data.Dataset):
+            part_names, classes = (["beak", "crest"] if with_parts else []), ["a", "b", "c"]
+
+            def __len__(self):
+                return 6
+
+            def __getitem__(self, i):
+                item = {"image": images[i], "label": labels[i], "index": i}
+                return {**item, "parts": parts[i]} if with_parts else item
+        return torch.utils.data.DataLoader(Data(), batch_size=4)
+
+    result = Validation(cfg, data(True), "cpu")(model)
+    assert result.boxes[0]["part_hit"] == pytest.approx(3 / 5)  # images 0, 2, 4 hit; 1, 3 miss; 5 hidden
+    hand = [(max(abs(parts[i, 1, 0] / 32 - b[0]), abs(parts[i, 1, 1] / 32 - b[1])) <= b[2]).item()
+            for i, b in enumerate(squares[1].tolist()) if i != 5]
+    assert result.boxes[1]["part_hit"] == pytest.approx(sum(hand) / 5)
+    assert result.row()["apn1_part_hit"] == pytest.approx(0.6) and result.scalars()["apn1/part_hit"] == pytest.approx(0.6)
+    assert result.lines("alternate_apn[round 1]", 1, 0.5, 10.0, {})[1].endswith(", part hit 60.0%")
+    plain = Validation(cfg, data(False), "cpu")(model)
+    assert "part_hit" not in plain.boxes[0] and "apn1/part_hit" not in plain.scalars()

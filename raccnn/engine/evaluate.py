@@ -124,6 +124,39 @@ def _hit_centres(parts: Tensor, part_names: list[str], hit_parts: list[str]) -> 
     return total / count.clamp_min(1)[:, None], has
 
 
+def hit_centres(outputs: Outputs, part_names, hit_parts=None) -> tuple[list[str], Tensor, Tensor]:
+    """(the hit parts used, which images have one of them visible [N] bool, the mean centre of their
+    visible hit parts [M, 2] as fractions of the image's width and height). ``hit_parts`` empty or None:
+    ``default_hit_parts``. Without part annotations: ([], all False, an empty [0, 2])."""
+    part_names, parts = list(part_names or []), outputs.parts
+    n = len(outputs.label)
+    if not part_names or parts is None or parts.numel() == 0:
+        return [], torch.zeros(n, dtype=torch.bool), torch.zeros(0, 2, dtype=torch.float64)
+    if tuple(parts.shape[1:]) != (len(part_names), 3):
+        raise ValueError(f"parts have shape {tuple(parts.shape)}, expected [N, {len(part_names)}, 3] for {part_names}")
+    hit_parts = list(hit_parts) if hit_parts else default_hit_parts(part_names)
+    unknown = [name for name in hit_parts if name not in part_names]
+    if unknown:
+        raise ValueError(f"hit_parts {unknown} are not among the dataset's parts {part_names}")
+    centres, has = _hit_centres(parts, part_names, hit_parts)
+    height, width = (int(v) for v in outputs.image_size)
+    return hit_parts, has, centres[has] / torch.tensor([width, height], dtype=torch.float64)
+
+
+def square_offsets(boxes: Tensor, has: Tensor, centres: Tensor) -> Tensor:
+    """max(|cx - tx|, |cy - ty|) of each ``hit_centres`` centre from its image's square (``boxes``
+    [N, 3] in input-image fractions, rows ``has``): the centre is inside the square iff this is at most tl."""
+    tx, ty, _ = boxes[has].double().unbind(1)
+    return torch.maximum((centres[:, 0] - tx).abs(), (centres[:, 1] - ty).abs())
+
+
+def part_hit_rate(boxes: Tensor, has: Tensor, centres: Tensor) -> float | None:
+    """The fraction of images with a visible hit part whose square contains its centre (None: no such image)."""
+    if not bool(has.any()):
+        return None
+    return float((square_offsets(boxes, has, centres) <= boxes[has, 2].double()).double().mean())
+
+
 def head_accuracies(outputs: Outputs) -> dict[str, float | None]:
     """Top-1 accuracy of every head: {"scale1": ..., "fused12": ..., ...} (None without images)."""
     labels = outputs.label.long().numpy()
@@ -194,22 +227,9 @@ def compute_metrics(outputs: Outputs, class_names: list[str], part_names: list[s
         metrics[f"paired_{fused[-1]}"] = paired_with_scales(outputs, fused[-1], labels)
 
     height, width = (int(v) for v in outputs.image_size)
-    part_names = list(part_names or [])
-    parts = outputs.parts
-    has_parts = bool(part_names) and parts is not None and parts.numel() > 0
-    if has_parts and tuple(parts.shape[1:]) != (len(part_names), 3):
-        raise ValueError(f"parts have shape {tuple(parts.shape)}, expected [N, {len(part_names)}, 3] for {part_names}")
 
     # Part hit: does the scale-s square contain the centre of the visible hit parts?
-    if has_parts:
-        hit_parts = list(hit_parts) if hit_parts else default_hit_parts(part_names)
-        unknown = [name for name in hit_parts if name not in part_names]
-        if unknown:
-            raise ValueError(f"hit_parts {unknown} are not among the dataset's parts {part_names}")
-        centres, has = _hit_centres(parts, part_names, hit_parts)
-        cx, cy = centres[has, 0] / width, centres[has, 1] / height
-    else:
-        hit_parts, has = [], torch.zeros(len(labels), dtype=torch.bool)
+    hit_parts, has, centres = hit_centres(outputs, part_names, hit_parts)
     n_hit = int(has.sum())
     metrics["hit_parts"] = hit_parts
     metrics["part_hit_count"] = n_hit
@@ -219,10 +239,8 @@ def compute_metrics(outputs: Outputs, class_names: list[str], part_names: list[s
                 continue
             boxes, rate, offset = squares[i], None, None
             if n_hit:
-                tx, ty, tl = boxes[has].double().unbind(1)
-                offsets = torch.maximum((cx - tx).abs(), (cy - ty).abs())  # inside iff at most tl
-                rate = float((offsets <= tl).double().mean())
-                offset = float(np.median(offsets.numpy())) if kind == "part" else None
+                rate = part_hit_rate(boxes, has, centres)
+                offset = float(np.median(square_offsets(boxes, has, centres).numpy())) if kind == "part" else None
             metrics[f"{kind}_hit_scale{s}"] = rate
             if kind == "part":
                 metrics[f"part_offset_scale{s}"] = offset

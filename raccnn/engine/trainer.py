@@ -37,14 +37,14 @@ from .averaging import WeightAverage
 from .checkpoint import (capture_rng_state, check_compatible, check_same_plan, load_checkpoint, restore_rng_state,
                          save_checkpoint)
 from .distributed import check_same_weights, current_world, make_loaders, wrap_ddp
-from .phases import Phase, PhaseStep, build_plan
+from .phases import Alternating, Phase, PhaseStep, build_plan
 from .preemption import Preemption
 from .precision import (amp_dtype, autocast, check_compiler, grad_scaler, place_model, set_cudnn_benchmark,
                         use_channels_last)
 from .schedule import build_schedule, rescale_schedule
 from .step import OptimizerStep
 from .validation import Validation
-from .visualize import open_writer
+from .visualize import crops_tag, open_writer
 
 log = logging.getLogger("raccnn")
 
@@ -63,6 +63,15 @@ class Progress:
     history: list = field(default_factory=list)
     batch: int = 0  # batches done in the current epoch (not 0 only when a stop saved mid-epoch)
     partial: dict = field(default_factory=dict)  # that epoch's running sums (``Trainer.train_epoch``)
+
+
+KEPT_EPOCH_KEYS = ("model", "progress", "phase", "config", "num_classes", "classes", "part_names")
+
+
+def kept_epoch_path(work_dir: str, epochs_run: int, label: str, epoch: int) -> str:
+    """Where ``train.keep_epochs`` keeps an epoch: epochs/<epochs run so far, 3 digits>_<phase>_epoch<k>.pt,
+    so that the names sort in training order."""
+    return os.path.join(work_dir, "epochs", f"{epochs_run:03d}_{crops_tag(label).split('/', 1)[1]}_epoch{epoch}.pt")
 
 
 class Trainer:
@@ -239,9 +248,14 @@ class Trainer:
 
     def select(self, phase: Phase, val) -> None:
         """Keep in the phase's best_file the epoch with the best score so far (of ``selectable``
-        phases); without a validation split (``val`` None) the latest epoch: the end of the schedule."""
+        phases); without a validation split (``val`` None) the latest epoch: the end of the schedule.
+        With ``train.keep_epochs`` every epoch that competes for best_alternate.pt is also kept,
+        weights only (``kept_epoch_path``)."""
         if phase.best_file is None or not phase.selectable():
             return
+        if self.cfg["train"]["keep_epochs"] and self.world.main and phase.best_file == Alternating.best_file:
+            keep = {k: v for k, v in self.state().items() if k in KEPT_EPOCH_KEYS}
+            save_checkpoint(kept_epoch_path(self.work_dir, self.progress.epochs_run, phase.label, self.progress.epoch), keep)
         if val is not None:
             score = phase.score(self.model, val)
             if score <= self.progress.best.get(phase.best_file, -1.0):

@@ -5,7 +5,9 @@
 loss and the fraction of active rank hinges per pair of neighbouring scales (with
 ``train.alternate.margin``), and each proposer's square statistics (``box_stats`` against its tl
 bounds) with the mean |change| of its squares on the same images since the previous validation
-(``dtx``, ``dty``, ``dtl``; the previous squares are its state, saved in every checkpoint).
+(``dtx``, ``dty``, ``dtl``; the previous squares are its state, saved in every checkpoint) and, on
+a dataset with part annotations, its part hit (``part_hit``: as in evaluate.py, on the validation
+images). The part hit is shown, never used: no phase's plateau or selection reads it.
 
 The trainer (``trainer.py``) only passes the result on: to the phases (``done``, ``score``), to the
 run's history (``row``), to the log (``lines``) and to TensorBoard (``write``, whose tags come from
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.proposers import part_index
-from .evaluate import box_stats, head_accuracies
+from .evaluate import box_stats, head_accuracies, hit_centres, part_hit_rate
 from .inference import collect_outputs
 from .outputs import Outputs
 from .visualize import TAG_TEMPLATES, expand_tag, fixed_images, log_box_histograms, log_phase_crops
@@ -34,7 +36,7 @@ class ValidationResult:
     ce: float  # sum over the scales of their mean cross-entropy
     rank: float  # the rank loss over all pairs of neighbouring scales
     active: list[float]  # per pair (1, 2), (2, 3), ...: fraction of active rank hinges
-    boxes: list[dict] = field(default_factory=list)  # per proposer: box_stats, plus MOVES after the first
+    boxes: list[dict] = field(default_factory=list)  # per proposer: box_stats, MOVES after the first, part_hit with parts
     outputs: Outputs | None = field(default=None, repr=False)
 
     def row(self) -> dict:
@@ -66,9 +68,10 @@ class ValidationResult:
         lines = [f"{train_line(label, epoch, train_loss, rate)} | val ce {self.ce:.4f} rank {self.rank:.4f} | {accs}"]
         for a, b in enumerate(self.boxes, start=1):
             moved = (f", moved |dtx| {b['dtx']:.4f} |dty| {b['dty']:.4f} |dtl| {b['dtl']:.4f}") if "dtx" in b else ""
+            hit = f", part hit {100 * b['part_hit']:.1f}%" if b.get("part_hit") is not None else ""
             lines.append(f"  apn{a} boxes: tl {b['tl_mean']:.3f}±{b['tl_std']:.3f}, centre ({b['tx_mean']:.3f}±"
                          f"{b['tx_std']:.3f}, {b['ty_mean']:.3f}±{b['ty_std']:.3f}), at tl_min "
-                         f"{100 * b['frac_at_min']:.0f}%, at tl_max {100 * b['frac_at_max']:.0f}%{moved}")
+                         f"{100 * b['frac_at_min']:.0f}%, at tl_max {100 * b['frac_at_max']:.0f}%{moved}{hit}")
         val = " ".join(f"{s}_{s + 1}={a:.2f}" for s, a in enumerate(self.active, start=1))
         prefix = "train/rank_active_"
         train = " ".join(f"{k[len(prefix):]}={v:.2f}" for k, v in train_terms.items() if k.startswith(prefix))
@@ -99,6 +102,7 @@ class Validation:
         # the same images at every phase end
         self.panel_batch = fixed_images(loader.dataset, n=8) if len(loader.dataset) else None
         self.panel_part = part_index(loader.dataset.part_names, cfg["data"]["hit_parts"])
+        self.part_names, self.hit_parts = list(loader.dataset.part_names), cfg["data"]["hit_parts"]
 
     def collect(self, model) -> Outputs:
         """The model's outputs on the validation split (every process's share gathered)."""
@@ -110,8 +114,11 @@ class Validation:
         out = self.collect(model)
         ces = scale_ce_losses(out.logits, out.label)
         boxes = []
+        _, has, centres = hit_centres(out, self.part_names, self.hit_parts)
         for s, squares in enumerate(out.rel_boxes):
             stats = box_stats(squares, *self.tl_bounds)
+            if has.any():  # the part hit of the square scale s + 2 zooms into (evaluate.py)
+                stats["part_hit"] = part_hit_rate(out.abs_boxes[s], has, centres)
             if s < len(self.previous):
                 stats.update(zip(MOVES, (squares - self.previous[s]).abs().mean(0).tolist()))
             boxes.append(stats)

@@ -81,6 +81,7 @@ TAG_TEMPLATES = {
         "apn{apn}/dtx",  # mean |change| of the squares on the same images since the previous epoch
         "apn{apn}/dty",
         "apn{apn}/dtl",
+        "apn{apn}/part_hit",  # of the square scale apn+1 zooms into (datasets with part annotations)
     ),
     "histograms": ("apn{apn}/tx", "apn{apn}/ty", "apn{apn}/tl"),  # validation squares, every epoch
     "images": ("crops/{phase}",),  # crop_panel of fixed_images at the end of every phase / round
