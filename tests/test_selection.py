@@ -45,6 +45,15 @@ def test_each_rule_picks_by_hand():
     assert S.first_best([0.2, 0.7, 0.7, 0.1]) == 1
 
 
+def test_the_ranking_agreement_by_hand():
+    right, wrong = [[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [2.0, 0.0]]
+    half = [[2.0, 0.0], [2.0, 0.0]]
+    epochs = [epoch("a", [wrong]), epoch("a", [half]), epoch("a", [right])]  # validation 0, 0.5, 1
+    for e, test in zip(epochs, ([half], [right], [wrong])):  # test 0.5, 1, 0: ranks 2 3 1 against 1 2 3
+        e["test"] = {"logits": [torch.tensor(x) for x in test], "label": torch.tensor([0, 1])}
+    assert S.ranking_agreement(epochs) == pytest.approx(1 - 6 * (1 + 1 + 4) / (3 * (9 - 1)))  # -0.5
+
+
 def test_the_targets_by_hand():
     n = {"acc_scale1": 0.40, "acc_scale2": 0.55, "acc_scale3": 0.60, "acc_fused123": 0.60, "part_hit_scale2": 0.90}
     assert S.targets_met(n) == (True, True, True)
@@ -78,7 +87,8 @@ def test_kept_epochs_and_the_trainers_rule_repeat_best_pt(tmp_path, capsys):
     numbers = S.test_numbers(epochs[pick])
     for key in S.COLUMNS:
         assert numbers[key] == pytest.approx(metrics[key], abs=1e-6), key
-    assert f"accuracy: " in out and (tmp_path / "sel.csv").read_text().count("\n") == 1 + len(S.RULES)
+    assert "kept epochs; validation ranks them against test with Spearman's rho" in out
+    assert "accuracy: " in out and (tmp_path / "sel.csv").read_text().count("\n") == 1 + len(S.RULES)
 
 
 S_KEYS = ("model", "progress", "phase", "config", "num_classes", "classes", "part_names")
