@@ -13,16 +13,31 @@ import logging
 import os
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import HOW_COMPUTED, config_diff, fill_defaults
 from ..errors import CheckpointError, ConfigError
 from ..fileio import check_writable_dir, exclusive_lock
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .phases import Alternating, Fusion
+from .visualize import crops_tag
 
 WORK_DIR_LOCK = ".train.lock"  # held by the training that writes in a work dir
 BEST_FILES = (Alternating.best_file, Fusion.best_file)  # the checkpoints model selection keeps
+KEPT_EPOCH_KEYS = ("model", "progress", "phase", "config", "num_classes", "classes", "part_names")
+
+
+def keep_epoch(cfg: dict, best_file: str, work_dir: str, state: Callable[[], dict], main: bool) -> None:
+    """``train.keep_epochs``: on the main process, an epoch that competes for best_alternate.pt is also
+    kept, weights only (``KEPT_EPOCH_KEYS`` of the trainer's ``state()``), as
+    epochs/<epochs run so far, 3 digits>_<phase>_epoch<k>.pt: the names sort in training order
+    (read by experiments/selection.py)."""
+    if not (cfg["train"]["keep_epochs"] and main and best_file == Alternating.best_file):
+        return
+    full = state()
+    p = full["progress"]
+    name = f"{p['epochs_run']:03d}_{crops_tag(full['phase']).split('/', 1)[1]}_epoch{p['epoch']}.pt"
+    save_checkpoint(os.path.join(work_dir, "epochs", name), {k: full[k] for k in KEPT_EPOCH_KEYS})
 # where a run lives and how its numbers are computed are not what it is
 NOT_THE_EXPERIMENT = ("name", "work_dir", "train.force_lr", "data.verify_images", *HOW_COMPUTED)
 

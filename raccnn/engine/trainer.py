@@ -37,14 +37,15 @@ from .averaging import WeightAverage
 from .checkpoint import (capture_rng_state, check_compatible, check_same_plan, load_checkpoint, restore_rng_state,
                          save_checkpoint)
 from .distributed import check_same_weights, current_world, make_loaders, wrap_ddp
-from .phases import Alternating, Phase, PhaseStep, build_plan
+from .phases import Phase, PhaseStep, build_plan
 from .preemption import Preemption
+from .run import keep_epoch
 from .precision import (amp_dtype, autocast, check_compiler, grad_scaler, place_model, set_cudnn_benchmark,
                         use_channels_last)
 from .schedule import build_schedule, rescale_schedule
 from .step import OptimizerStep
 from .validation import Validation
-from .visualize import crops_tag, open_writer
+from .visualize import open_writer
 
 log = logging.getLogger("raccnn")
 
@@ -65,15 +66,6 @@ class Progress:
     partial: dict = field(default_factory=dict)  # that epoch's running sums (``Trainer.train_epoch``)
 
 
-KEPT_EPOCH_KEYS = ("model", "progress", "phase", "config", "num_classes", "classes", "part_names")
-
-
-def kept_epoch_path(work_dir: str, epochs_run: int, label: str, epoch: int) -> str:
-    """Where ``train.keep_epochs`` keeps an epoch: epochs/<epochs run so far, 3 digits>_<phase>_epoch<k>.pt,
-    so that the names sort in training order."""
-    return os.path.join(work_dir, "epochs", f"{epochs_run:03d}_{crops_tag(label).split('/', 1)[1]}_epoch{epoch}.pt")
-
-
 class Trainer:
     def __init__(self, cfg: dict, datasets: dict, work_dir: str, plan: list[Phase] | None = None):
         self.cfg, self.work_dir = cfg, work_dir
@@ -86,9 +78,8 @@ class Trainer:
         self.scaler = grad_scaler(self.amp_dtype, self.device)
         self.optimizer_step = OptimizerStep(self.scaler)
         self.channels_last = use_channels_last(t["channels_last"], self.device)
-        self.classes = list(datasets["train"].classes)
+        self.classes, self.part_names = list(datasets["train"].classes), list(datasets["train"].part_names)
         self.num_classes = len(self.classes)
-        self.part_names = list(datasets["train"].part_names)
         check_part_settings(cfg, self.part_names)
         torch.manual_seed(cfg["seed"])
         if cfg["deterministic"]:
@@ -107,8 +98,7 @@ class Trainer:
         self.train_loader, self.train_sampler, self.val_loader = make_loaders(
             datasets, cfg["data"], self.world, self.sample_gen, self.device.type == "cuda", cfg["train"]["epoch_images"])
         self.validation = Validation(cfg, self.val_loader, self.device, self.amp_dtype)
-        self.optimizer = None
-        self.scheduler = None
+        self.optimizer = self.scheduler = None  # set by start_phase
         self.preemption: Preemption | None = None  # set by ``run``: asked after every step whether to stop
         self.average = WeightAverage()  # of the weights, in the phases with ema_decay() > 0
         if self.world.main:
@@ -248,14 +238,10 @@ class Trainer:
 
     def select(self, phase: Phase, val) -> None:
         """Keep in the phase's best_file the epoch with the best score so far (of ``selectable``
-        phases); without a validation split (``val`` None) the latest epoch: the end of the schedule.
-        With ``train.keep_epochs`` every epoch that competes for best_alternate.pt is also kept,
-        weights only (``kept_epoch_path``)."""
+        phases); without a validation split (``val`` None) the latest epoch: the end of the schedule."""
         if phase.best_file is None or not phase.selectable():
             return
-        if self.cfg["train"]["keep_epochs"] and self.world.main and phase.best_file == Alternating.best_file:
-            keep = {k: v for k, v in self.state().items() if k in KEPT_EPOCH_KEYS}
-            save_checkpoint(kept_epoch_path(self.work_dir, self.progress.epochs_run, phase.label, self.progress.epoch), keep)
+        keep_epoch(self.cfg, phase.best_file, self.work_dir, self.state, self.world.main)  # train.keep_epochs
         if val is not None:
             score = phase.score(self.model, val)
             if score <= self.progress.best.get(phase.best_file, -1.0):
