@@ -41,14 +41,20 @@ def make_trainer(data_root, work_dir, extra=(), plan=None):
     return Trainer(cfg, build_datasets(cfg), str(work_dir), plan=plan)
 
 
-def load_tool(name: str):
-    """tools/<name>.py as a module, to call its main() in this process (a tool is a script, not a
-    package module: loaded by its path, nothing added to sys.path)."""
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", path)
+def load_script(path: str):
+    """A script of the repository (``tools/<name>.py``, ``experiments/<name>.py``) as a module, to
+    call its functions in this process (a script is not a package module: loaded by its path,
+    nothing added to sys.path)."""
+    full = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(f"{full.stem}_cli", full)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module, to call its main() in this process."""
+    return load_script(f"tools/{name}.py")
 
 
 def call_main(main, argv, capsys):

@@ -1,6 +1,5 @@
 """The ablation runner on a 2-row grid of tiny runs."""
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY, call_main
+from conftest import TINY, call_main, load_script
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,10 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_ablation():
     """experiments/ablation.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "experiments" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
-    return ablation
+    return load_script("experiments/ablation.py")
 
 
 def test_two_row_grid_writes_both_files_and_rerun_skips(tmp_path, capsys):

@@ -1,27 +1,15 @@
 """experiments/selection.py and train.keep_epochs: the kept epochs, each rule's pick by hand, the
 trainer's rule repeating best.pt, and a run without kept epochs refused."""
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY, call_main, load_tool
+from conftest import TINY, call_main, load_script, load_tool
 from raccnn.engine.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_selection():
-    spec = importlib.util.spec_from_file_location("selection", REPO / "experiments" / "selection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = load_selection()
+S = load_script("experiments/selection.py")
 
 
 def epoch(phase, val_logits, labels=(0, 1)):
