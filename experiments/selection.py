@@ -74,8 +74,8 @@ def split_outputs(model, dataset, cfg: dict) -> dict:
 
 
 def epoch_outputs(run: str) -> list[dict]:
-    """Per kept epoch: phase, its validation score as the trainer computes it, and the scales'
-    logits, labels and scale-2 part hit on the validation and the test split (cached)."""
+    """Per kept epoch: its file name, its phase, and the scales' logits, the labels and the scale-2
+    part hit on the validation and the test split, measured on the CPU (cached in epochs/outputs.pt)."""
     paths = kept_epochs(run)
     names = [os.path.basename(p) for p in paths]
     cache = os.path.join(run, "epochs", CACHE)
@@ -115,7 +115,7 @@ def fused_logits(epoch: dict, split: str) -> torch.Tensor:
         return head([], epoch[split]["logits"])
 
 
-def test_numbers(epoch: dict) -> dict:
+def on_test(epoch: dict) -> dict:
     """Test accuracy of every scale and of the fitted fusion, and the scale-2 part hit (fractions)."""
     test = epoch["test"]
     numbers = {f"acc_scale{s}": a for s, a in enumerate(accuracies(test), start=1)}
@@ -166,7 +166,7 @@ def choose(rule: str, epochs: list[dict]) -> int:
         return first_best([(acc[i] + acc[i - 1 if i and epochs[i - 1]["phase"] == e["phase"] else i]) / 2
                            for i, e in enumerate(epochs)])
     if rule == "hindsight":
-        numbers = [test_numbers(e) for e in epochs]
+        numbers = [on_test(e) for e in epochs]
         return first_best([(sum(targets_met(n)), next(v for k, v in n.items() if k.startswith("acc_fused")))
                            for n in numbers])
     raise ValueError(f"unknown rule {rule!r}; choose from {list(RULES)}")
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         print(f"{run}: {len(epochs)} kept epochs; validation ranks them against test with Spearman's rho {rho:.2f}")
         for rule in args.rules:
             i = choose(rule, epochs)
-            n = test_numbers(epochs[i])
+            n = on_test(epochs[i])
             met = targets_met(n)
             missed[rule] += 3 - sum(met)
             rows.append({"run": run, "rule": rule, "epoch": epochs[i]["name"], "val_test_spearman": rho, **n,

@@ -57,22 +57,28 @@ def test_kept_epochs_and_the_trainers_rule_repeat_best_pt(tmp_path, capsys):
     work = tmp_path / "run"
     train = load_tool("train").main
     data = tmp_path / "data"
+    # 40 images per class: validation accuracy moves between the alternating epochs (0.333 to 0.444)
     assert train(["--config", "experiments/configs/fgsynth_default.yaml", "--work-dir", str(work), "--eval-split",
-                  "test", "--opts", *TINY, f"data.root={data}", "train.keep_epochs=true", "model.fusion=log_probs"]) == 0
+                  "test", "--opts", *TINY, f"data.root={data}", "train.keep_epochs=true", "model.fusion=log_probs",
+                  "data.synth.images_per_class=40", "train.pretrain_cls.epochs=4", "train.alternate.cls.max_epochs=3"]) == 0
     kept = sorted(os.listdir(work / "epochs"))
     history = [h for h in load_checkpoint(work / "last.pt")["progress"]["history"] if h["phase"].startswith("alternate")]
-    assert len(kept) == len(history) and kept[0].startswith("003_alternate_cls_round_1_epoch1")
+    assert len(kept) == len(history) and kept[0] == "006_alternate_cls_round_1_epoch1.pt"  # 4 + 1 epochs before it
     assert set(load_checkpoint(work / "epochs" / kept[0])) == set(S_KEYS)
 
     code, out, err = call_main(S.main, [str(work), "--csv", str(tmp_path / "sel.csv")], capsys)
     assert code == 0, err
     epochs = S.epoch_outputs(str(work))  # from the cache now
+    # the validation outputs are the trainer's: the same mean accuracy in every epoch of its history
+    assert [S.mean_accuracy(e) for e in epochs] == pytest.approx(
+        [sum(h[f"acc_scale{s}"] for s in (1, 2, 3)) / 3 for h in history])
     pick = S.choose("accuracy", epochs)
+    assert 0 < pick < len(epochs) - 1  # neither end: the rule's choice is tested, not a default
     best = load_checkpoint(work / "best_alternate.pt")["model"]
     picked = load_checkpoint(work / "epochs" / epochs[pick]["name"])["model"]
     assert all(torch.equal(best[k], picked[k]) for k in best)
     metrics = json.loads((work / "metrics.json").read_text())
-    numbers = S.test_numbers(epochs[pick])
+    numbers = S.on_test(epochs[pick])
     for key in S.COLUMNS:
         assert numbers[key] == pytest.approx(metrics[key], abs=1e-6), key
     assert "kept epochs; validation ranks them against test with Spearman's rho" in out
