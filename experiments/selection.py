@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from raccnn.data.build import build_dataset, prepare_data
 from raccnn.data.collate import collate_samples
 from raccnn.engine.checkpoint import load_checkpoint, save_checkpoint
-from raccnn.engine.evaluate import compute_metrics
+from raccnn.engine.evaluate import hit_centres, part_hit_rate
 from raccnn.engine.inference import build_trained_model, collect_outputs, load_training_checkpoint
 from raccnn.errors import RaccnnError
 from raccnn.fileio import atomic_open
@@ -69,8 +69,9 @@ def split_outputs(model, dataset, cfg: dict) -> dict:
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
                         collate_fn=collate_samples)
     out = collect_outputs(model, loader, "cpu", "selection")
-    hit = compute_metrics(out, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    return {"logits": [x.float() for x in out.logits], "label": out.label, "part_hit": hit.get("part_hit_scale2")}
+    _, has, centres = hit_centres(out, dataset.part_names, cfg["data"]["hit_parts"])
+    return {"logits": [x.float() for x in out.logits], "label": out.label,
+            "part_hit": part_hit_rate(out.abs_boxes[0], has, centres) if out.abs_boxes else None}
 
 
 def epoch_outputs(run: str) -> list[dict]:
