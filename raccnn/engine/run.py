@@ -1,5 +1,6 @@
-"""A run's work dir: its lock, its log, which checkpoint continues it, and whether a config is the
-same experiment as the one it holds.
+"""A run's work dir: its lock, its log, which checkpoint continues it, whether a config is the
+same experiment as the one it holds, and the epochs it keeps for studies of model selection
+(``keep_epoch``, ``train.keep_epochs``).
 
 One process writes a work dir at a time (``hold_work_dir``); a run continues only from its own
 ``last.pt`` (``resume_path``); and ``run_differences`` is the one rule for "is this the same
@@ -24,6 +25,8 @@ from .visualize import crops_tag
 
 WORK_DIR_LOCK = ".train.lock"  # held by the training that writes in a work dir
 BEST_FILES = (Alternating.best_file, Fusion.best_file)  # the checkpoints model selection keeps
+# where a run lives and how its numbers are computed are not what it is
+NOT_THE_EXPERIMENT = ("name", "work_dir", "train.force_lr", "data.verify_images", *HOW_COMPUTED)
 KEPT_EPOCH_KEYS = ("model", "progress", "phase", "config", "num_classes", "classes", "part_names")
 
 
@@ -38,8 +41,6 @@ def keep_epoch(cfg: dict, best_file: str, work_dir: str, state: Callable[[], dic
     p = full["progress"]
     name = f"{p['epochs_run']:03d}_{crops_tag(full['phase']).split('/', 1)[1]}_epoch{p['epoch']}.pt"
     save_checkpoint(os.path.join(work_dir, "epochs", name), {k: full[k] for k in KEPT_EPOCH_KEYS})
-# where a run lives and how its numbers are computed are not what it is
-NOT_THE_EXPERIMENT = ("name", "work_dir", "train.force_lr", "data.verify_images", *HOW_COMPUTED)
 
 
 def run_differences(saved: dict, cfg: dict, lr_may_change: bool = False) -> list[tuple]:
