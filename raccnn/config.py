@@ -205,7 +205,10 @@ SCHEMA: dict = {
             },
             # box_jitter: spread of the Gaussian noise on the APNs' squares (tx, ty, tl; view units) while
             # the scales train, the finer scales' crop augmentation; 0: the squares as proposed
-            "cls": {**_alternating(lr=0.01, min_delta=1e-3), "box_jitter": Key(0.0, min=0.0, max=0.25)},
+            # frozen_scales: scales (1-based) alternate_cls leaves as they are, weights and BatchNorm
+            # statistics: the APN reading a frozen scale's features sees the same maps in every round
+            "cls": {**_alternating(lr=0.01, min_delta=1e-3), "box_jitter": Key(0.0, min=0.0, max=0.25),
+                    "frozen_scales": Key([], item=int, min=1)},
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
@@ -240,6 +243,10 @@ def _cross_checks(c: dict):
             yield ((f"{key}.min_epochs", f"{key}.max_epochs"), f"{key}.min_epochs ({s['min_epochs']}) must not "
                    f"exceed {key}.max_epochs ({s['max_epochs']})")
     alt = c["train"]["alternate"]
+    frozen = alt["cls"]["frozen_scales"]
+    if len(set(frozen)) != len(frozen) or max(frozen, default=0) > m["n_scales"] or len(frozen) >= m["n_scales"]:
+        yield (("train.alternate.cls.frozen_scales", "model.n_scales"), f"train.alternate.cls.frozen_scales "
+               f"{frozen}: distinct scales from 1 to model.n_scales ({m['n_scales']}), at least one of them left to train")
     if alt["rounds"] > 0 and alt["select_from_round"] > alt["rounds"]:
         yield (("train.alternate.select_from_round", "train.alternate.rounds"),
                f"train.alternate.select_from_round ({alt['select_from_round']}) must not exceed "

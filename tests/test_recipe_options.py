@@ -1,9 +1,11 @@
-"""Recipe options: lr warmup, label smoothing and gradient accumulation (docs/configs.md).
+"""Recipe options: lr warmup, label smoothing, gradient accumulation (docs/configs.md) and scales
+frozen in alternate_cls (docs/model.md).
 
 Each is checked against what it must compute: the learning rate of every optimiser step against
 the warmup + cosine formula (also across a resume mid-warmup, with and without a changed lr), the
 training cross-entropies against the hand-computed smoothed one, and accumulated gradients and
-weights against the gradient of the mean loss over the group's images.
+weights against the gradient of the mean loss over the group's images, frozen scales' weights and
+statistics against what they were.
 """
 import contextlib
 import math
@@ -305,3 +307,31 @@ def test_a_stop_waits_for_the_end_of_the_group_and_the_resumed_run_is_exact(data
     assert resumed.progress.step == full.progress.step == 4
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# ------------------------------------------------------------------------ scales frozen in alternate_cls
+@pytest.mark.parametrize("frozen", [[1], [2, 3]])
+def test_frozen_scales_leave_alternate_cls_as_they_entered_and_the_others_train(data_root, tmp_path, frozen):
+    """train.alternate.cls.frozen_scales: the listed scales' weights and BatchNorm statistics are
+    the same after alternate_cls, bit for bit; every other scale's weights and statistics move."""
+    trainer = make_trainer(data_root, tmp_path, [f"train.alternate.cls.frozen_scales={frozen}"])
+    phase = AlternateCls(trainer.cfg, 0)
+    trainer.plan = [phase]
+    before = [{k: v.clone() for k, v in net.state_dict().items()} for net in trainer.model.scales]
+    trainer.run()
+    assert trainer.progress.step > 0
+    for s, (net, start) in enumerate(zip(trainer.model.scales, before), start=1):
+        moved = {k for k, v in net.state_dict().items() if not torch.equal(v, start[k])}
+        if s in frozen:
+            assert moved == set(), (s, moved)
+        else:
+            assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved), s
+    trained = {id(p) for p in phase.parameters(trainer.model)}
+    assert trained == {id(p) for s, net in enumerate(trainer.model.scales, start=1) if s not in frozen
+                       for p in net.parameters()}
+
+
+@pytest.mark.parametrize("frozen", ["[1,2,3]", "[4]", "[2,2]", "[0]"])
+def test_frozen_scales_must_be_distinct_scales_and_leave_one_to_train(frozen):
+    with pytest.raises(ConfigError, match=r"train\.alternate\.cls\.frozen_scales"):
+        load_config(DEFAULT_CONFIG, [f"train.alternate.cls.frozen_scales={frozen}"])

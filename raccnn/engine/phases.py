@@ -261,6 +261,14 @@ class Alternating(Phase):
 class AlternateCls(Alternating):
     name, section, trains, monitor = "alternate_cls", ("alternate", "cls"), "scales", "ce"
 
+    def parameters(self, model):
+        return [p for net in self.train_modules(model) for p in net.parameters()]
+
+    def train_modules(self, model):
+        """The scales but ``train.alternate.cls.frozen_scales`` (1-based)."""
+        frozen = self.settings["frozen_scales"]
+        return [net for s, net in enumerate(model.scales, start=1) if s not in frozen]
+
     def loss(self, model, images, target, part_boxes):
         # APNs frozen: their squares are fixed inputs, no gradient flows back through them
         out = model(images, part_boxes=part_boxes, detach_boxes=True, box_jitter=self.settings["box_jitter"])
