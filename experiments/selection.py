@@ -104,8 +104,8 @@ def accuracies(outputs: dict) -> list[float]:
     return [float((x.argmax(1) == outputs["label"]).double().mean()) for x in outputs["logits"]]
 
 
-def mean_accuracy(epoch: dict) -> float:
-    accs = accuracies(epoch["val"])
+def mean_accuracy(epoch: dict, split: str = "val") -> float:
+    accs = accuracies(epoch[split])
     return sum(accs) / len(accs)
 
 
@@ -139,7 +139,7 @@ def ranking_agreement(epochs: list[dict]) -> float:
     """Spearman's rho between the epochs' mean scale accuracy on validation and on test (nan when
     either is constant)."""
     val = [mean_accuracy(e) for e in epochs]
-    test = [sum(accuracies(e["test"])) / len(e["test"]["logits"]) for e in epochs]
+    test = [mean_accuracy(e, "test") for e in epochs]
     if len(set(val)) < 2 or len(set(test)) < 2:
         return math.nan
     return float(spearmanr(val, test).statistic)

@@ -112,7 +112,8 @@ class Phase:
         return self.cfg["train"].get("label_smoothing", 0.0)
 
     def parameters(self, model: RACNN) -> list[nn.Parameter]:
-        return list(model.get_submodule(self.trains).parameters())
+        """What the phase's optimiser steps: the parameters of ``train_modules``."""
+        return [p for module in self.train_modules(model) for p in module.parameters()]
 
     def train_modules(self, model: RACNN) -> list[nn.Module]:
         """Modules in train mode during the phase's steps (all others run in eval mode)."""
@@ -261,9 +262,6 @@ class Alternating(Phase):
 class AlternateCls(Alternating):
     name, section, trains, monitor = "alternate_cls", ("alternate", "cls"), "scales", "ce"
 
-    def parameters(self, model):
-        return [p for net in self.train_modules(model) for p in net.parameters()]
-
     def train_modules(self, model):
         """The scales but ``train.alternate.cls.frozen_scales`` (1-based)."""
         frozen = self.settings["frozen_scales"]
@@ -307,9 +305,6 @@ class Joint(Alternating):
     kept in best_alternate.pt like the alternation's, so fusion starts from the best of them."""
 
     name, section = "joint", ("joint",)
-
-    def parameters(self, model):
-        return list(model.scales.parameters()) + list(model.proposers.parameters())
 
     def train_modules(self, model):
         return [model.scales, model.proposers]
