@@ -207,8 +207,9 @@ SCHEMA: dict = {
             # the scales train, the finer scales' crop augmentation; 0: the squares as proposed
             # frozen_scales: scales (1-based) alternate_cls leaves as they are, weights and BatchNorm
             # statistics: the APN reading a frozen scale's features sees the same maps in every round
+            # from frozen_from_round on (1-based; the rounds before train them as the others)
             "cls": {**_alternating(lr=0.01, min_delta=1e-3), "box_jitter": Key(0.0, min=0.0, max=0.25),
-                    "frozen_scales": Key([], item=int, min=1)},
+                    "frozen_scales": Key([], item=int, min=1), "frozen_from_round": Key(1, min=1)},
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
@@ -247,6 +248,10 @@ def _cross_checks(c: dict):
     if len(set(frozen)) != len(frozen) or max(frozen, default=0) > m["n_scales"] or len(frozen) >= m["n_scales"]:
         yield (("train.alternate.cls.frozen_scales", "model.n_scales"), f"train.alternate.cls.frozen_scales "
                f"{frozen}: distinct scales from 1 to model.n_scales ({m['n_scales']}), at least one of them left to train")
+    if frozen and alt["rounds"] > 0 and alt["cls"]["frozen_from_round"] > alt["rounds"]:
+        yield (("train.alternate.cls.frozen_from_round", "train.alternate.rounds"),
+               f"train.alternate.cls.frozen_from_round ({alt['cls']['frozen_from_round']}) must not exceed "
+               f"train.alternate.rounds ({alt['rounds']}): frozen_scales {frozen} would never be frozen")
     if alt["rounds"] > 0 and alt["select_from_round"] > alt["rounds"]:
         yield (("train.alternate.select_from_round", "train.alternate.rounds"),
                f"train.alternate.select_from_round ({alt['select_from_round']}) must not exceed "

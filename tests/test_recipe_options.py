@@ -335,3 +335,20 @@ def test_frozen_scales_leave_alternate_cls_as_they_entered_and_the_others_train(
 def test_frozen_scales_must_be_distinct_scales_and_leave_one_to_train(frozen):
     with pytest.raises(ConfigError, match=r"train\.alternate\.cls\.frozen_scales"):
         load_config(DEFAULT_CONFIG, [f"train.alternate.cls.frozen_scales={frozen}"])
+
+
+def test_frozen_from_round_trains_the_frozen_scales_in_the_rounds_before(data_root, tmp_path):
+    """train.alternate.cls.frozen_from_round 2: round 1's alternate_cls trains scale 1 with the
+    others, rounds 2 and 3 leave it out."""
+    trainer = make_trainer(data_root, tmp_path, ["train.alternate.cls.frozen_scales=[1]",
+                                                 "train.alternate.cls.frozen_from_round=2"])
+    scales = trainer.model.scales
+    for r, trained_scales in [(0, [1, 2, 3]), (1, [2, 3]), (2, [2, 3])]:
+        trained = {id(p) for p in AlternateCls(trainer.cfg, r).parameters(trainer.model)}
+        assert trained == {id(p) for s in trained_scales for p in scales[s - 1].parameters()}, r
+
+
+def test_frozen_from_round_after_the_last_round_is_refused():
+    with pytest.raises(ConfigError, match=r"train\.alternate\.cls\.frozen_from_round \(4\)"):
+        load_config(DEFAULT_CONFIG, ["train.alternate.cls.frozen_scales=[1]", "train.alternate.cls.frozen_from_round=4"])
+    load_config(DEFAULT_CONFIG, ["train.alternate.cls.frozen_from_round=4"])  # nothing frozen: nothing to refuse

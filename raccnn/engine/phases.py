@@ -263,8 +263,9 @@ class AlternateCls(Alternating):
     name, section, trains, monitor = "alternate_cls", ("alternate", "cls"), "scales", "ce"
 
     def train_modules(self, model):
-        """The scales but ``train.alternate.cls.frozen_scales`` (1-based)."""
-        frozen = self.settings["frozen_scales"]
+        """The scales but ``train.alternate.cls.frozen_scales`` (1-based), which stay as they are from
+        round ``frozen_from_round`` on."""
+        frozen = self.settings["frozen_scales"] if self.round + 1 >= self.settings["frozen_from_round"] else []
         return [net for s, net in enumerate(model.scales, start=1) if s not in frozen]
 
     def loss(self, model, images, target, part_boxes):
