@@ -36,7 +36,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-import yaml
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader
 
@@ -47,7 +46,7 @@ from raccnn.engine.evaluate import hit_centres, part_hit_rate
 from raccnn.engine.inference import build_trained_model, collect_outputs, load_training_checkpoint
 from raccnn.errors import RaccnnError
 from raccnn.fileio import atomic_open
-from raccnn.models.fusion import LogProbFusion, fit_log_prob_head
+from raccnn.models.fusion import LogProbFusion, fit_log_prob_weights
 
 RULES = ("accuracy", "nll", "last", "smoothed", "hindsight")
 CACHE = "outputs.pt"
@@ -110,25 +109,19 @@ def mean_accuracy(epoch: dict, split: str = "val") -> float:
     return sum(accs) / len(accs)
 
 
-def fusion_subsets(run: str) -> bool:
-    """The run's ``train.fusion.subsets`` (its config.yaml), which the fusion fitted here follows."""
-    with open(os.path.join(run, "config.yaml")) as f:
-        return bool(yaml.safe_load(f)["train"]["fusion"].get("subsets", False))
-
-
-def fused_logits(epoch: dict, split: str, subsets: bool = False) -> torch.Tensor:
+def fused_logits(epoch: dict, split: str) -> torch.Tensor:
     head = LogProbFusion(len(epoch["val"]["logits"]))
-    fit_log_prob_head(head, epoch["val"]["logits"], epoch["val"]["label"], subsets)
+    fit_log_prob_weights(head, epoch["val"]["logits"], epoch["val"]["label"])
     with torch.no_grad():
         return head([], epoch[split]["logits"])
 
 
-def on_test(epoch: dict, subsets: bool = False) -> dict:
+def on_test(epoch: dict) -> dict:
     """Test accuracy of every scale and of the fitted fusion, and the scale-2 part hit (fractions)."""
     test = epoch["test"]
     numbers = {f"acc_scale{s}": a for s, a in enumerate(accuracies(test), start=1)}
     numbers["acc_fused" + "".join(str(s) for s in range(1, len(test["logits"]) + 1))] = float(
-        (fused_logits(epoch, "test", subsets).argmax(1) == test["label"]).double().mean())
+        (fused_logits(epoch, "test").argmax(1) == test["label"]).double().mean())
     numbers["part_hit_scale2"] = test["part_hit"]
     return numbers
 
@@ -161,7 +154,7 @@ def first_best(keys: list) -> int:
     return best
 
 
-def choose(rule: str, epochs: list[dict], subsets: bool = False) -> int:
+def choose(rule: str, epochs: list[dict]) -> int:
     if rule == "accuracy":
         return first_best([mean_accuracy(e) for e in epochs])
     if rule == "nll":
@@ -174,7 +167,7 @@ def choose(rule: str, epochs: list[dict], subsets: bool = False) -> int:
         return first_best([(acc[i] + acc[i - 1 if i and epochs[i - 1]["phase"] == e["phase"] else i]) / 2
                            for i, e in enumerate(epochs)])
     if rule == "hindsight":
-        numbers = [on_test(e, subsets) for e in epochs]
+        numbers = [on_test(e) for e in epochs]
         return first_best([(sum(targets_met(n)), next(v for k, v in n.items() if k.startswith("acc_fused")))
                            for n in numbers])
     raise ValueError(f"unknown rule {rule!r}; choose from {list(RULES)}")
@@ -196,10 +189,9 @@ def main(argv=None) -> int:
     for run, epochs in per_run.items():
         rho = ranking_agreement(epochs)
         print(f"{run}: {len(epochs)} kept epochs; validation ranks them against test with Spearman's rho {rho:.2f}")
-        subsets = fusion_subsets(run)
         for rule in args.rules:
-            i = choose(rule, epochs, subsets)
-            n = on_test(epochs[i], subsets)
+            i = choose(rule, epochs)
+            n = on_test(epochs[i])
             met = targets_met(n)
             missed[rule] += 3 - sum(met)
             rows.append({"run": run, "rule": rule, "epoch": epochs[i]["name"], "val_test_spearman": rho, **n,

@@ -214,9 +214,7 @@ SCHEMA: dict = {
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
         # best.pt is a fused model; model.fusion: features only (log_probs is fitted, no epochs)
-        # subsets (log_probs only): also fit each head over its finer scales alone, keep the fit most
-        # accurate on validation, ties to more scales (models/fusion.py fit_log_prob_head)
-        "fusion": {**_stage(epochs=3, lr=0.05, min_epochs=1), "subsets": Key(False)},
+        "fusion": _stage(epochs=3, lr=0.05, min_epochs=1),
     },
     "eval": {"split": Key("test", choices=["val", "test"])},
 }
@@ -275,9 +273,6 @@ def _cross_checks(c: dict):
     if d["label_level"] != "variant" and d["dataset"] != "fgvc_aircraft":
         yield (("data.label_level", "data.dataset"), f"data.label_level: only fgvc_aircraft has label levels, "
                f"not {d['dataset']!r}")
-    if c["train"]["fusion"]["subsets"] and m["fusion"] != "log_probs":
-        yield (("train.fusion.subsets", "model.fusion"), f"train.fusion.subsets: only the log_probs heads are fitted "
-               f"over subsets of their scales, and model.fusion is {m['fusion']}")
     if d["val_fraction"] == 0 and m["fusion"] == "log_probs":
         yield (("data.val_fraction", "model.fusion"), "model.fusion: log_probs fits its weights on the validation "
                "split, which data.val_fraction 0 leaves out; use model.fusion=features or a val_fraction above 0")

@@ -125,7 +125,7 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     # given to both (no training epoch before them here: the fit is what is tested)
     fit = tmp_path / "ddp_log_probs"
     res = torchrun(*train_cmd(data_root, fit, "train.pretrain_cls.epochs=0", "train.init_apn.epochs=0",
-                              "train.alternate.rounds=0", "model.fusion=log_probs", "train.fusion.subsets=true"))
+                              "train.alternate.rounds=0", "model.fusion=log_probs"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert res.stdout.count("fusion 123: per-scale weights") == 1  # rank 0 logs

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from raccnn.models import build_racnn
 from raccnn.config import load_config
-from raccnn.models.fusion import FeatureFusion, LogProbFusion, build_fusion, fit_log_prob_head, fit_log_prob_weights
+from raccnn.models.fusion import FeatureFusion, LogProbFusion, build_fusion, fit_log_prob_weights
 
 
 def test_log_prob_fusion_is_the_weighted_sum_of_log_softmaxes():
@@ -89,62 +89,3 @@ def test_the_fusion_head_leaves_the_random_stream_to_the_rest_of_the_run():
     (a, ra), (b, rb) = states
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(ra, rb)
-
-
-def _three_scales(seed: int):
-    """60 held-out images of 4 classes: a weak diffuse coarse scale, a middling one, a strong and
-    overconfident finest one (a fixed draw, so which fit is more accurate is known)."""
-    g = torch.Generator().manual_seed(seed)
-    n, k = 60, 4
-    labels = torch.randint(0, k, (n,), generator=g)
-    coarse = 0.8 * F.one_hot(labels, k).float() + torch.randn(n, k, generator=g)
-    mid = 2.5 * F.one_hot(labels, k).float() + 1.5 * torch.randn(n, k, generator=g)
-    fine = 6.0 * F.one_hot(labels, k).float() + 3.0 * torch.randn(n, k, generator=g)
-    return [coarse, mid, fine], labels
-
-
-def _fit_over(logits, labels, first: int) -> tuple[LogProbFusion, int]:
-    head = LogProbFusion(3)
-    head.used[:first] = False
-    fit_log_prob_weights(head, logits, labels)
-    with torch.no_grad():
-        return head, int((head(None, logits).argmax(1) == labels).sum())
-
-
-@pytest.mark.parametrize("seed, all_right, finer_right, kept_first", [(11, 53, 55, 1), (4, 55, 55, 0), (0, 54, 52, 0)])
-def test_subsets_keep_the_more_accurate_fit_and_ties_keep_every_scale(seed, all_right, finer_right, kept_first):
-    """train.fusion.subsets: the head over scales 1-3 is also fitted over scales 2-3 alone; the fit
-    right on more held-out images is kept (scale 1's weight then exactly 0), a tie keeps scales 1-3."""
-    logits, labels = _three_scales(seed)
-    fits = [_fit_over(logits, labels, first) for first in (0, 1)]
-    assert [right for _, right in fits] == [all_right, finer_right]
-    head = LogProbFusion(3)
-    nll = fit_log_prob_head(head, logits, labels, subsets=True)
-    kept = fits[kept_first][0]
-    assert head.used.tolist() == [kept_first == 0, True, True]
-    assert torch.equal(head.weights(), kept.weights()) and (head.weights()[0] == 0) == (kept_first == 1)
-    with torch.no_grad():
-        assert nll == pytest.approx(F.cross_entropy(head(None, logits), labels).item(), rel=1e-6)
-    # without subsets the head is the fit over every scale, whatever its accuracy
-    plain = LogProbFusion(3)
-    fit_log_prob_head(plain, logits, labels)
-    assert plain.used.all() and torch.equal(plain.weights(), fits[0][0].weights())
-
-
-def test_a_scale_left_out_is_skipped_and_a_head_saved_before_the_flag_loads_with_every_scale():
-    head = LogProbFusion(2)
-    head.used[0] = False
-    left_out = torch.tensor([[0.0, -math.inf]])  # log softmax -inf: 0 x -inf would be nan
-    out = head(None, [left_out, torch.tensor([[1.0, 0.0]])])
-    assert torch.isfinite(out).all() and torch.allclose(out, F.log_softmax(torch.tensor([[1.0, 0.0]]), 1))
-    old = {"raw": torch.tensor([0.1, 0.2])}  # a state dict written before ``used`` existed
-    again = LogProbFusion(2)
-    again.load_state_dict(old)
-    assert again.used.all() and torch.equal(again.raw.data, old["raw"])
-
-
-def test_subsets_need_the_log_probs_heads():
-    from raccnn.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"train\.fusion\.subsets.*model\.fusion is features"):
-        load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.subsets=true", "model.fusion=features"])
-    load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.subsets=true", "model.fusion=log_probs"])

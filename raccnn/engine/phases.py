@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..localisers import build_localiser
 from ..losses import hinge_active, rank_loss, scale_ce_losses
-from ..models.fusion import fit_log_prob_head
+from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
 from ..train_options import OPTIMIZERS
 from .checkpoint import load_checkpoint
@@ -359,22 +359,21 @@ class Fusion(Phase):
     def run_epoch(self, trainer) -> float:
         if self.cfg["model"]["fusion"] != "log_probs":
             return super().run_epoch(trainer)
-        self.fit_on_validation(trainer.model, trainer.validation.collect(trainer.model), self.settings["subsets"])
+        self.fit_on_validation(trainer.model, trainer.validation.collect(trainer.model))
         return math.nan  # no training step
 
     @staticmethod
-    def fit_on_validation(model: RACNN, out, subsets: bool = False) -> None:
+    def fit_on_validation(model: RACNN, out) -> None:
         """Fit the log_probs heads on the validation outputs ``out`` (gathered from every process)
-        on the CPU (``train.fusion.subsets``: ``fit_log_prob_head``), then give every process rank
-        0's weights. The validation accuracy logged and kept with best.pt is then measured on the
-        images the weights were fitted on."""
+        on the CPU, then give every process rank 0's weights. The validation accuracy logged and
+        kept with best.pt is then measured on the images the weights were fitted on."""
         logits = [x.cpu() for x in out.logits]
         for name, head in model.fusion.items():
-            nll = fit_log_prob_head(head, logits, out.label.cpu(), subsets)
+            fitted = LogProbFusion(head.n)
+            nll = fit_log_prob_weights(fitted, logits, out.label.cpu())
+            with torch.no_grad():
+                head.raw.copy_(fitted.raw)
             broadcast_from_rank0(head.raw.data)
-            used = head.used.to(torch.uint8)  # a bool tensor is not broadcast by every backend
-            broadcast_from_rank0(used)
-            head.used.copy_(used.bool())
             log.info("fusion %s: per-scale weights %s fitted on %d validation images (NLL %.4f)", name,
                      " ".join(f"{w:.3f}" for w in head.weights().tolist()), len(out.label), nll)
 

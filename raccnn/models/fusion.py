@@ -5,9 +5,7 @@
   paper's fusion layer).
 - ``log_probs`` (``LogProbFusion``): sum_s w_s log softmax(logits_s), one weight w_s >= 0 per
   scale (n parameters), fitted on the validation split by minimising the NLL
-  (``fit_log_prob_weights``). With ``train.fusion.subsets`` (``fit_log_prob_head``) each head over
-  scales 1..n is also fitted over its finer scales j..n alone (j = 2..n-1, two scales at least),
-  and the fit most accurate on the validation images is kept, ties to the one with more scales.
+  (``fit_log_prob_weights``).
 
 Why the second exists: after the alternation every scale is nearly perfect on the training images
 (FG-Synth: 480 of them), so a head trained there cannot learn that a scale is weak on new images.
@@ -43,28 +41,20 @@ class FeatureFusion(nn.Linear):
 
 
 class LogProbFusion(nn.Module):
-    """sum_s w_s log softmax(logits_s) over the scales s of 1..n that ``used`` keeps (all unless a
-    fit left the coarsest out), w = softplus(raw) >= 0 on them and 0 elsewhere; every w_s starts
+    """sum_s w_s log softmax(logits_s) over scales 1..n, w = softplus(raw) >= 0; every w_s starts
     at 1 (the product of the scales' distributions)."""
 
     def __init__(self, n: int):
         super().__init__()
         self.n = n
         self.raw = nn.Parameter(torch.full((n,), math.log(math.e - 1.0)))  # softplus(raw) = 1
-        self.register_buffer("used", torch.ones(n, dtype=torch.bool))
 
     def weights(self) -> Tensor:
-        return F.softplus(self.raw) * self.used
+        return F.softplus(self.raw)
 
     def forward(self, features: list[Tensor], logits: list[Tensor]) -> Tensor:
         w = self.weights()
-        # scales left out are skipped, not multiplied by 0 (a log-probability may be -inf)
-        return sum(w[s] * F.log_softmax(logits[s].float(), dim=1) for s in range(self.n) if self.used[s])
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # heads saved before ``used`` existed used every scale
-        state_dict.setdefault(prefix + "used", torch.ones(self.n, dtype=torch.bool))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return sum(w[s] * F.log_softmax(logits[s].float(), dim=1) for s in range(self.n))
 
 
 def build_fusion(kind: str, n_scales: int, channels: int, num_classes: int) -> nn.ModuleDict:
@@ -82,7 +72,7 @@ def fit_log_prob_weights(head: LogProbFusion, logits: list[Tensor], labels: Tens
 
     def nll() -> Tensor:
         w = head.weights()
-        return F.cross_entropy(sum(w[s] * log_probs[s] for s in range(head.n) if head.used[s]), labels)
+        return F.cross_entropy(sum(w[s] * log_probs[s] for s in range(head.n)), labels)
 
     opt = torch.optim.LBFGS([head.raw], max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -100,23 +90,3 @@ def fit_log_prob_weights(head: LogProbFusion, logits: list[Tensor], labels: Tens
             return float(nll().detach())
     finally:
         head.raw.requires_grad_(not frozen)
-
-
-def fit_log_prob_head(head: LogProbFusion, logits: list[Tensor], labels: Tensor, subsets: bool = False) -> float:
-    """Fit ``head`` in place on held-out outputs: over all its scales (``fit_log_prob_weights``), or
-    with ``subsets`` over each run of its finer scales j..n (j = 1..n-1) as well, keeping the fit
-    with the highest accuracy on these images; ties go to the fit with more scales, so the head
-    over all scales is kept unless a narrower one is more often right. Returns the kept fit's NLL."""
-    best = None
-    for first in range(head.n - 1 if subsets else 1):
-        fitted = LogProbFusion(head.n)
-        fitted.used[:first] = False
-        nll = fit_log_prob_weights(fitted, logits, labels)
-        with torch.no_grad():
-            correct = int((fitted(None, logits).argmax(1) == labels).sum())
-        if best is None or correct > best[0]:
-            best = (correct, nll, fitted)
-    with torch.no_grad():
-        head.raw.copy_(best[2].raw)
-        head.used.copy_(best[2].used)
-    return best[1]
