@@ -7,7 +7,7 @@ A run's kept epochs (RUN/epochs/*.pt, every epoch that competed for best_alterna
 order) are evaluated once on the validation and the test split; their outputs are cached in
 RUN/epochs/outputs.pt. A rule picks one epoch from the validation outputs alone. The picked
 epoch's ``log_probs`` fusion is fitted on its validation outputs (``models/fusion.py``, as
-``model.fusion: log_probs`` does) and every head and the part hit of scale 2 are measured on the
+``model.fusion: log_probs`` does, with the run's ``train.fusion.l2``) and every head and the part hit of scale 2 are measured on the
 test split.
 
 Rules:
@@ -93,7 +93,7 @@ def epoch_outputs(run: str) -> list[dict]:
     epochs = []
     for path in paths:
         model, ckpt = build_trained_model(load_training_checkpoint(path), "cpu", splits["val"].part_names)
-        record = {"name": os.path.basename(path), "phase": ckpt["phase"]}
+        record = {"name": os.path.basename(path), "phase": ckpt["phase"], "fusion_l2": cfg["train"]["fusion"]["l2"]}
         record.update({split: split_outputs(model, ds, cfg) for split, ds in splits.items()})
         epochs.append(record)
     save_checkpoint(cache, {"names": names, "epochs": epochs})
@@ -111,7 +111,7 @@ def mean_accuracy(epoch: dict, split: str = "val") -> float:
 
 def fused_logits(epoch: dict, split: str) -> torch.Tensor:
     head = LogProbFusion(len(epoch["val"]["logits"]))
-    fit_log_prob_weights(head, epoch["val"]["logits"], epoch["val"]["label"])
+    fit_log_prob_weights(head, epoch["val"]["logits"], epoch["val"]["label"], l2=epoch.get("fusion_l2", 0.0))
     with torch.no_grad():
         return head([], epoch[split]["logits"])
 

@@ -213,8 +213,9 @@ SCHEMA: dict = {
             "apn": _alternating(lr=1e-3, min_delta=1e-4, optimizer="adam"),
         },
         "joint": {**_stage(epochs=0, lr=0.01), "rank_weight": Key(1.0, min=0.0)},  # 0 epochs: off (phases.py)
-        # best.pt is a fused model; model.fusion: features only (log_probs is fitted, no epochs)
-        "fusion": _stage(epochs=3, lr=0.05, min_epochs=1),
+        # best.pt is a fused model; model.fusion: features only (log_probs is fitted, no epochs);
+        # l2: log_probs only, the ridge penalty l2 * sum_s w_s^2 on its weights (models/fusion.py)
+        "fusion": {**_stage(epochs=3, lr=0.05, min_epochs=1), "l2": Key(0.0, min=0.0)},
     },
     "eval": {"split": Key("test", choices=["val", "test"])},
 }
@@ -276,6 +277,9 @@ def _cross_checks(c: dict):
     if d["val_fraction"] == 0 and m["fusion"] == "log_probs":
         yield (("data.val_fraction", "model.fusion"), "model.fusion: log_probs fits its weights on the validation "
                "split, which data.val_fraction 0 leaves out; use model.fusion=features or a val_fraction above 0")
+    if c["train"]["fusion"]["l2"] and m["fusion"] != "log_probs":
+        yield (("train.fusion.l2", "model.fusion"), f"train.fusion.l2 penalises the weights of model.fusion "
+               f"log_probs; model.fusion is {m['fusion']!r} (train.fusion.l2=0 or model.fusion=log_probs)")
     if d["val_fraction"] == 0 and c["eval"]["split"] == "val":
         yield (("data.val_fraction", "eval.split"), "eval.split: 'val' is empty with data.val_fraction 0; "
                "evaluate on test")

@@ -89,3 +89,74 @@ def test_the_fusion_head_leaves_the_random_stream_to_the_rest_of_the_run():
     (a, ra), (b, rb) = states
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(ra, rb)
+
+
+def _separable(n=60, k=4, seed=0):
+    """Two scales that classify every image right, with different margins."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n,), generator=g)
+    return [F.one_hot(labels, k).float() * m + 0.3 * torch.randn(n, k, generator=g) for m in (3.0, 2.0)], labels
+
+
+def _penalised_gradient(w, logits, labels, l2):
+    """d/dw_s [mean_i CE(sum_s w_s lp_si, y_i) + l2 sum_s w_s^2] by hand:
+    mean_i (sum_k softmax(z_i)_k lp_sik - lp_si,y_i) + 2 l2 w_s, with z_i = sum_s w_s lp_si."""
+    lps = [F.log_softmax(x, 1) for x in logits]
+    p = F.softmax(sum(ws * lp for ws, lp in zip(w, lps)), 1)
+    rows = torch.arange(len(labels))
+    return torch.stack([((p * lp).sum(1) - lp[rows, labels]).mean() + 2 * l2 * ws for ws, lp in zip(w, lps)])
+
+
+def test_on_a_separable_split_only_the_l2_penalty_gives_the_fit_a_minimum():
+    logits, labels = _separable()
+    # without the penalty the NLL keeps falling as the weights grow: where the fit ends is where L-BFGS stops
+    short, long = LogProbFusion(2), LogProbFusion(2)
+    nll_short = fit_log_prob_weights(short, logits, labels, max_iter=3)
+    nll_long = fit_log_prob_weights(long, logits, labels, max_iter=100)
+    assert nll_long < nll_short and long.weights().sum() > 2 * short.weights().sum()
+    # with it: one stationary point, reached from either budget, and the returned NLL leaves the penalty out
+    fits = []
+    for max_iter in (50, 200):
+        head = LogProbFusion(2)
+        nll = fit_log_prob_weights(head, logits, labels, max_iter=max_iter, l2=0.1)
+        fits.append(head.weights().detach())
+        assert nll == pytest.approx(F.cross_entropy(head(None, logits), labels).item(), rel=1e-6)
+    assert torch.allclose(fits[0], fits[1], atol=1e-5)
+    w = fits[1]
+    assert (w > 0.1).all() and w.sum() < long.weights().sum()
+    assert _penalised_gradient(w, logits, labels, 0.1).abs().max() < 1e-4
+    # the margin-3 scale gets the larger weight
+    assert w[0] > w[1]
+
+
+def test_the_fusion_phase_fits_with_the_configured_l2():
+    from types import SimpleNamespace
+
+    from raccnn.engine.phases import Fusion
+
+    cfg = load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=log_probs", "train.fusion.l2=0.3"])
+    torch.manual_seed(0)
+    model = build_racnn(cfg, 4)
+    logits, labels = _separable()
+    third = torch.randn(len(labels), 4)
+    out = SimpleNamespace(logits=logits + [third], label=labels)
+    trainer = SimpleNamespace(model=model, validation=SimpleNamespace(collect=lambda m: out))
+    assert math.isnan(Fusion(cfg).run_epoch(trainer))
+    for name, head in model.fusion.items():
+        expected, unpenalised = LogProbFusion(head.n), LogProbFusion(head.n)
+        fit_log_prob_weights(expected, out.logits, labels, l2=0.3)
+        fit_log_prob_weights(unpenalised, out.logits, labels)
+        assert torch.equal(head.weights(), expected.weights()), name
+        assert not torch.allclose(head.weights(), unpenalised.weights(), atol=1e-2), name
+
+
+def test_l2_without_the_log_probs_fusion_is_refused_naming_both_keys():
+    from raccnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.fusion\.l2 penalises the weights of model\.fusion log_probs; "
+                                          r"model\.fusion is 'features'"):
+        load_config("experiments/configs/fgsynth_default.yaml", ["train.fusion.l2=0.1"])
+    with pytest.raises(ConfigError, match="train.fusion.l2"):
+        load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=log_probs", "train.fusion.l2=-1"])
+    assert load_config("experiments/configs/fgsynth_default.yaml",
+                       ["model.fusion=log_probs", "train.fusion.l2=0.1"])["train"]["fusion"]["l2"] == 0.1

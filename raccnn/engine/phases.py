@@ -359,18 +359,19 @@ class Fusion(Phase):
     def run_epoch(self, trainer) -> float:
         if self.cfg["model"]["fusion"] != "log_probs":
             return super().run_epoch(trainer)
-        self.fit_on_validation(trainer.model, trainer.validation.collect(trainer.model))
+        self.fit_on_validation(trainer.model, trainer.validation.collect(trainer.model), self.settings["l2"])
         return math.nan  # no training step
 
     @staticmethod
-    def fit_on_validation(model: RACNN, out) -> None:
+    def fit_on_validation(model: RACNN, out, l2: float) -> None:
         """Fit the log_probs heads on the validation outputs ``out`` (gathered from every process)
-        on the CPU, then give every process rank 0's weights. The validation accuracy logged and
-        kept with best.pt is then measured on the images the weights were fitted on."""
+        on the CPU, with the ridge penalty ``l2`` (``train.fusion.l2``), then give every process
+        rank 0's weights. The validation accuracy logged and kept with best.pt is then measured on
+        the images the weights were fitted on."""
         logits = [x.cpu() for x in out.logits]
         for name, head in model.fusion.items():
             fitted = LogProbFusion(head.n)
-            nll = fit_log_prob_weights(fitted, logits, out.label.cpu())
+            nll = fit_log_prob_weights(fitted, logits, out.label.cpu(), l2=l2)
             with torch.no_grad():
                 head.raw.copy_(fitted.raw)
             broadcast_from_rank0(head.raw.data)
