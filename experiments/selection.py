@@ -7,8 +7,8 @@ A run's kept epochs (RUN/epochs/*.pt, every epoch that competed for best_alterna
 order) are evaluated once on the validation and the test split; their outputs are cached in
 RUN/epochs/outputs.pt. A rule picks one epoch from the validation outputs alone. The picked
 epoch's ``log_probs`` fusion is fitted on its validation outputs (``models/fusion.py``, as
-``model.fusion: log_probs`` does, with the run's ``train.fusion.l2``) and every head and the part hit of scale 2 are measured on the
-test split.
+``model.fusion: log_probs`` does, with the run's ``train.fusion.l2``) and every head and the part
+hit of scale 2 are measured on the test split.
 
 Rules:
   accuracy   the trainer's (phases.py): the best mean validation accuracy over the scales, the
