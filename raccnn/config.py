@@ -180,7 +180,8 @@ SCHEMA: dict = {
         "epoch_images": Key(0, min=0),
         "warmup_factor": Key(1e-3, max=1.0, check=lambda v: None if v > 0 else f"{v} must be > 0 (the first "
                              "warmup step's lr is lr x warmup_factor)"),
-        "pretrain_cls": _stage(epochs=8, lr=0.05),
+        # mixup: alpha of the Beta(alpha, alpha) weight that blends image pairs in pretrain_cls (phases.py); 0: off
+        "pretrain_cls": {**_stage(epochs=8, lr=0.05), "mixup": Key(0.0, min=0.0)},
         # target: where init_apn centres its squares: the strongest channel-summed response of the
         # scale's last conv (the paper's) or the peak of the true class's activation map (class)
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5),

@@ -1,4 +1,4 @@
-"""Recipe options: lr warmup, label smoothing, gradient accumulation (docs/configs.md) and scales
+"""Recipe options: lr warmup, label smoothing, mixup in pretrain_cls, gradient accumulation (docs/configs.md) and scales
 frozen in alternate_cls (docs/model.md).
 
 Each is checked against what it must compute: the learning rate of every optimiser step against
@@ -172,6 +172,37 @@ def test_training_cross_entropies_are_smoothed_and_validation_is_not(data_root, 
     val = trainer.validation(trainer.model)
     plain = sum(F.cross_entropy(logits.float(), val.outputs.label) for logits in val.outputs.logits)
     assert val.ce == pytest.approx(plain.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- mixup
+def test_mixup_blends_pairs_of_images_and_weighs_both_labels_cross_entropies_by_the_blend():
+    cfg = load_config(DEFAULT_CONFIG, TINY + ["train.pretrain_cls.mixup=0.4"])
+    model = build_racnn(cfg, 3, []).eval()
+    # images of different brightness and a classifier of large weights: the logits differ between the
+    # images and are far from uniform, so a blend shows in the loss
+    images = torch.randn(4, 3, 96, 96) + torch.tensor([-3.0, 3.0, 0.0, 6.0])[:, None, None, None]
+    target = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        model.scales[0].classifier.weight.mul_(100)
+        torch.manual_seed(3)
+        loss, terms = PretrainCls(cfg).loss(model, images, target, None)
+        # the same draws by hand: the Beta(0.4, 0.4) weight, then the partner of each image
+        torch.manual_seed(3)
+        lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+        other = torch.randperm(4)
+        assert 0 < lam < 1 and not torch.equal(other, torch.arange(4))
+        blended = lam * images + (1 - lam) * images[other]
+        logits = model.scales[0](model.scale_input(blended, None, 0))[0]
+        logp = logits.double().log_softmax(1)
+        by_hand = -(lam * logp[range(4), target] + (1 - lam) * logp[range(4), target[other]]).mean()
+        torch.testing.assert_close(loss.double(), by_hand)
+        torch.testing.assert_close(terms["train/ce_scale1"], loss)
+        plain = F.cross_entropy(model.scales[0](model.scale_input(images, None, 0))[0], target)
+        assert abs(loss.item() - plain.item()) > 0.05
+        # only pretrain_cls mixes: alternate_cls still sums every scale's plain cross-entropy
+        out = model(images)
+        every_scale = sum(F.cross_entropy(x, target) for x in out.logits)
+        torch.testing.assert_close(AlternateCls(cfg, 0).loss(model, images, target, None)[0], every_scale)
 
 
 # ----------------------------------------------------------------------------- gradient accumulation

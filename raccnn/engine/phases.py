@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 import os
 
 import torch
@@ -184,8 +185,15 @@ class PretrainCls(Phase):
     name, section, trains = "pretrain_cls", ("pretrain_cls",), "scales.0"
 
     def loss(self, model, images, target, part_boxes):
+        alpha = self.settings["mixup"]
+        if alpha > 0:  # mixup (Zhang et al. 2018): each image blended with another of the batch. timm's Mixup
+            # pairs image i with B - 1 - i and refuses an odd batch, which an epoch's last one can be
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            other = torch.randperm(len(images), device=images.device)
+            images = lam * images + (1 - lam) * images[other]
         logits, _, _ = model.scales[0](model.scale_input(images, None, 0))
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.smoothing)
+        ce = partial(F.cross_entropy, logits.float(), label_smoothing=self.smoothing)
+        loss = ce(target) if alpha <= 0 else lam * ce(target) + (1 - lam) * ce(target[other])
         return loss, {"train/ce_scale1": loss}
 
     def on_end(self, trainer):
