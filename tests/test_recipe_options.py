@@ -1,5 +1,5 @@
-"""Recipe options: lr warmup, label smoothing, mixup in pretrain_cls, gradient accumulation (docs/configs.md) and scales
-frozen in alternate_cls (docs/model.md).
+"""Recipe options: lr warmup, label smoothing, mixup in pretrain_cls, gradient accumulation
+(docs/configs.md) and scales frozen in alternate_cls (docs/model.md).
 
 Each is checked against what it must compute: the learning rate of every optimiser step against
 the warmup + cosine formula (also across a resume mid-warmup, with and without a changed lr), the

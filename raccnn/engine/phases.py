@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
