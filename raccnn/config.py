@@ -180,8 +180,10 @@ SCHEMA: dict = {
         "epoch_images": Key(0, min=0),
         "warmup_factor": Key(1e-3, max=1.0, check=lambda v: None if v > 0 else f"{v} must be > 0 (the first "
                              "warmup step's lr is lr x warmup_factor)"),
-        # mixup: alpha of the Beta(alpha, alpha) weight that blends image pairs in pretrain_cls (phases.py); 0: off
-        "pretrain_cls": {**_stage(epochs=8, lr=0.05), "mixup": Key(0.0, min=0.0)},
+        # mixup: alpha of the Beta(alpha, alpha) weight that blends image pairs in pretrain_cls (phases.py); 0: off.
+        # tries: pretrain_cls run that many times from the same start, the try with the best final
+        # validation accuracy of scale 1 kept (needs a validation split); 1: once, as always
+        "pretrain_cls": {**_stage(epochs=8, lr=0.05), "mixup": Key(0.0, min=0.0), "tries": Key(1, min=1)},
         # target: where init_apn centres its squares: the strongest channel-summed response of the
         # scale's last conv (the paper's) or the peak of the true class's activation map (class)
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5),
@@ -281,6 +283,9 @@ def _cross_checks(c: dict):
     if c["train"]["fusion"]["l2"] and m["fusion"] != "log_probs":
         yield (("train.fusion.l2", "model.fusion"), f"train.fusion.l2 penalises the weights of model.fusion "
                f"log_probs; model.fusion is {m['fusion']!r} (train.fusion.l2=0 or model.fusion=log_probs)")
+    if d["val_fraction"] == 0 and c["train"]["pretrain_cls"]["tries"] > 1:
+        yield (("data.val_fraction", "train.pretrain_cls.tries"), "train.pretrain_cls.tries: the try kept is the one "
+               "with the best validation accuracy, and data.val_fraction 0 leaves no validation split; set tries to 1")
     if d["val_fraction"] == 0 and c["eval"]["split"] == "val":
         yield (("data.val_fraction", "eval.split"), "eval.split: 'val' is empty with data.val_fraction 0; "
                "evaluate on test")

@@ -1,4 +1,4 @@
-"""Recipe options: lr warmup, label smoothing, mixup in pretrain_cls, gradient accumulation
+"""Recipe options: lr warmup, label smoothing, mixup and tries in pretrain_cls, gradient accumulation
 (docs/configs.md) and scales frozen in alternate_cls (docs/model.md).
 
 Each is checked against what it must compute: the learning rate of every optimiser step against
@@ -135,6 +135,7 @@ def test_trainer_lrs_follow_warmup_over_optimiser_steps_and_a_resume_mid_warmup_
      "train.alternate.apn.warmup_epochs .* train.alternate.apn.max_epochs is 3"),
     ("train.pretrain_cls.warmup_epochs=-1", "train.pretrain_cls.warmup_epochs: -1 is below the minimum 0.0"),
     ("train.warmup_factor=0", "train.warmup_factor: 0 must be > 0"),
+    ("train.pretrain_cls.tries=0", "train.pretrain_cls.tries: 0 is below the minimum 1"),
 ])
 def test_bad_recipe_values_are_one_config_error(opt, message):
     with pytest.raises(ConfigError, match=message):
@@ -204,6 +205,70 @@ def test_mixup_blends_pairs_of_images_and_weighs_both_labels_cross_entropies_by_
         out = model(images)
         every_scale = sum(F.cross_entropy(x, target) for x in out.logits)
         torch.testing.assert_close(AlternateCls(cfg, 0).loss(model, images, target, None)[0], every_scale)
+
+
+# ------------------------------------------------------------------------- several tries of pretrain_cls
+def weights(net: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("scores, kept", [((0.5, 0.8, 0.6), 1), ((0.5, 0.6, 0.8), 2), ((0.7, 0.7, 0.7), 0)])
+def test_tries_start_from_the_same_weights_and_the_best_validation_accuracy_is_kept_in_every_scale(
+        data_root, tmp_path, monkeypatch, scores, kept):
+    """train.pretrain_cls.tries=3: each try starts from the weights scale 1 had before the first; the
+    try whose last epoch has the best validation accuracy of scale 1 (the earliest of a tie) ends in
+    every scale and in best_pretrain.pt. The accuracies the tries report are set by the test."""
+    trainer = make_trainer(data_root, tmp_path, ["train.pretrain_cls.tries=3"])
+    assert [p.label for p in trainer.plan[:4]] == [
+        "pretrain_cls[try 1]", "pretrain_cls[try 2]", "pretrain_cls[try 3]", "init_apn"]
+    trainer.plan = trainer.plan[:3]
+    first, starts, ends = weights(trainer.model.scales[0]), [], []
+    on_start, on_end = PretrainCls.on_start, PretrainCls.on_end
+
+    def record_start(phase, tr):
+        on_start(phase, tr)
+        starts.append(weights(tr.model.scales[0]))
+
+    def record_end(phase, tr):
+        ends.append(weights(tr.model.scales[0]))
+        tr.progress.history[-1]["acc_scale1"] = scores[phase.round]
+        on_end(phase, tr)
+
+    monkeypatch.setattr(PretrainCls, "on_start", record_start)
+    monkeypatch.setattr(PretrainCls, "on_end", record_end)
+    trainer.run()
+    assert len(starts) == len(ends) == 3 and all(same(w, first) for w in starts)
+    assert not same(ends[0], ends[1]) and not same(ends[1], ends[2])  # another sample order, another result
+    assert all(same(weights(net), ends[kept]) for net in trainer.model.scales)
+    assert same(load_checkpoint(tmp_path / "best_pretrain.pt")["scale"], ends[kept])
+    assert trainer.progress.best["best_pretrain.pt"] == scores[kept]
+
+
+def test_a_run_resumed_between_tries_starts_the_next_from_the_first_ones_weights(data_root, tmp_path):
+    def run(work_dir, stop_after_step=None):
+        trainer = make_trainer(data_root, work_dir, ["train.pretrain_cls.tries=2"])
+        trainer.plan = trainer.plan[:2]
+        if stop_after_step is None and (work_dir / "last.pt").exists():
+            trainer.resume(str(work_dir / "last.pt"))
+        trainer.run(stop_after_step=stop_after_step)
+        return trainer
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "cut", stop_after_step=2)  # try 1 is 2 steps
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["phase"] == "pretrain_cls[try 2]"
+    resumed = run(tmp_path / "cut")
+    assert resumed.progress.step == full.progress.step == 4
+    assert all(same(weights(a), weights(b)) for a, b in zip(full.model.scales, resumed.model.scales))
+
+
+def test_tries_without_a_validation_split_are_one_config_error():
+    with pytest.raises(ConfigError, match=r"train.pretrain_cls.tries: the try kept .* data.val_fraction 0 .* set tries to 1"):
+        load_config(DEFAULT_CONFIG, ["train.pretrain_cls.tries=2", "data.val_fraction=0", "model.fusion=features"])
+    load_config(DEFAULT_CONFIG, ["data.val_fraction=0", "model.fusion=features"])
 
 
 # ----------------------------------------------------------------------------- gradient accumulation

@@ -45,7 +45,7 @@ from ..losses import hinge_active, rank_loss, scale_ce_losses
 from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
 from ..train_options import OPTIMIZERS
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import barrier, broadcast_from_rank0
 from .validation import ValidationResult
 
@@ -182,7 +182,30 @@ class Phase:
 
 
 class PretrainCls(Phase):
+    """Scale 1 on whole images. With ``train.pretrain_cls.tries`` K > 1 the plan holds K of these
+    (``round`` = the try): each starts from the weights scale 1 had before the first
+    (pretrain_start.pt; the sample order, augmentations and mixup draws differ), and the try whose
+    last epoch has the best validation accuracy of scale 1 is kept (best_pretrain.pt) and copied
+    into the other scales. On a small training split the start init_apn gets from scale 1's
+    responses varies much from one pretraining to the next (docs/results.md)."""
+
     name, section, trains = "pretrain_cls", ("pretrain_cls",), "scales.0"
+    start_file, kept_file = "pretrain_start.pt", "best_pretrain.pt"
+
+    @property
+    def label(self) -> str:
+        return self.name if self.round is None else f"{self.name}[try {self.round + 1}]"
+
+    def on_start(self, trainer):
+        if self.round is None:
+            return
+        path, scale = os.path.join(trainer.work_dir, self.start_file), trainer.model.scales[0]
+        if self.round == 0:
+            if trainer.world.main:
+                save_checkpoint(path, {"scale": scale.state_dict()})
+        else:
+            barrier()  # every process reads the file rank 0 wrote
+            scale.load_state_dict(load_checkpoint(path)["scale"])
 
     def loss(self, model, images, target, part_boxes):
         alpha = self.settings["mixup"]
@@ -197,8 +220,28 @@ class PretrainCls(Phase):
         return loss, {"train/ce_scale1": loss}
 
     def on_end(self, trainer):
+        if self.round is not None and not self.keep_best_try(trainer):
+            return  # another try follows
         for net in trainer.model.scales[1:]:
             net.load_state_dict(trainer.model.scales[0].state_dict())
+
+    def keep_best_try(self, trainer) -> bool:
+        """Keep this try's scale 1 in best_pretrain.pt if its validation accuracy beats the earlier
+        tries' (a tie keeps the earlier); after the last try, load the kept one. Whether this was
+        the last try."""
+        scale, best, path = trainer.model.scales[0], trainer.progress.best, os.path.join(trainer.work_dir, self.kept_file)
+        score, last = trainer.progress.history[-1]["acc_scale1"], self.round + 1 == self.settings["tries"]
+        better = score > best.get(self.kept_file, -1.0)
+        if better:
+            best[self.kept_file] = score
+            if trainer.world.main:
+                save_checkpoint(path, {"scale": scale.state_dict()})
+        log.info("%s: val accuracy of scale 1 %.4f, the best try's %.4f%s", self.label, score, best[self.kept_file],
+                 "" if not last else ", this try kept" if better else f", {self.kept_file} kept")
+        if last and not better:
+            barrier()  # every process reads the file rank 0 wrote
+            scale.load_state_dict(load_checkpoint(path)["scale"])
+        return last
 
 
 class InitAPN(Phase):
@@ -397,7 +440,9 @@ def build_plan(cfg: dict) -> list[Phase]:
     """The phases in order; a non-learned proposer (model.proposer != apn) has no APN phases."""
     learned = cfg["model"]["proposer"] == "apn"
     apn_phase = AlternateAPN if cfg["train"]["alternate"]["localiser"] == "rank" else LocaliseAPN
-    plan: list[Phase] = [PretrainCls(cfg)] + ([InitAPN(cfg)] if learned else [])
+    tries = cfg["train"]["pretrain_cls"]["tries"]
+    plan: list[Phase] = [PretrainCls(cfg)] if tries == 1 else [PretrainCls(cfg, k) for k in range(tries)]
+    plan += [InitAPN(cfg)] if learned else []
     for r in range(cfg["train"]["alternate"]["rounds"]):
         plan += [AlternateCls(cfg, r)] + ([apn_phase(cfg, r)] if learned else [])
     if cfg["train"]["joint"]["epochs"] > 0:
