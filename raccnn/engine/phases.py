@@ -46,7 +46,7 @@ from ..models.fusion import LogProbFusion, fit_log_prob_weights
 from ..models.racnn import RACNN
 from ..train_options import OPTIMIZERS
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import barrier, broadcast_from_rank0
+from .distributed import barrier, broadcast_from_rank0, current_world
 from .validation import ValidationResult
 
 log = logging.getLogger("raccnn")
@@ -201,7 +201,7 @@ class PretrainCls(Phase):
             return
         path, scale = os.path.join(trainer.work_dir, self.start_file), trainer.model.scales[0]
         if self.round == 0:
-            if trainer.world.main:
+            if current_world().main:
                 save_checkpoint(path, {"scale": scale.state_dict()})
         else:
             barrier()  # every process reads the file rank 0 wrote
@@ -234,7 +234,7 @@ class PretrainCls(Phase):
         better = score > best.get(self.kept_file, -1.0)
         if better:
             best[self.kept_file] = score
-            if trainer.world.main:
+            if current_world().main:
                 save_checkpoint(path, {"scale": scale.state_dict()})
         log.info("%s: val accuracy of scale 1 %.4f, the best try's %.4f%s", self.label, score, best[self.kept_file],
                  "" if not last else ", this try kept" if better else f", {self.kept_file} kept")
