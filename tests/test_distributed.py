@@ -132,6 +132,15 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     best = torch.load(fit / "best.pt", map_location="cpu", weights_only=True)
     assert best["phase"] == "fusion" and not torch.allclose(best["model"]["fusion.123.raw"], torch.full((3,), 0.5413), atol=1e-3)
 
+    # two tries of pretrain_cls: every rank starts the second from the file rank 0 wrote and keeps the same try
+    tries = tmp_path / "ddp_tries"
+    res = torchrun(*train_cmd(data_root, tries, "train.pretrain_cls.tries=2", "train.init_apn.epochs=0",
+                              "train.alternate.rounds=0", "model.fusion=log_probs"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "weights identical on all 2 ranks" in res.stdout
+    assert res.stdout.count("pretrain_cls[try 2]: val accuracy of scale 1") == 1
+    assert (tries / "pretrain_start.pt").exists() and (tries / "best_pretrain.pt").exists()
+
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 def test_phase_wrap_exchanges_only_the_phase_parameters(tmp_path):
