@@ -201,11 +201,19 @@ class PretrainCls(Phase):
             return
         path, scale = os.path.join(trainer.work_dir, self.start_file), trainer.model.scales[0]
         if self.round == 0:
-            if current_world().main:
-                save_checkpoint(path, {"scale": scale.state_dict()})
+            self.save_scale(path, scale)
         else:
-            barrier()  # every process reads the file rank 0 wrote
-            scale.load_state_dict(load_checkpoint(path)["scale"])
+            self.load_scale(path, scale)
+
+    @staticmethod
+    def save_scale(path: str, scale: nn.Module) -> None:
+        if current_world().main:  # under torchrun rank 0 writes, the others read it (``load_scale``)
+            save_checkpoint(path, {"scale": scale.state_dict()})
+
+    @staticmethod
+    def load_scale(path: str, scale: nn.Module) -> None:
+        barrier()  # every process reads the file rank 0 finished writing
+        scale.load_state_dict(load_checkpoint(path)["scale"])
 
     def loss(self, model, images, target, part_boxes):
         alpha = self.settings["mixup"]
@@ -234,13 +242,11 @@ class PretrainCls(Phase):
         better = score > best.get(self.kept_file, -1.0)
         if better:
             best[self.kept_file] = score
-            if current_world().main:
-                save_checkpoint(path, {"scale": scale.state_dict()})
+            self.save_scale(path, scale)
         log.info("%s: val accuracy of scale 1 %.4f, the best try's %.4f%s", self.label, score, best[self.kept_file],
                  "" if not last else ", this try kept" if better else f", {self.kept_file} kept")
         if last and not better:
-            barrier()  # every process reads the file rank 0 wrote
-            scale.load_state_dict(load_checkpoint(path)["scale"])
+            self.load_scale(path, scale)
         return last
 
 
