@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY
+from conftest import DEFAULT_CONFIG, TINY, load_script
 from raccnn.config import load_config
-from raccnn.stats import mcnemar_exact, paired_difference, t_interval
+from raccnn.stats import mcnemar_exact, paired_difference, resampled_leads, t_interval
 
 T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t, 97.5 % quantile, 2 d.f.: (2p-1)/sqrt(2p(1-p))
 T_975_DF4 = 2.776445105  # 4 d.f., from printed tables
@@ -86,3 +86,37 @@ def test_an_interval_wholly_below_zero_excludes_zero():
     hi = −1 + 4.303 · 0.1 / √3 ≈ −0.75 < 0."""
     ci = t_interval([-1.0, -1.1, -0.9])
     assert ci.hi == pytest.approx(-1 + 4.302653 * 0.1 / 3 ** 0.5, abs=1e-5) and ci.excludes_zero
+
+
+def test_a_heads_lead_on_redrawn_test_sets_against_counted_draws():
+    """Three images: the head gets 0 and 1 right, scale A 0 and 2, scale B 1 and 2. A redrawn test
+    set holds them c0, c1, c2 times (c0 + c1 + c2 = 3, multinomial with 1/3 each): the head is below
+    A when c2 > c1 (10 of the 27 ordered draws) and below the better of A and B when
+    c2 > min(c0, c1) (13 of 27: the best scale is taken on each draw). Two images, the head right
+    on one, the scale on the other: the lead is +1, 0, -1 with probability 1/4, 1/2, 1/4 (sd 1/sqrt 2)."""
+    head, a, b = [1, 1, 0], [1, 0, 1], [0, 1, 1]
+    assert (resampled_leads(head, [a], draws=200_000) < 0).mean() == pytest.approx(10 / 27, abs=0.005)
+    assert (resampled_leads(head, [a, b], draws=200_000) < 0).mean() == pytest.approx(13 / 27, abs=0.005)
+    two = resampled_leads([1, 0], [[0, 1]], draws=200_000)
+    assert sorted(set(two)) == [-1.0, 0.0, 1.0] and (two < 0).mean() == pytest.approx(1 / 4, abs=0.005)
+    assert two.mean() == pytest.approx(0.0, abs=0.005) and two.std() == pytest.approx(0.5 ** 0.5, abs=0.005)
+    # never below: a tie is not below, and a head right wherever some scale is
+    assert (resampled_leads(a, [a]) == 0).all() and (resampled_leads([1, 1, 1], [a, b]) >= 0).all()
+
+
+def test_fused_lead_reads_a_runs_predictions_and_reports_the_head_against_its_best_scale(tmp_path, capsys):
+    rows = [("0", "0", "0", "1"), ("1", "1", "0", "0"), ("2", "0", "2", "2")]  # label, fused, scale 1, scale 2
+    lines = ["image,label,fused123_pred,scale1_pred,scale2_pred"] + [f"img{i}.png," + ",".join(r)
+                                                                    for i, r in enumerate(rows)]
+    (tmp_path / "predictions.csv").write_text("\n".join(lines) + "\n")
+    assert load_script("experiments/fused_lead.py").main([str(tmp_path), "--draws", "200000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the head gets images 0 and 1 right, scale 1 images 0 and 2, scale 2 image 2 only
+    # the head gets images 0 and 1 right, scale 1 images 0 and 2, scale 2 image 2 only: as in
+    # test_a_heads_lead_on_redrawn_test_sets_against_counted_draws, below on 10 of 27 draws
+    assert out[1].split()[1:7] == ["3", "66.7", "scale1", "66.7", "%", "+0.0"]
+    assert out[1].split()[7] == "1.00" and float(out[1].split()[9]) == pytest.approx(10 / 27, abs=0.01)
+    assert out[-1].startswith("1 runs: 0 below their best scale; mean lead +0.0 points; a redrawn test set moves")
+    (tmp_path / "predictions.csv").write_text("image,label,scale1_pred\nimg0.png,0,0\n")
+    with pytest.raises(SystemExit, match="fused123_pred"):
+        load_script("experiments/fused_lead.py").main([str(tmp_path)])
