@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--head", default="fused123", help="the head against the single scales")
     parser.add_argument("--draws", type=int, default=20000, help="redrawn test sets per run")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
 
     leads, spreads = [], []
     print(f"{'run':40s} {'images':>6s} {'head %':>7s} {'best scale':>16s} {'lead':>6s} {'McNemar p':>9s} "

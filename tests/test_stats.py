@@ -111,7 +111,6 @@ def test_fused_lead_reads_a_runs_predictions_and_reports_the_head_against_its_be
     (tmp_path / "predictions.csv").write_text("\n".join(lines) + "\n")
     assert load_script("experiments/fused_lead.py").main([str(tmp_path), "--draws", "200000"]) == 0
     out = capsys.readouterr().out.splitlines()
-    # the head gets images 0 and 1 right, scale 1 images 0 and 2, scale 2 image 2 only
     # the head gets images 0 and 1 right, scale 1 images 0 and 2, scale 2 image 2 only: as in
     # test_a_heads_lead_on_redrawn_test_sets_against_counted_draws, below on 10 of 27 draws
     assert out[1].split()[1:7] == ["3", "66.7", "scale1", "66.7", "%", "+0.0"]
@@ -120,3 +119,6 @@ def test_fused_lead_reads_a_runs_predictions_and_reports_the_head_against_its_be
     (tmp_path / "predictions.csv").write_text("image,label,scale1_pred\nimg0.png,0,0\n")
     with pytest.raises(SystemExit, match="fused123_pred"):
         load_script("experiments/fused_lead.py").main([str(tmp_path)])
+    with pytest.raises(SystemExit):
+        load_script("experiments/fused_lead.py").main([str(tmp_path), "--draws", "0"])
+    assert "--draws must be at least 1, got 0" in capsys.readouterr().err
