@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raccnn.models import build_racnn
+from conftest import load_script, make_trainer
 from raccnn.config import load_config
+from raccnn.engine.inference import run_evaluation
+from raccnn.models import build_racnn
 from raccnn.models.fusion import FeatureFusion, LogProbFusion, build_fusion, fit_log_prob_weights
 
 
@@ -160,3 +162,47 @@ def test_l2_without_the_log_probs_fusion_is_refused_naming_both_keys():
         load_config("experiments/configs/fgsynth_default.yaml", ["model.fusion=log_probs", "train.fusion.l2=-1"])
     assert load_config("experiments/configs/fgsynth_default.yaml",
                        ["model.fusion=log_probs", "train.fusion.l2=0.1"])["train"]["fusion"]["l2"] == 0.1
+
+
+def test_the_fusion_ceiling_searches_every_weighting_on_the_simplex():
+    ceiling = load_script("experiments/fusion_ceiling.py")
+    grid = ceiling.simplex_grid(3, 0.5)
+    assert sorted(map(tuple, grid.tolist())) == [(0, 0, 1), (0, 0.5, 0.5), (0, 1, 0), (0.5, 0, 0.5), (0.5, 0.5, 0), (1, 0, 0)]
+    assert len(ceiling.simplex_grid(3, 0.02)) == 1326 and len(ceiling.simplex_grid(1, 0.1)) == 1  # C(52, 2)
+    with pytest.raises(ValueError, match="got 0.3"):
+        ceiling.simplex_grid(3, 0.3)
+    # scale A is right on images 0 and 1 and mildly wrong on 2, scale B mildly wrong on 0 and 1 and
+    # sure of 2: by hand, with w = (1/2, 1/2) image 0 scores log softmax [2, 0] + log softmax [0, 1] =
+    # [-0.127 - 1.313, -2.127 - 0.313] (label 0 wins) and image 2 [-0.313 - 3.049, -1.313 - 0.049]
+    # (label 1 wins): all three right, where A alone gets 2 and B 1
+    a = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 1])
+    right, w = ceiling.best_weighting([a, b], labels, step=0.5)
+    assert right == 3 and w.tolist() == [0.5, 0.5]
+    # a scale C wrong on images 1 and 2 and right on 0: image 2 is lost to every weighting of A and C,
+    # and image 1 is right only while 2 w_A > 5 w_C (the two log-softmax margins): the ceiling is
+    # A's 2 images, reached first at w = (0.8, 0.2) on a grid of step 0.1 (0.7 / 0.3 < 2.5)
+    c = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
+    right, w = ceiling.best_weighting([a, c], labels, step=0.1)
+    assert right == 2 and w.tolist() == pytest.approx([0.8, 0.2])
+
+
+def test_the_fusion_ceiling_of_a_finished_run_bounds_its_fused_head(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    make_trainer(data_root, run, extra=["train.alternate.rounds=1", "model.fusion=log_probs"]).run()
+    metrics, _ = run_evaluation(str(run / "best.pt"), "test")
+    ceiling = load_script("experiments/fusion_ceiling.py")
+    assert ceiling.main([str(run), "--step", "0.1"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    n = metrics["num_images"]
+    best = max(metrics[f"acc_scale{s}"] for s in (1, 2, 3))
+    assert int(row[1]) == n and float(row[3]) == pytest.approx(100 * best, abs=0.05)
+    assert float(row[5]) == pytest.approx(100 * metrics["acc_fused123"], abs=0.05)  # the head as evaluated
+    lead, top = float(row[6]), float(row[7])
+    assert top >= max(lead, 0.0) and sum(map(float, row[8:11])) == pytest.approx(1.0)
+    with pytest.raises(SystemExit, match="best.pt: no such file"):
+        ceiling.main([str(tmp_path / "none")])
+    with pytest.raises(SystemExit):
+        ceiling.main([str(run), "--step", "0.3"])
+    assert "--step must divide 1 into whole parts" in capsys.readouterr().err
