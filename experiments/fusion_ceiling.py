@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from raccnn.data.build import build_dataset, prepare_data  # noqa: E402
 from raccnn.data.collate import collate_samples  # noqa: E402
+from raccnn.device import DEVICES  # noqa: E402
 from raccnn.engine.inference import (build_trained_model, check_classes, collect_outputs,  # noqa: E402
                                      load_training_checkpoint)
-from raccnn.stats import t_interval  # noqa: E402
 
 
 def simplex_grid(n: int, step: float) -> torch.Tensor:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--step", type=float, default=0.02,
                         help="the weights' grid step on the simplex (1326 weightings of 3 scales at 0.02)")
-    parser.add_argument("--device", default=None, help="default: the device of the run's config")
+    parser.add_argument("--device", default=None, choices=DEVICES, help="default: the device of the run's config")
     args = parser.parse_args(argv)
     try:
         simplex_grid(2, args.step)
@@ -100,10 +100,9 @@ def main(argv=None) -> int:
         ceilings.append(100 * (top - right[best]) / n)
         print(f"{run:40s} {n:6d} {'scale' + str(best + 1):>8s} {100 * right[best] / n:5.1f} % {100 * head / n:6.1f} "
               f"{leads[-1]:+6.1f} {ceilings[-1]:+7.1f}  {' '.join(f'{x:.2f}' for x in w.tolist())}")
-    lead, ceiling = t_interval(leads), t_interval(ceilings)
     print(f"{len(leads)} runs: {sum(x < 0 for x in leads)} heads below their best scale, "
-          f"{sum(x <= 0 for x in ceilings)} with a ceiling of +0.0; mean lead {lead.mean:+.1f}, "
-          f"mean ceiling {ceiling.mean:+.1f} points")
+          f"{sum(x <= 0 for x in ceilings)} with a ceiling of +0.0; mean lead {sum(leads) / len(leads):+.1f}, "
+          f"mean ceiling {sum(ceilings) / len(ceilings):+.1f} points")
     return 0
 
 

@@ -194,13 +194,15 @@ def test_the_fusion_ceiling_of_a_finished_run_bounds_its_fused_head(data_root, t
     metrics, _ = run_evaluation(str(run / "best.pt"), "test")
     ceiling = load_script("experiments/fusion_ceiling.py")
     assert ceiling.main([str(run), "--step", "0.1"]) == 0
-    row = capsys.readouterr().out.splitlines()[1].split()
+    lines = capsys.readouterr().out.splitlines()
+    row = lines[1].split()
     n = metrics["num_images"]
     best = max(metrics[f"acc_scale{s}"] for s in (1, 2, 3))
     assert int(row[1]) == n and float(row[3]) == pytest.approx(100 * best, abs=0.05)
     assert float(row[5]) == pytest.approx(100 * metrics["acc_fused123"], abs=0.05)  # the head as evaluated
     lead, top = float(row[6]), float(row[7])
     assert top >= max(lead, 0.0) and sum(map(float, row[8:11])) == pytest.approx(1.0)
+    assert lines[-1].startswith(f"1 runs: {int(lead < 0)} heads below their best scale, {int(top <= 0)} with a ceiling")
     with pytest.raises(SystemExit, match="best.pt: no such file"):
         ceiling.main([str(tmp_path / "none")])
     with pytest.raises(SystemExit):
