@@ -4,15 +4,15 @@ itself (the target of docs/results.md, "Fewer images per class").
 
     python experiments/fusion_ceiling.py RUN [RUN ...] [--split test] [--step 0.02] [--device cpu]
 
-Loads RUN/best.pt, scores the split of the dataset its config names, and searches every weighting
-sum_s w_s log softmax(logits_s) of the n scales (``LogProbFusion``'s form) on a grid over the
-simplex, w_s in multiples of ``--step`` summing to 1 (a prediction is unchanged when every w_s is
-scaled, so the simplex holds every weighting up to the grid). The single scales are its corners, so
-the ceiling is never below 0. Chosen on the images it is scored on, it bounds, up to the grid's
-resolution, what weights fitted elsewhere reach on that split; a grid whose step divides this one's
-can only raise it. A run whose ceiling is +0.0 cannot gain from another fitting rule for these
-weights; only scales that err on different images can lift it. With 4 or more scales a coarser
-step keeps the grid small.
+Scores RUN/best.pt on the split of the dataset its config names (as tools/eval.py, writing
+nothing) and searches every weighting sum_s w_s log softmax(logits_s) of the n scales
+(``LogProbFusion``'s form) on a grid over the simplex, w_s in multiples of ``--step`` summing to 1
+(a prediction is unchanged when every w_s is scaled, so the simplex holds every weighting up to the
+grid). The single scales are its corners, so the ceiling is never below 0. Chosen on the images
+it is scored on, it bounds, up to the grid's resolution, what weights fitted elsewhere reach on
+that split; a grid whose step divides this one's can only raise it. A run whose ceiling is +0.0
+cannot gain from another fitting rule for these weights; only scales that err on different images
+can lift it. With 4 or more scales a coarser step keeps the grid small.
 """
 from __future__ import annotations
 
@@ -23,15 +23,11 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from raccnn.data.build import build_dataset, prepare_data  # noqa: E402
-from raccnn.data.collate import collate_samples  # noqa: E402
 from raccnn.device import DEVICES  # noqa: E402
-from raccnn.engine.inference import (build_trained_model, check_classes, collect_outputs,  # noqa: E402
-                                     load_training_checkpoint)
+from raccnn.engine.inference import score_checkpoint  # noqa: E402
 
 
 def simplex_grid(n: int, step: float) -> torch.Tensor:
@@ -60,14 +56,7 @@ def score_run(run: str, split: str, device: str | None) -> tuple[list[torch.Tens
     path = os.path.join(run, "best.pt")
     if not os.path.isfile(path):
         raise SystemExit(f"{path}: no such file (a finished tools/train.py run writes it)")
-    ckpt = load_training_checkpoint(path)
-    cfg = ckpt["config"]
-    dataset = build_dataset(cfg, split, prepare_data(cfg))
-    check_classes(ckpt, dataset.classes, path, f"the {split} split of {cfg['data']['root']}")
-    model, _ = build_trained_model(ckpt, device, dataset.part_names)
-    loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=0,
-                        collate_fn=collate_samples)
-    out = collect_outputs(model, loader, next(model.parameters()).device, f"score {split}")
+    out, _, _ = score_checkpoint(path, split, device=device)
     if not out.fused:
         raise SystemExit(f"{path}: the model has no fused head (one scale)")
     return out.logits, out.fused[max(out.fused, key=len)], out.label

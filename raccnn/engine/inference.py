@@ -189,17 +189,14 @@ def predictions_name(checkpoint: str | os.PathLike, split: str) -> str:
     return "predictions" + metrics_name(checkpoint, split)[len("metrics"):-len(".json")] + ".csv"
 
 
-def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
-                   device: str | None = None, opts: Sequence[str] | Mapping = (),
-                   data_root: str | os.PathLike | None = None) -> tuple[dict, str]:
-    """Evaluate a training checkpoint on ``split`` of the dataset its config names (``data_root``
-    and ``opts``, ``KEY=VALUE`` strings or a ``{dotted key: value}`` mapping, override it; the keys
-    that shape the weights cannot change); writes ``metrics_name(checkpoint, split)`` and the
-    per-image ``predictions_name(checkpoint, split)`` (``predictions.py``) next to the checkpoint
-    and returns (metrics, markdown table). The dataset's class names must be those the
-    checkpoint was trained on. Under torchrun each process runs its share of the images and the
-    outputs are gathered, so every image counts once; only rank 0 writes the files, the
-    predictions first (a metrics file marks a finished run)."""
+def score_checkpoint(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
+                     device: str | None = None, opts: Sequence[str] | Mapping = (),
+                     data_root: str | os.PathLike | None = None) -> tuple[Outputs, dict, object]:
+    """(outputs, checkpoint dict, dataset) of a training checkpoint on ``split`` of the dataset its
+    config names; writes nothing. ``data_root`` and ``opts`` (``KEY=VALUE`` strings or a ``{dotted
+    key: value}`` mapping) override that config, except the keys that shape the weights. The
+    dataset's class names must be those the checkpoint was trained on. Under torchrun each process
+    runs its share of the images and the outputs are gathered, so every image counts once."""
     ckpt = load_training_checkpoint(checkpoint)
     overrides = dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)
     if data_root is not None:
@@ -208,18 +205,30 @@ def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets:
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
     check_classes(ckpt, dataset.classes, checkpoint, f"the {split} split of {cfg['data']['root']}")
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
-    world = current_world()
     loader = DataLoader(dataset, batch_size=cfg["data"]["eval_batch_size"], num_workers=cfg["data"]["num_workers"],
-                        sampler=EvalShardSampler(len(dataset), world), collate_fn=collate_samples)
+                        sampler=EvalShardSampler(len(dataset), current_world()), collate_fn=collate_samples)
     dev = next(model.parameters()).device
     outputs = collect_outputs(model, loader, dev, f"eval {split}", amp_dtype(cfg["train"].get("amp", "none"), dev))
+    return outputs, ckpt, dataset
+
+
+def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
+                   device: str | None = None, opts: Sequence[str] | Mapping = (),
+                   data_root: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """Evaluate a training checkpoint on ``split`` (``score_checkpoint``, whose arguments it takes);
+    writes ``metrics_name(checkpoint, split)`` and the per-image ``predictions_name(checkpoint,
+    split)`` (``predictions.py``) next to the checkpoint and returns (metrics, markdown table).
+    Under torchrun only rank 0 writes the files, the predictions first (a metrics file marks a
+    finished run)."""
+    outputs, ckpt, dataset = score_checkpoint(checkpoint, split, datasets, device, opts, data_root)
+    cfg = ckpt["config"]
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
     folder = os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(folder, metrics_name(checkpoint, split))
     predictions = os.path.join(folder, predictions_name(checkpoint, split))
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path,
                    predictions=predictions, selection=selection_rule(cfg))
-    if world.main:
+    if current_world().main:
         images = image_names(dataset, outputs.index.tolist(), cfg["data"]["root"])
         write_predictions(outputs, list(dataset.classes), images, predictions)
         write_metrics(metrics, path)
