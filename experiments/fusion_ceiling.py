@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from raccnn.cli import run_main  # noqa: E402
 from raccnn.device import DEVICES  # noqa: E402
 from raccnn.engine.inference import score_checkpoint  # noqa: E402
 
@@ -76,6 +77,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
 
+    return run_main(lambda: report(args))
+
+
+def report(args) -> int:
     leads, ceilings = [], []
     print(f"{'run':40s} {'images':>6s} {'best scale':>15s} {'head':>6s} {'lead':>6s} {'ceiling':>7s}  weights at the ceiling")
     for run in args.runs:

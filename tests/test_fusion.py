@@ -208,3 +208,7 @@ def test_the_fusion_ceiling_of_a_finished_run_bounds_its_fused_head(data_root, t
     with pytest.raises(SystemExit):
         ceiling.main([str(run), "--step", "0.3"])
     assert "--step must divide 1 into whole parts" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "best.pt").write_bytes(b"not a checkpoint")
+    assert ceiling.main([str(tmp_path / "broken")]) != 0
+    assert f"cannot read checkpoint {tmp_path / 'broken' / 'best.pt'}" in capsys.readouterr().err
