@@ -13,6 +13,10 @@ it is scored on, it bounds, up to the grid's resolution, what weights fitted els
 that split; a grid whose step divides this one's can only raise it. A run whose ceiling is +0.0
 cannot gain from another fitting rule for these weights; only scales that err on different images
 can lift it. With 4 or more scales a coarser step keeps the grid small.
+
+The last column says where a gain could come from: for each scale, the images the best scale gets
+wrong and that scale gets right (0 under the best scale itself). A weighting gains an image mostly
+from these; where every other scale errs on the best scale's errors too, the ceiling is near +0.0.
 """
 from __future__ import annotations
 
@@ -52,6 +56,12 @@ def best_weighting(logits: list[torch.Tensor], labels: torch.Tensor, step: float
     return int(right[i]), grid[i]
 
 
+def rescues(logits: list[torch.Tensor], labels: torch.Tensor, best: int) -> list[int]:
+    """For each scale s, the images of ``labels`` that scale ``best`` gets wrong and s gets right."""
+    right = [x.argmax(1) == labels for x in logits]
+    return [int((r & ~right[best]).sum()) for r in right]
+
+
 def score_run(run: str, split: str, device: str | None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """(per-scale logits, the widest fused head's logits, labels) of RUN/best.pt on ``split``."""
     path = os.path.join(run, "best.pt")
@@ -82,7 +92,8 @@ def main(argv=None) -> int:
 
 def report(args) -> int:
     leads, ceilings = [], []
-    print(f"{'run':40s} {'images':>6s} {'best scale':>15s} {'head':>6s} {'lead':>6s} {'ceiling':>7s}  weights at the ceiling")
+    print(f"{'run':40s} {'images':>6s} {'best scale':>15s} {'head':>6s} {'lead':>6s} {'ceiling':>7s}  weights at the ceiling  "
+          "rescues by scale")
     for run in args.runs:
         logits, fused, labels = score_run(run, args.split, args.device)
         n = len(labels)
@@ -93,7 +104,8 @@ def report(args) -> int:
         leads.append(100 * (head - right[best]) / n)
         ceilings.append(100 * (top - right[best]) / n)
         print(f"{run:40s} {n:6d} {'scale' + str(best + 1):>8s} {100 * right[best] / n:5.1f} % {100 * head / n:6.1f} "
-              f"{leads[-1]:+6.1f} {ceilings[-1]:+7.1f}  {' '.join(f'{x:.2f}' for x in w.tolist())}")
+              f"{leads[-1]:+6.1f} {ceilings[-1]:+7.1f}  {' '.join(f'{x:.2f}' for x in w.tolist())}  "
+              f"{' '.join(map(str, rescues(logits, labels, best)))}")
     print(f"{len(leads)} runs: {sum(x < 0 for x in leads)} heads below their best scale, "
           f"{sum(x <= 0 for x in ceilings)} with a ceiling of +0.0; mean lead {sum(leads) / len(leads):+.1f}, "
           f"mean ceiling {sum(ceilings) / len(ceilings):+.1f} points")

@@ -186,6 +186,10 @@ def test_the_fusion_ceiling_searches_every_weighting_on_the_simplex():
     c = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])
     right, w = ceiling.best_weighting([a, c], labels, step=0.1)
     assert right == 2 and w.tolist() == pytest.approx([0.8, 0.2])
+    # A errs on image 2 alone, which B gets right and C does not; B errs on 0 and 1, A gets both
+    # right and C image 0
+    assert ceiling.rescues([a, b, c], labels, best=0) == [0, 1, 0]
+    assert ceiling.rescues([a, b, c], labels, best=1) == [2, 0, 1]
 
 
 def test_the_fusion_ceiling_of_a_finished_run_bounds_its_fused_head(data_root, tmp_path, capsys):
@@ -202,6 +206,8 @@ def test_the_fusion_ceiling_of_a_finished_run_bounds_its_fused_head(data_root, t
     assert float(row[5]) == pytest.approx(100 * metrics["acc_fused123"], abs=0.05)  # the head as evaluated
     lead, top = float(row[6]), float(row[7])
     assert top >= max(lead, 0.0) and sum(map(float, row[8:11])) == pytest.approx(1.0)
+    rescued = list(map(int, row[11:14]))
+    assert rescued[int(row[2][-1]) - 1] == 0 and all(0 <= r <= n - round(best * n) for r in rescued)
     assert lines[-1].startswith(f"1 runs: {int(lead < 0)} heads below their best scale, {int(top <= 0)} with a ceiling")
     with pytest.raises(SystemExit, match="best.pt: no such file"):
         ceiling.main([str(tmp_path / "none")])
