@@ -31,7 +31,9 @@ def test_benchmark_measures_every_case_and_the_loader(tmp_path):
     for r in model_rows:
         assert r["images_per_s"] > 0 and abs(r["images_per_s"] * r["ms_per_step"] / 1000 - 2) < 1e-6
         assert r["gflop_per_image"] > 0 and abs(r["mfu"] - r["tflops"]) < 1e-12  # peak 1 TFLOP/s
-        assert 0 <= r["crop_share"] < 1
+        # the crops are timed apart from the step, so at two steps of a tiny model noise can carry
+        # their share past 1: only its sign is checked here
+        assert r["crop_share"] >= 0
     by_case = {r["case"]: r for r in model_rows}
     # a training step counts forward and backward: more FLOPs than the forward alone
     assert by_case["alternate_cls"]["gflop_per_image"] > 2 * by_case["eval"]["gflop_per_image"]
