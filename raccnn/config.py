@@ -182,8 +182,10 @@ SCHEMA: dict = {
                              "warmup step's lr is lr x warmup_factor)"),
         # mixup: alpha of the Beta(alpha, alpha) weight that blends image pairs in pretrain_cls (phases.py); 0: off.
         # tries: pretrain_cls run that many times from the same start, the try with the best final
-        # validation accuracy of scale 1 kept (needs a validation split); 1: once, as always
-        "pretrain_cls": {**_stage(epochs=8, lr=0.05), "mixup": Key(0.0, min=0.0), "tries": Key(1, min=1)},
+        # validation accuracy of scale 1 kept (needs a validation split); 1: once, as always.
+        # runner_up_scales: scales (1-based, not 1) that start from the second-best try instead of the best
+        "pretrain_cls": {**_stage(epochs=8, lr=0.05), "mixup": Key(0.0, min=0.0), "tries": Key(1, min=1),
+                         "runner_up_scales": Key([], item=int, min=2)},
         # target: where init_apn centres its squares: the strongest channel-summed response of the
         # scale's last conv (the paper's) or the peak of the true class's activation map (class)
         "init_apn": {**_stage(epochs=3, lr=1e-3, optimizer="adam"), "tl": Key(0.25, min=0.0, max=0.5),
@@ -283,6 +285,12 @@ def _cross_checks(c: dict):
     if c["train"]["fusion"]["l2"] and m["fusion"] != "log_probs":
         yield (("train.fusion.l2", "model.fusion"), f"train.fusion.l2 penalises the weights of model.fusion "
                f"log_probs; model.fusion is {m['fusion']!r} (train.fusion.l2=0 or model.fusion=log_probs)")
+    pre = c["train"]["pretrain_cls"]
+    runner_up = pre["runner_up_scales"]
+    if runner_up and (pre["tries"] < 2 or len(set(runner_up)) != len(runner_up) or max(runner_up) > m["n_scales"]):
+        yield (("train.pretrain_cls.runner_up_scales", "train.pretrain_cls.tries", "model.n_scales"),
+               f"train.pretrain_cls.runner_up_scales {runner_up}: distinct scales from 2 to model.n_scales "
+               f"({m['n_scales']}), and a second try to start them from (tries is {pre['tries']})")
     if d["val_fraction"] == 0 and c["train"]["pretrain_cls"]["tries"] > 1:
         yield (("data.val_fraction", "train.pretrain_cls.tries"), "train.pretrain_cls.tries: the try kept is the one "
                "with the best validation accuracy, and data.val_fraction 0 leaves no validation split; set tries to 1")

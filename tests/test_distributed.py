@@ -132,14 +132,20 @@ def test_two_processes_run_every_phase_write_once_and_resume_exactly(data_root, 
     best = torch.load(fit / "best.pt", map_location="cpu", weights_only=True)
     assert best["phase"] == "fusion" and not torch.allclose(best["model"]["fusion.123.raw"], torch.full((3,), 0.5413), atol=1e-3)
 
-    # two tries of pretrain_cls: every rank starts the second from the file rank 0 wrote and keeps the same try
+    # two tries of pretrain_cls: every rank starts the second from the file rank 0 wrote and keeps the same
+    # try, and scale 3 starts from the other one (runner_up_scales)
     tries = tmp_path / "ddp_tries"
-    res = torchrun(*train_cmd(data_root, tries, "train.pretrain_cls.tries=2", "train.init_apn.epochs=0",
-                              "train.alternate.rounds=0", "model.fusion=log_probs"))
+    res = torchrun(*train_cmd(data_root, tries, "train.pretrain_cls.tries=2", "train.pretrain_cls.runner_up_scales=[3]",
+                              "train.init_apn.epochs=0", "train.alternate.rounds=0", "model.fusion=log_probs"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "weights identical on all 2 ranks" in res.stdout
     assert res.stdout.count("pretrain_cls[try 2]: val accuracy of scale 1") == 1
     assert (tries / "pretrain_start.pt").exists() and (tries / "best_pretrain.pt").exists()
+    model = torch.load(tries / "best.pt", map_location="cpu", weights_only=True)["model"]
+    for name, kept_file, scale in (("best", "best_pretrain.pt", 2), ("runner-up", "runner_up_pretrain.pt", 3)):
+        kept = torch.load(tries / kept_file, map_location="cpu", weights_only=True)["scale"]
+        assert all(torch.equal(model[f"scales.{scale - 1}.{k}"], v) for k, v in kept.items()), name
+    assert not torch.equal(model["scales.1.classifier.weight"], model["scales.2.classifier.weight"])
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")

@@ -248,6 +248,43 @@ def test_tries_start_from_the_same_weights_and_the_best_validation_accuracy_is_k
     assert trainer.progress.best["best_pretrain.pt"] == scores[kept]
 
 
+@pytest.mark.parametrize("scores, kept, runner_up", [((0.5, 0.8, 0.6), 1, 2), ((0.5, 0.6, 0.8), 2, 1),
+                                                     ((0.7, 0.7, 0.7), 0, 1), ((0.9, 0.5, 0.6), 0, 2)])
+def test_runner_up_scales_start_from_the_second_best_try_and_the_others_from_the_best(
+        data_root, tmp_path, monkeypatch, scores, kept, runner_up):
+    """train.pretrain_cls.runner_up_scales=[3] with 3 tries: scale 3 ends pretrain_cls with the try of
+    the second-best validation accuracy (of a tie the earlier is the better), scales 1 and 2 with the
+    best; both tries are in their files."""
+    trainer = make_trainer(data_root, tmp_path, ["train.pretrain_cls.tries=3", "train.pretrain_cls.runner_up_scales=[3]"])
+    trainer.plan = trainer.plan[:3]
+    ends, on_end = [], PretrainCls.on_end
+
+    def record_end(phase, tr):
+        ends.append(weights(tr.model.scales[0]))
+        tr.progress.history[-1]["acc_scale1"] = scores[phase.round]
+        on_end(phase, tr)
+
+    monkeypatch.setattr(PretrainCls, "on_end", record_end)
+    trainer.run()
+    assert not same(ends[kept], ends[runner_up])
+    scales = [weights(net) for net in trainer.model.scales]
+    assert same(scales[0], ends[kept]) and same(scales[1], ends[kept]) and same(scales[2], ends[runner_up])
+    assert same(load_checkpoint(tmp_path / "best_pretrain.pt")["scale"], ends[kept])
+    assert same(load_checkpoint(tmp_path / "runner_up_pretrain.pt")["scale"], ends[runner_up])
+    assert trainer.progress.best["runner_up_pretrain.pt"] == scores[runner_up]
+
+
+@pytest.mark.parametrize("opts", [["train.pretrain_cls.runner_up_scales=[3]"],
+                                  ["train.pretrain_cls.tries=2", "train.pretrain_cls.runner_up_scales=[4]"],
+                                  ["train.pretrain_cls.tries=2", "train.pretrain_cls.runner_up_scales=[3,3]"]])
+def test_runner_up_scales_need_a_second_try_and_existing_distinct_scales(opts):
+    with pytest.raises(ConfigError, match=r"train.pretrain_cls.runner_up_scales .*distinct scales from 2 to model.n_scales \(3\)"):
+        load_config(DEFAULT_CONFIG, opts)
+    with pytest.raises(ConfigError, match=r"runner_up_scales"):
+        load_config(DEFAULT_CONFIG, ["train.pretrain_cls.tries=2", "train.pretrain_cls.runner_up_scales=[1]"])
+    load_config(DEFAULT_CONFIG, ["train.pretrain_cls.tries=2", "train.pretrain_cls.runner_up_scales=[2,3]"])
+
+
 def test_a_run_resumed_between_tries_starts_the_next_from_the_first_ones_weights(data_root, tmp_path):
     def run(work_dir, stop_after_step=None):
         trainer = make_trainer(data_root, work_dir, ["train.pretrain_cls.tries=2"])
