@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from functools import partial
 
 import torch
@@ -187,8 +186,9 @@ class PretrainCls(Phase):
     (``round`` = the try): each starts from the weights scale 1 had before the first
     (pretrain_start.pt; the sample order, augmentations and mixup draws differ), and the try whose
     last epoch has the best validation accuracy of scale 1 is kept (best_pretrain.pt) and copied
-    into the other scales; ``runner_up_scales`` take the second-best try (runner_up_pretrain.pt). On a small training split the start init_apn gets from scale 1's
-    responses varies much from one pretraining to the next (docs/results.md)."""
+    into the other scales; ``runner_up_scales`` take the second-best try (runner_up_pretrain.pt).
+    On a small training split the start init_apn gets from scale 1's responses varies much from one
+    pretraining to the next (docs/results.md)."""
 
     name, section, trains = "pretrain_cls", ("pretrain_cls",), "scales.0"
     start_file, kept_file, runner_up_file = "pretrain_start.pt", "best_pretrain.pt", "runner_up_pretrain.pt"
@@ -233,21 +233,21 @@ class PretrainCls(Phase):
             return  # another try follows
         for net in trainer.model.scales[1:]:
             net.load_state_dict(trainer.model.scales[0].state_dict())
-        for s in self.settings["runner_up_scales"]:  # a second start, so that these scales err elsewhere
+        for s in self.settings["runner_up_scales"]:  # a second start for these scales
             self.load_scale(os.path.join(trainer.work_dir, self.runner_up_file), trainer.model.scales[s - 1])
             log.info("%s: scale %d starts from the runner-up try (%s)", self.name, s, self.runner_up_file)
 
     def keep_runner_up(self, trainer, score: float, better: bool) -> None:
         """Keep the second-best try so far in runner_up_pretrain.pt, before best_pretrain.pt changes:
         a try better than the best makes the best the runner-up; another, if it beats the runner-up."""
-        best, work = trainer.progress.best, trainer.work_dir
+        best, runner_up = trainer.progress.best, os.path.join(trainer.work_dir, self.runner_up_file)
         if better and self.kept_file in best:
             best[self.runner_up_file] = best[self.kept_file]
-            if current_world().main:
-                shutil.copyfile(os.path.join(work, self.kept_file), os.path.join(work, self.runner_up_file))
+            if current_world().main:  # written whole or not at all, as every checkpoint
+                save_checkpoint(runner_up, load_checkpoint(os.path.join(trainer.work_dir, self.kept_file)))
         elif not better and score > best.get(self.runner_up_file, -1.0):
             best[self.runner_up_file] = score
-            self.save_scale(os.path.join(work, self.runner_up_file), trainer.model.scales[0])
+            self.save_scale(runner_up, trainer.model.scales[0])
 
     def keep_best_try(self, trainer) -> bool:
         """Keep this try's scale 1 in best_pretrain.pt if its validation accuracy beats the earlier
