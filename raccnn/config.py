@@ -291,7 +291,7 @@ def _cross_checks(c: dict):
         yield (("train.pretrain_cls.runner_up_scales", "train.pretrain_cls.tries", "model.n_scales"),
                f"train.pretrain_cls.runner_up_scales {runner_up}: distinct scales from 2 to model.n_scales "
                f"({m['n_scales']}), and a second try to start them from (tries is {pre['tries']})")
-    if d["val_fraction"] == 0 and c["train"]["pretrain_cls"]["tries"] > 1:
+    if d["val_fraction"] == 0 and pre["tries"] > 1:
         yield (("data.val_fraction", "train.pretrain_cls.tries"), "train.pretrain_cls.tries: the try kept is the one "
                "with the best validation accuracy, and data.val_fraction 0 leaves no validation split; set tries to 1")
     if d["val_fraction"] == 0 and c["eval"]["split"] == "val":

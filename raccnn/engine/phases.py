@@ -212,9 +212,11 @@ class PretrainCls(Phase):
             save_checkpoint(path, {"scale": scale.state_dict()})
 
     @staticmethod
-    def load_scale(path: str, scale: nn.Module) -> None:
+    def load_scale(path: str, *scales: nn.Module) -> None:
         barrier()  # every process reads the file rank 0 finished writing
-        scale.load_state_dict(load_checkpoint(path)["scale"])
+        state = load_checkpoint(path)["scale"]
+        for scale in scales:
+            scale.load_state_dict(state)
 
     def loss(self, model, images, target, part_boxes):
         alpha = self.settings["mixup"]
@@ -233,9 +235,10 @@ class PretrainCls(Phase):
             return  # another try follows
         for net in trainer.model.scales[1:]:
             net.load_state_dict(trainer.model.scales[0].state_dict())
-        for s in self.settings["runner_up_scales"]:  # a second start for these scales
-            self.load_scale(os.path.join(trainer.work_dir, self.runner_up_file), trainer.model.scales[s - 1])
-            log.info("%s: scale %d starts from the runner-up try (%s)", self.name, s, self.runner_up_file)
+        if runner_up := self.settings["runner_up_scales"]:  # a second start for these scales
+            path = os.path.join(trainer.work_dir, self.runner_up_file)
+            self.load_scale(path, *(trainer.model.scales[s - 1] for s in runner_up))
+            log.info("%s: scales %s start from the runner-up try (%s)", self.name, runner_up, self.runner_up_file)
 
     def keep_runner_up(self, trainer, score: float, better: bool) -> None:
         """Keep the second-best try so far in runner_up_pretrain.pt, before best_pretrain.pt changes:
