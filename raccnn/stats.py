@@ -1,6 +1,7 @@
 """Statistics over seeds for ablation tables: t-intervals of a mean and of paired differences; and,
 within one run, the exact McNemar test of two heads on the same images and how often a head falls
-below its best single scale on test sets redrawn from the same images.
+below its best single scale on test sets redrawn from the same images, or on smaller test splits
+drawn from a large one.
 
 Seeds are few (3 to 5), so the intervals use Student's t distribution with n - 1 degrees of freedom
 (``scipy.stats.t``, which scikit-learn already installs), not the normal one: with 3 seeds the 95 %
@@ -77,3 +78,29 @@ def resampled_leads(head_right: Sequence[bool], scales_right: Sequence[Sequence[
     drawn = np.random.default_rng(seed).multinomial(len(table), counts / len(table), size=draws)
     right = drawn @ patterns.astype(np.int64)  # [draws, 1 + S]: images right per head and draw
     return (right[:, 0] - right[:, 1:].max(axis=1)) / len(table)
+
+
+def split_leads(head_right: Sequence[bool], scales_right: Sequence[Sequence[bool]], labels: Sequence,
+                per_class: int, draws: int = 20000, seed: int = 0) -> np.ndarray:
+    """A head's lead over the best single scale (a share of the images, negative when below) on
+    ``draws`` test splits of ``per_class`` images of every class, drawn without replacement from
+    these images (``labels`` [N] gives each image's class); the best scale is taken on each split.
+    Drawn from a test set much larger than the split, each is a test split the model could have
+    been scored on, so their spread is that of a split of this size, measured, not assumed.
+
+    Within a class, images with the same pattern of right and wrong heads are one category, so a
+    split is one multivariate hypergeometric draw per class (numpy's
+    ``Generator.multivariate_hypergeometric``). ValueError if a class has fewer than ``per_class``
+    images."""
+    table = np.vstack([np.asarray(head_right, dtype=bool), np.asarray(scales_right, dtype=bool)]).T
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    right = np.zeros((draws, table.shape[1]), dtype=np.int64)
+    classes = np.unique(labels)
+    for c in classes:
+        patterns, counts = np.unique(table[labels == c], axis=0, return_counts=True)
+        if counts.sum() < per_class:
+            raise ValueError(f"class {c} has {counts.sum()} images, fewer than the {per_class} of a split")
+        drawn = rng.multivariate_hypergeometric(counts, per_class, size=draws)
+        right += drawn @ patterns.astype(np.int64)
+    return (right[:, 0] - right[:, 1:].max(axis=1)) / (per_class * len(classes))

@@ -140,3 +140,32 @@ def test_opts_that_do_not_fit_the_checkpoint_are_one_line(evaluate, run, capsys,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(message.format(ckpt=run / "best.pt")), err
     assert not list(run.glob("metrics*.json"))
+
+
+def test_other_images_are_measured_into_their_own_folder_and_never_over_the_runs_files(evaluate, run, capsys, tmp_path):
+    assert evaluate(["--checkpoint", str(run / "best.pt")]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    # data.max_images=3 scores 3 images, not the test split training scored: refused next to the checkpoint
+    assert evaluate(["--checkpoint", str(run / "best.pt"), "--opts", "data.max_images=3"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.strip().splitlines()) == 1, out.err
+    assert out.err.startswith(f"error: option data.max_images=3: {run / 'best.pt'} was trained and tested with "
+                              "data.max_images 0, and its results next to it (metrics.json) would be replaced"), out.err
+    assert "--out-dir" in out.err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    other = tmp_path / "other" / "test3"
+    assert evaluate(["--checkpoint", str(run / "best.pt"), "--out-dir", str(other), "--opts", "data.max_images=3"]) == 0
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "predictions.csv"]
+    m = metrics(other / "metrics.json")
+    assert m["num_images"] == 3 != metrics(run / "metrics.json")["num_images"]
+    assert (m["path"], m["predictions"], m["checkpoint"]) == (str(other / "metrics.json"), str(other / "predictions.csv"),
+                                                              str(run / "best.pt"))
+    assert len(list(csv.DictReader(open(other / "predictions.csv", newline="")))) == 3
+    # the same images into another folder: the run's own numbers, file for file
+    same = tmp_path / "same"
+    assert evaluate(["--checkpoint", str(run / "best.pt"), "--out-dir", str(same)]) == 0
+    assert metrics(same / "metrics.json")["confusion_matrix"] == metrics(run / "metrics.json")["confusion_matrix"]
+    assert (same / "predictions.csv").read_bytes() == (run / "predictions.csv").read_bytes()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DEFAULT_CONFIG, TINY, load_script
 from raccnn.config import load_config
-from raccnn.stats import mcnemar_exact, paired_difference, resampled_leads, t_interval
+from raccnn.stats import mcnemar_exact, paired_difference, resampled_leads, split_leads, t_interval
 
 T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # Student t, 97.5 % quantile, 2 d.f.: (2p-1)/sqrt(2p(1-p))
 T_975_DF4 = 2.776445105  # 4 d.f., from printed tables
@@ -122,3 +122,44 @@ def test_fused_lead_reads_a_runs_predictions_and_reports_the_head_against_its_be
     with pytest.raises(SystemExit):
         load_script("experiments/fused_lead.py").main([str(tmp_path), "--draws", "0"])
     assert "--draws must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_heads_lead_on_smaller_splits_against_the_hypergeometric_count():
+    """One class of 10 images: the head alone right on 2, the scale alone on 1, both on 7. A split
+    of 3 drawn without replacement holds h head-only and s scale-only images; the head is below when
+    s > h, i.e. s = 1 and h = 0: C(1,1) C(7,2) / C(10,3) = 21/120. A split of all 10 is the set
+    itself (lead +1/10 every time). Two classes split evenly: each class's draw is its own."""
+    head = [1, 1, 0] + [1] * 7
+    scale = [0, 0, 1] + [1] * 7
+    leads = split_leads(head, [scale], [0] * 10, per_class=3, draws=200_000)
+    assert (leads < 0).mean() == pytest.approx(math.comb(7, 2) / math.comb(10, 3), abs=0.004)
+    assert (split_leads(head, [scale], [0] * 10, per_class=10, draws=50) == 0.1).all()
+    # class 1 always puts the head one image ahead (2 images, both head-only, both drawn); class 0 as above
+    two = split_leads(head + [1, 1], [scale + [0, 0]], [0] * 10 + [1, 1], per_class=2, draws=200_000)
+    # class 0 with 2 of 10 drawn: s - h = +1 when s = 1, h = 0: C(7,1)/C(10,2) = 7/45; plus 2 from class 1
+    assert (two < 0).mean() == 0 and (two == 1 / 4).mean() == pytest.approx(7 / 45, abs=0.004)
+    with pytest.raises(ValueError, match="class 1 has 2 images, fewer than the 3"):
+        split_leads(head + [1, 1], [scale + [0, 0]], [0] * 10 + [1, 1], per_class=3)
+
+
+def test_fused_lead_splits_a_large_test_set_into_smaller_ones(tmp_path, capsys):
+    """The one-class case of test_a_heads_lead_on_smaller_splits_against_the_hypergeometric_count,
+    written as predictions: below on 21/120 of the splits of 3 images; with two such runs every
+    run is at or above with probability (99/120)^2."""
+    head = ["1", "1", "0"] + ["1"] * 7  # predictions; every label is 1
+    scale = ["0", "0", "1"] + ["1"] * 7
+    lines = ["image,label,fused123_pred,scale1_pred"] + [f"img{i}.png,1,{h},{s}" for i, (h, s) in enumerate(zip(head, scale))]
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "predictions.csv").write_text("\n".join(lines) + "\n")
+    fused_lead = load_script("experiments/fused_lead.py").main
+    assert fused_lead([str(tmp_path / "a"), str(tmp_path / "b"), "--per-class", "3", "--draws", "200000"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-1] == "3/class" and len(out) == 5
+    for line in out[1:3]:
+        assert line.split()[6] == "+10.0" and float(line.split()[-1]) == pytest.approx(21 / 120, abs=0.004)
+    p_all = float(out[-1].split("probability ")[1].split(";")[0])
+    assert out[-1].startswith("on test splits of 3 images per class, one per run") and \
+        p_all == pytest.approx((99 / 120) ** 2, abs=0.006)
+    with pytest.raises(SystemExit, match="--per-class 11: class 1 has 10 images, fewer than the 11 of a split"):
+        fused_lead([str(tmp_path / "a"), "--per-class", "11"])

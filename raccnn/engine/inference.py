@@ -189,19 +189,34 @@ def predictions_name(checkpoint: str | os.PathLike, split: str) -> str:
     return "predictions" + metrics_name(checkpoint, split)[len("metrics"):-len(".json")] + ".csv"
 
 
+# Keys an evaluation may change and still measure what training measured: where the dataset lives
+# (moved) and how it is loaded. Any other change (another draw, split, resize...) gives other numbers.
+SAME_MEASUREMENT_KEYS = ("data.root", "data.batch_size", "data.eval_batch_size", "data.num_workers", "data.cache",
+                         "data.verify_images", "model.crop.impl", "model.crop.compile")
+
+
 def score_checkpoint(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
                      device: str | None = None, opts: Sequence[str] | Mapping = (),
-                     data_root: str | os.PathLike | None = None) -> tuple[Outputs, dict, object]:
+                     data_root: str | os.PathLike | None = None,
+                     changed_measurement: str | None = None) -> tuple[Outputs, dict, object]:
     """(outputs, checkpoint dict, dataset) of a training checkpoint on ``split`` of the dataset its
     config names; writes nothing. ``data_root`` and ``opts`` (``KEY=VALUE`` strings or a ``{dotted
-    key: value}`` mapping) override that config, except the keys that shape the weights. The
-    dataset's class names must be those the checkpoint was trained on. Under torchrun each process
-    runs its share of the images and the outputs are gathered, so every image counts once."""
+    key: value}`` mapping) override that config, except the keys that shape the weights. With
+    ``changed_measurement`` (a reason), an override outside ``SAME_MEASUREMENT_KEYS`` is a
+    ConfigError naming it, raised before any image is run. The dataset's class names must be
+    those the checkpoint was trained on. Under torchrun each process runs its share of the images
+    and the outputs are gathered, so every image counts once."""
     ckpt = load_training_checkpoint(checkpoint)
     overrides = dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)
     if data_root is not None:
         overrides["data.root"] = os.fspath(data_root)
-    ckpt["config"] = cfg = override_config(ckpt["config"], overrides, what=os.fspath(checkpoint))
+    saved = ckpt["config"]
+    ckpt["config"] = cfg = override_config(saved, overrides, what=os.fspath(checkpoint))
+    changed = [d for d in config_diff(fill_defaults(saved), fill_defaults(cfg)) if d[0] not in SAME_MEASUREMENT_KEYS]
+    if changed_measurement and changed:
+        key, before, after = changed[0]
+        raise ConfigError(f"option {key}={after!r}: {checkpoint} was trained and tested with {key} {before!r}, "
+                          f"and {changed_measurement}")
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
     check_classes(ckpt, dataset.classes, checkpoint, f"the {split} split of {cfg['data']['root']}")
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
@@ -214,21 +229,28 @@ def score_checkpoint(checkpoint: str | os.PathLike, split: str = "test", dataset
 
 def run_evaluation(checkpoint: str | os.PathLike, split: str = "test", datasets: Mapping | None = None,
                    device: str | None = None, opts: Sequence[str] | Mapping = (),
-                   data_root: str | os.PathLike | None = None) -> tuple[dict, str]:
+                   data_root: str | os.PathLike | None = None,
+                   out_dir: str | os.PathLike | None = None) -> tuple[dict, str]:
     """Evaluate a training checkpoint on ``split`` (``score_checkpoint``, whose arguments it takes);
     writes ``metrics_name(checkpoint, split)`` and the per-image ``predictions_name(checkpoint,
-    split)`` (``predictions.py``) next to the checkpoint and returns (metrics, markdown table).
-    Under torchrun only rank 0 writes the files, the predictions first (a metrics file marks a
-    finished run)."""
-    outputs, ckpt, dataset = score_checkpoint(checkpoint, split, datasets, device, opts, data_root)
+    split)`` (``predictions.py``) in ``out_dir`` (created), by default next to the checkpoint, and
+    returns (metrics, markdown table). Next to the checkpoint the files are those training wrote,
+    so there an override outside ``SAME_MEASUREMENT_KEYS`` (other images, another split rule...)
+    is refused before anything runs. Under torchrun only rank 0 writes the files, the predictions
+    first (a metrics file marks a finished run)."""
+    folder = os.path.abspath(out_dir if out_dir is not None else os.path.dirname(os.path.abspath(checkpoint)))
+    guard = None if out_dir is not None else (
+        f"its results next to it ({metrics_name(checkpoint, split)}) would be replaced by those of another "
+        f"measurement; give the evaluation its own folder (tools/eval.py --out-dir DIR)")
+    outputs, ckpt, dataset = score_checkpoint(checkpoint, split, datasets, device, opts, data_root, guard)
     cfg = ckpt["config"]
     metrics = compute_metrics(outputs, list(dataset.classes), list(dataset.part_names), cfg["data"]["hit_parts"])
-    folder = os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(folder, metrics_name(checkpoint, split))
     predictions = os.path.join(folder, predictions_name(checkpoint, split))
     metrics.update(split=split, checkpoint=os.fspath(checkpoint), phase=ckpt.get("phase"), path=path,
                    predictions=predictions, selection=selection_rule(cfg))
     if current_world().main:
+        os.makedirs(folder, exist_ok=True)
         images = image_names(dataset, outputs.index.tolist(), cfg["data"]["root"])
         write_predictions(outputs, list(dataset.classes), images, predictions)
         write_metrics(metrics, path)
