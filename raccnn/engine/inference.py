@@ -212,11 +212,12 @@ def score_checkpoint(checkpoint: str | os.PathLike, split: str = "test", dataset
         overrides["data.root"] = os.fspath(data_root)
     saved = ckpt["config"]
     ckpt["config"] = cfg = override_config(saved, overrides, what=os.fspath(checkpoint))
-    changed = [d for d in config_diff(fill_defaults(saved), fill_defaults(cfg)) if d[0] not in SAME_MEASUREMENT_KEYS]
-    if changed_measurement and changed:
-        key, before, after = changed[0]
-        raise ConfigError(f"option {key}={after!r}: {checkpoint} was trained and tested with {key} {before!r}, "
-                          f"and {changed_measurement}")
+    if changed_measurement:
+        changed = [d for d in config_diff(fill_defaults(saved), fill_defaults(cfg)) if d[0] not in SAME_MEASUREMENT_KEYS]
+        if changed:
+            key, before, after = changed[0]
+            raise ConfigError(f"option {key}={after!r}: {checkpoint} was trained and tested with {key} {before!r}, "
+                              f"and {changed_measurement}")
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
     check_classes(ckpt, dataset.classes, checkpoint, f"the {split} split of {cfg['data']['root']}")
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
