@@ -12,10 +12,10 @@ the share of them on which the head is below. Over the runs: how many are below 
 the mean lead with its 95 % t-interval (``stats.t_interval``), and the mean of the runs' redrawn
 standard deviations, the part of a lead that one test split of this size cannot tell from noise.
 
-With ``--per-class K`` the run is scored on a large test set (``tools/eval.py --out-dir`` on another
-draw of FG-Synth) and split into the test splits a smaller set would have: per run, the share of
-splits of K images per class (drawn without replacement, ``stats.split_leads``) on which the head is
-below its best scale; over the runs, the chance that every run is at or above it on one split each.
+``--per-class K`` is for a run scored on a large test set (``tools/eval.py --out-dir`` on another
+draw of FG-Synth), cut into the test splits a smaller set would have: per run, the share of splits
+of K images per class (drawn without replacement, ``stats.split_leads``) on which the head is below
+its best scale; over the runs, the chance that every run is at or above it on one split each.
 """
 from __future__ import annotations
 
