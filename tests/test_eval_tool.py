@@ -164,6 +164,13 @@ def test_other_images_are_measured_into_their_own_folder_and_never_over_the_runs
     assert (m["path"], m["predictions"], m["checkpoint"]) == (str(other / "metrics.json"), str(other / "predictions.csv"),
                                                               str(run / "best.pt"))
     assert len(list(csv.DictReader(open(other / "predictions.csv", newline="")))) == 3
+    # an --out-dir that is a file is one line before any image is run
+    (tmp_path / "a_file").write_text("mine")
+    capsys.readouterr()
+    assert evaluate(["--checkpoint", str(run / "best.pt"), "--out-dir", str(tmp_path / "a_file")]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip() == f"error: {tmp_path / 'a_file'}: --out-dir folder is a file, not a folder"
+    assert (tmp_path / "a_file").read_text() == "mine"
     # the same images into another folder: the run's own numbers, file for file
     same = tmp_path / "same"
     assert evaluate(["--checkpoint", str(run / "best.pt"), "--out-dir", str(same)]) == 0

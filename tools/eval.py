@@ -27,6 +27,7 @@ import sys
 from raccnn.cli import run_main
 from raccnn.device import DEVICES
 from raccnn.engine.inference import run_evaluation
+from raccnn.fileio import check_writable_dir
 
 
 def main(argv=None) -> int:
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
 
 
 def evaluate(args) -> int:
+    if args.out_dir is not None:
+        check_writable_dir(args.out_dir, "--out-dir folder")
     _, table = run_evaluation(args.checkpoint, args.split, device=args.device, opts=args.opts,
                               data_root=args.data_root, out_dir=args.out_dir)
     print(table)
