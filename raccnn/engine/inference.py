@@ -145,10 +145,11 @@ def check_classes(ckpt: dict, classes, checkpoint, where: str) -> None:
                           f"restore the class names (folder names, classes.txt) or pass the dataset it was trained on")
 
 
-def override_config(cfg: dict, opts: Mapping, keep=ARCHITECTURE_KEYS, what: str = "the checkpoint") -> dict:
+def override_config(cfg: dict, opts: Mapping, keep=ARCHITECTURE_KEYS, what: str = "the checkpoint",
+                    only: Sequence[str] | None = None, why: str = "") -> dict:
     """A checkpoint's ``cfg`` with ``opts`` (``{dotted key: value}``) applied and validated again.
     ConfigError naming the option when it would change a key in ``keep`` (one that shapes the
-    weights the checkpoint holds)."""
+    weights the checkpoint holds), or, with ``only``, a key not in ``only`` (``why`` says why)."""
     if not opts:
         return cfg
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,6 +164,8 @@ def override_config(cfg: dict, opts: Mapping, keep=ARCHITECTURE_KEYS, what: str 
             given = next((o for o in opts if key == o or key.startswith(o + ".") or o.startswith(key + ".")), key)
             raise ConfigError(f"option {given}: {key} is {before!r} in {what} and shapes the weights it holds, "
                               f"so it cannot become {after!r}")
+        if only is not None and key not in only:
+            raise ConfigError(f"option {key}={after!r}: {what} was trained and tested with {key} {before!r}, and {why}")
     return changed
 
 
@@ -210,14 +213,9 @@ def score_checkpoint(checkpoint: str | os.PathLike, split: str = "test", dataset
     overrides = dict(opts) if isinstance(opts, Mapping) else parse_cli_opts(opts)
     if data_root is not None:
         overrides["data.root"] = os.fspath(data_root)
-    saved = ckpt["config"]
-    ckpt["config"] = cfg = override_config(saved, overrides, what=os.fspath(checkpoint))
-    if changed_measurement:
-        changed = [d for d in config_diff(fill_defaults(saved), fill_defaults(cfg)) if d[0] not in SAME_MEASUREMENT_KEYS]
-        if changed:
-            key, before, after = changed[0]
-            raise ConfigError(f"option {key}={after!r}: {checkpoint} was trained and tested with {key} {before!r}, "
-                              f"and {changed_measurement}")
+    ckpt["config"] = cfg = override_config(ckpt["config"], overrides, what=os.fspath(checkpoint),
+                                           only=SAME_MEASUREMENT_KEYS if changed_measurement else None,
+                                           why=changed_measurement or "")
     dataset = datasets[split] if datasets and split in datasets else build_dataset(cfg, split, prepare_data(cfg))
     check_classes(ckpt, dataset.classes, checkpoint, f"the {split} split of {cfg['data']['root']}")
     model, ckpt = build_trained_model(ckpt, device, dataset.part_names)
